@@ -1,0 +1,79 @@
+# Two commands on a fresh machine: `make run` (set-up + the whole pipeline on SynthMuse)
+# and `make test` (set-up + the test suite). Everything else here is a convenience.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(CURDIR)/$(VENV)/bin
+PYTHON ?= python3
+
+# Offline and private by default (see tokenfocus/env.py, which sets the same for the CLI).
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+export GX_ANALYTICS_ENABLED := false
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+export PREFECT_HOME := $(CURDIR)/.prefect
+# `mlflow models serve` execs uvicorn: the venv's bin must be on PATH.
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup data run test test-all lint bench serve schedule ui loadtest offline-run clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# The CPU torch wheel first, so no dependency can pull a CUDA build; never torchvision.
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+	$(BIN)/dvc config core.check_update false
+	$(BIN)/dvc config core.analytics false
+
+# The default data is regenerated deterministically: then `dvc status data.dvc` is clean.
+data: setup
+	if ! $(BIN)/dvc status data.dvc 2>/dev/null | grep -q "up to date"; then \
+	  $(BIN)/tokenfocus synth; fi
+	$(BIN)/dvc status data.dvc
+
+run: data
+	$(BIN)/dvc repro
+	$(PY) -m tokenfocus.report --print
+	@echo "Next: 'make ui' for the MLflow and Prefect UIs, '$(BIN)/dvc metrics show', 'make serve'."
+
+test: setup
+	$(PY) -m pytest -q -x
+
+test-all: setup
+	$(PY) -m pytest -q -m "" -x
+
+lint: setup
+	$(BIN)/ruff check tokenfocus flows tests scripts
+	$(BIN)/ruff format --check tokenfocus flows tests scripts
+
+bench: setup data
+	$(PY) scripts/bench.py
+
+serve: setup
+	$(BIN)/tokenfocus serve
+
+schedule: setup
+	$(PY) -m flows.schedule
+
+ui: setup
+	@echo "MLflow:  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1"
+	@echo "         then open http://127.0.0.1:5000"
+	@echo "Prefect: $(BIN)/prefect server start --host 127.0.0.1 --port 4200 (or 'make schedule')"
+	@echo "         then open http://127.0.0.1:4200"
+
+loadtest: setup
+	$(PY) scripts/loadtest.py
+
+offline-run:
+	unshare -rn bash -c 'ip link set lo up 2>/dev/null || true; make run'
+
+clean:
+	rm -rf work eval models mlruns mlflow.db .prefect

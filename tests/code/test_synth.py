@@ -1,0 +1,88 @@
+import hashlib
+import json
+import random
+from pathlib import Path
+
+from tests.conftest import SMALL
+from tokenfocus.config import SynthConfig
+from tokenfocus.synth import (
+    COLORS,
+    GENERATORS,
+    SHAPES,
+    Group,
+    Scene,
+    ceiling,
+    corrupt,
+    elements_of,
+    generate,
+    latent_alignment,
+    make_prompt,
+)
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_generation_is_byte_identical(tmp_path, small_data):
+    generate(SMALL, tmp_path / "again")
+    assert _digest(tmp_path / "again") == _digest(small_data)
+
+
+def test_another_seed_gives_other_data(tmp_path, small_data):
+    generate(SynthConfig(**{**SMALL.__dict__, "seed": 6}), tmp_path / "other")
+    assert _digest(tmp_path / "other") != _digest(small_data)
+
+
+def test_layout_and_sizes(small_data):
+    train = json.loads((small_data / "train_list.json").read_text())
+    test = json.loads((small_data / "test.json").read_text())
+    assert len(train) == SMALL.n_prompts * SMALL.images_per_prompt
+    assert len(test) == SMALL.n_test_prompts * SMALL.images_per_prompt
+    assert all("total_score" not in r for r in test)
+    gens = {r["img_path"].split("/")[0] for r in train}
+    assert len(gens) >= 5 and gens <= set(GENERATORS)
+    r = train[0]
+    assert len(r["total_score"]) == SMALL.n_annotators
+    assert all(len(v) == SMALL.n_annotators for v in r["element_score"].values())
+    assert {r["type"] for r in train} == {"real", "synthetic"}
+    assert (small_data / "contact_sheet.png").stat().st_size > 1000
+    assert set(json.loads((small_data / "latent.json").read_text())) == {x["img_path"] for x in train + test}
+
+
+def test_vocabulary_covered():
+    assert {"circle", "square", "triangle", "star"} <= set(SHAPES)
+    assert {"red", "green", "blue", "yellow", "purple", "orange", "white", "black"} <= set(COLORS)
+    scene = Scene([Group("circle", "red", "small", 2), Group("star", "blue", "large", 1)], relation="left of")
+    keys = [k for k, *_ in elements_of(scene)]
+    assert keys == [
+        "circle (object)",
+        "two circles (counting)",
+        "red circles (color)",
+        "small circles (attribute)",
+        "star (object)",
+        "one star (counting)",
+        "blue star (color)",
+        "large star (attribute)",
+        "circle left of star (spatial)",
+    ]
+    assert (
+        make_prompt(scene, random.Random(0), real=False)
+        == "two small red circles left of one large blue star"
+    )
+
+
+def test_errors_lower_latent_alignment():
+    scene = Scene([Group("circle", "red", "small", 2), Group("star", "blue", "large", 1)], relation="left of")
+    assert latent_alignment(scene, scene) == 1.0
+    bad = corrupt(scene, {k: 1.0 for k in GENERATORS["ChromaGAN-XL"]}, random.Random(1))
+    assert latent_alignment(scene, bad) < 0.5
+
+
+def test_ceiling_is_high_but_below_one(small_data):
+    c = ceiling(small_data)
+    assert 0.5 < c < 1.0

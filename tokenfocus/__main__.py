@@ -1,0 +1,3 @@
+from tokenfocus.cli import run
+
+run()

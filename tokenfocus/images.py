@@ -1,0 +1,94 @@
+"""Safe image decoding: size limits, decompression bombs, and every mode converted to RGB."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile
+
+DEFAULT_MAX_PIXELS = 4096 * 4096
+DEFAULT_MAX_BYTES = 20_000_000
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message names it and the problem."""
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode (RGBA, P, L, CMYK, I;16, ...) to RGB; alpha goes on white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("P", "PA", "LA", "La", "RGBa"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        bg = Image.new("RGB", img.size, (255, 255, 255))
+        bg.paste(img, mask=img.getchannel("A"))
+        return bg
+    return img.convert("RGB")
+
+
+def open_image(
+    src: str | Path | bytes | Image.Image,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    name: str | None = None,
+) -> Image.Image:
+    """Decode an image fully, enforcing limits before the pixels are read.
+
+    Args:
+        src: a path, encoded bytes, or a PIL image.
+        max_pixels: width x height above which the image is refused (decompression bombs).
+        max_bytes: encoded size above which the image is refused.
+        name: how to name the image in errors (defaults to the path).
+
+    Returns:
+        An RGB image, first frame for animations.
+
+    Raises:
+        ImageError: missing, too large, truncated or undecodable, naming the image.
+    """
+    if isinstance(src, Image.Image):
+        label = name or "<PIL image>"
+        if src.width * src.height > max_pixels:
+            raise ImageError(f"{label}: {src.width}x{src.height} exceeds {max_pixels} pixels")
+        return to_rgb(src)
+    if isinstance(src, bytes | bytearray):
+        label, data = name or "<bytes>", bytes(src)
+    else:
+        label = name or str(src)
+        path = Path(src)
+        if not path.is_file():
+            raise ImageError(f"{label}: file not found")
+        if path.stat().st_size > max_bytes:
+            raise ImageError(f"{label}: {path.stat().st_size} bytes exceeds {max_bytes}")
+        data = path.read_bytes()
+    if len(data) > max_bytes:
+        raise ImageError(f"{label}: {len(data)} bytes exceeds {max_bytes}")
+    if not data:
+        raise ImageError(f"{label}: empty file")
+    # Truncated files must fail, not decode half an image silently.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            # The header is read; refuse a bomb before its pixels are decompressed.
+            if img.width * img.height > max_pixels:
+                raise ImageError(f"{label}: {img.width}x{img.height} exceeds {max_pixels} pixels")
+            img.seek(0)
+            img.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{label}: decompression bomb refused") from None
+    except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as exc:
+        raise ImageError(f"{label}: cannot decode image ({exc.__class__.__name__}: {exc})") from None
+    return to_rgb(img)

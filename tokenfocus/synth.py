@@ -1,0 +1,453 @@
+"""SynthMuse: a procedural fine-grained alignment benchmark in the raw EvalMuse layout.
+
+A prompt describes 1-3 groups of shapes (count, size, colour, shape) and, with two or more
+groups, a spatial relation between the first two. Five simulated text-to-image generators
+render each prompt with their own error profiles, and simulated annotators rate each image
+as EvalMuse's did: per-element 0/1 labels and a 1..5 total score, one value per annotator.
+Everything follows from one seed, so a re-run is byte-identical.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from tokenfocus.config import SynthConfig
+from tokenfocus.evalmuse import write_json_atomic
+
+SHAPES = ["circle", "square", "triangle", "star", "diamond", "cross"]
+COLORS = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 40),
+    "blue": (30, 60, 220),
+    "yellow": (240, 220, 20),
+    "purple": (140, 40, 180),
+    "orange": (250, 140, 10),
+    "white": (250, 250, 250),
+    "black": (15, 15, 15),
+}
+SIZES = {"small": 0.07, "large": 0.13}  # radius as a fraction of the image side
+COUNTS = {1: "one", 2: "two", 3: "three", 4: "four"}
+RELATIONS = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+BACKGROUNDS = [
+    (128, 128, 128),
+    (200, 200, 190),
+    (70, 80, 90),
+    (170, 200, 230),
+    (215, 190, 160),
+    (60, 110, 70),
+    (235, 235, 235),
+    (40, 40, 60),
+]
+#: How much each element category weighs in the annotators' score model (objects weigh most).
+WEIGHTS = {"object": 2.0, "counting": 1.0, "color": 1.0, "attribute": 1.0, "spatial": 1.0}
+EXTRA_PENALTY = 0.1  # latent alignment lost per unmentioned extra object group
+
+#: Simulated generators: folder name -> probability of each error per prompt.
+GENERATORS: dict[str, dict[str, float]] = {
+    "FaithfulDiff-v2": {
+        "missing": 0.03,
+        "color": 0.05,
+        "shape": 0.03,
+        "count": 0.08,
+        "size": 0.05,
+        "relation": 0.05,
+        "extra": 0.03,
+    },
+    "ChromaGAN-XL": {
+        "missing": 0.05,
+        "color": 0.45,
+        "shape": 0.05,
+        "count": 0.15,
+        "size": 0.1,
+        "relation": 0.1,
+        "extra": 0.1,
+    },
+    "CountLess-1.5": {
+        "missing": 0.1,
+        "color": 0.1,
+        "shape": 0.1,
+        "count": 0.6,
+        "size": 0.1,
+        "relation": 0.15,
+        "extra": 0.05,
+    },
+    "ShapeShift-Turbo": {
+        "missing": 0.1,
+        "color": 0.1,
+        "shape": 0.45,
+        "count": 0.2,
+        "size": 0.3,
+        "relation": 0.1,
+        "extra": 0.15,
+    },
+    "LayoutDrift-3": {
+        "missing": 0.35,
+        "color": 0.15,
+        "shape": 0.1,
+        "count": 0.2,
+        "size": 0.15,
+        "relation": 0.5,
+        "extra": 0.35,
+    },
+}
+ANNOTATOR_BIAS = [0.0, 0.2, -0.2, 0.1, -0.1]
+
+
+@dataclass
+class Group:
+    shape: str
+    color: str
+    size: str
+    count: int
+
+
+@dataclass
+class Scene:
+    groups: list[Group]
+    relation: str | None = None  # between groups[0] and groups[1]
+    extras: list[Group] = field(default_factory=list)  # unmentioned objects
+    missing: set[int] = field(default_factory=set)  # indices of groups not drawn
+    background: int = 0
+
+
+def _plural(shape: str, count: int) -> str:
+    return shape if count == 1 else shape + "es" if shape.endswith("s") else shape + "s"
+
+
+def _phrase(g: Group, rng: random.Random, real: bool) -> str:
+    size = g.size
+    if real and rng.random() < 0.5:
+        size = {
+            "small": rng.choice(["small", "tiny", "little"]),
+            "large": rng.choice(["large", "big", "huge"]),
+        }[g.size]
+    count = COUNTS[g.count]
+    if real and g.count == 1 and rng.random() < 0.5:
+        count = "a"
+    return f"{count} {size} {g.color} {_plural(g.shape, g.count)}"
+
+
+def make_prompt(scene: Scene, rng: random.Random, real: bool) -> str:
+    """Render a scene's prompt in the templated (synthetic) or varied (real) register."""
+    parts = [_phrase(g, rng, real) for g in scene.groups]
+    if not real:
+        text = parts[0]
+        if scene.relation:
+            text += f" {scene.relation} {parts[1]}"
+        if len(parts) == 3:
+            text += f" and {parts[2]}"
+        return text
+    rel = scene.relation
+    if rel and rng.random() < 0.5:
+        rel = {
+            "left of": "to the left of",
+            "right of": "to the right of",
+            "above": "placed above",
+            "below": "underneath",
+        }[rel]
+    body = parts[0] + (f" {rel} {parts[1]}" if rel else "")
+    if len(parts) == 3:
+        body += rng.choice([f", plus {parts[2]}", f" together with {parts[2]}", f" and {parts[2]}"])
+    opener = rng.choice(
+        ["a picture of ", "an image showing ", "there are ", "a drawing with ", "", "a scene where we see "]
+    )
+    return opener + body + rng.choice(["", " on a plain background", ", simple flat style"])
+
+
+def elements_of(scene: Scene) -> list[tuple[str, str, str, int]]:
+    """(key, category, kind, group index) for every element of the prompt."""
+    out = []
+    for i, g in enumerate(scene.groups):
+        noun = _plural(g.shape, g.count)
+        out.append((f"{g.shape} ({'object'})", "object", "shape", i))
+        out.append((f"{COUNTS[g.count]} {noun} (counting)", "counting", "count", i))
+        out.append((f"{g.color} {noun} (color)", "color", "color", i))
+        out.append((f"{g.size} {noun} (attribute)", "attribute", "size", i))
+    if scene.relation:
+        a, b = scene.groups[0], scene.groups[1]
+        out.append((f"{a.shape} {scene.relation} {b.shape} (spatial)", "spatial", "relation", 0))
+    return out
+
+
+def realised(prompt: Scene, drawn: Scene) -> list[bool]:
+    """Which of the prompt's elements the drawn scene realises."""
+    flags = []
+    for _, _, kind, i in elements_of(prompt):
+        if i in drawn.missing:
+            flags.append(False)
+            continue
+        want, got = prompt.groups[i], drawn.groups[i]
+        if kind == "relation":
+            flags.append(1 not in drawn.missing and drawn.relation == prompt.relation)
+        else:
+            flags.append(getattr(want, kind) == getattr(got, kind))
+    return flags
+
+
+def corrupt(scene: Scene, profile: dict[str, float], rng: random.Random) -> Scene:
+    """Apply one generator's errors to the prompt's scene: what it actually draws."""
+    out = copy.deepcopy(scene)
+    n = len(out.groups)
+    for g in out.groups:
+        if rng.random() < profile["color"] / n:
+            g.color = rng.choice([c for c in COLORS if c != g.color])
+        if rng.random() < profile["shape"] / n:
+            g.shape = rng.choice([s for s in SHAPES if s != g.shape])
+        if rng.random() < profile["count"] / n:
+            g.count = rng.choice([c for c in COUNTS if c != g.count])
+        if rng.random() < profile["size"] / n:
+            g.size = "small" if g.size == "large" else "large"
+    if out.relation and rng.random() < profile["relation"]:
+        out.relation = RELATIONS[out.relation]
+    if rng.random() < profile["missing"]:
+        out.missing.add(rng.randrange(n))
+    if rng.random() < profile["extra"]:
+        used = {g.shape for g in out.groups}
+        out.extras.append(
+            Group(
+                rng.choice([s for s in SHAPES if s not in used]),
+                rng.choice(list(COLORS)),
+                rng.choice(list(SIZES)),
+                rng.randint(1, 2),
+            )
+        )
+    return out
+
+
+def _regions(scene: Scene, k: int) -> list[tuple[float, float, float, float]]:
+    """One box (x0, y0, x1, y1, in 0..1) per group; the relation decides the order."""
+    vertical = scene.relation in ("above", "below")
+    order = list(range(k))
+    if scene.relation in ("right of", "below"):
+        order[0], order[1] = 1, 0
+    boxes = [None] * k
+    for slot, gi in enumerate(order):
+        lo, hi = slot / k, (slot + 1) / k
+        boxes[gi] = (0.0, lo, 1.0, hi) if vertical else (lo, 0.0, hi, 1.0)
+    return boxes
+
+
+def _draw_shape(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
+    if shape == "circle":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif shape == "square":
+        d.rectangle([cx - r * 0.85, cy - r * 0.85, cx + r * 0.85, cy + r * 0.85], fill=fill)
+    elif shape == "triangle":
+        d.polygon([(cx, cy - r), (cx - r, cy + r * 0.8), (cx + r, cy + r * 0.8)], fill=fill)
+    elif shape == "diamond":
+        d.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
+    elif shape == "cross":
+        w = r * 0.38
+        d.rectangle([cx - r, cy - w, cx + r, cy + w], fill=fill)
+        d.rectangle([cx - w, cy - r, cx + w, cy + r], fill=fill)
+    else:  # star
+        pts = []
+        for j in range(10):
+            rad = r if j % 2 == 0 else r * 0.45
+            a = -math.pi / 2 + j * math.pi / 5
+            pts.append((cx + rad * math.cos(a), cy + rad * math.sin(a)))
+        d.polygon(pts, fill=fill)
+
+
+def render(scene: Scene, size: int, rng: random.Random) -> Image.Image:
+    """Draw a scene at 4x and downsample, for smooth edges at small sizes."""
+    big = size * 4
+    bg = BACKGROUNDS[scene.background]
+    img = Image.new("RGB", (big, big), bg)
+    d = ImageDraw.Draw(img)
+    groups_all = list(scene.groups) + scene.extras
+    boxes = _regions(scene, len(groups_all))
+    for gi, g in enumerate(groups_all):
+        if gi in scene.missing:  # the box stays empty, so the layout does not give it away
+            continue
+        x0, y0, x1, y1 = boxes[gi]
+        r = SIZES[g.size] * big
+        fill = COLORS[g.color]
+        if fill == bg or sum(abs(a - b) for a, b in zip(fill, bg, strict=True)) < 60:
+            fill = tuple(255 - c for c in fill)  # never draw a shape invisible on its background
+        placed: list[tuple[float, float]] = []
+        for _ in range(g.count):
+            for _try in range(60):
+                cx = (
+                    rng.uniform(x0 * big + r, x1 * big - r)
+                    if (x1 - x0) * big > 2 * r
+                    else (x0 + x1) / 2 * big
+                )
+                cy = (
+                    rng.uniform(y0 * big + r, y1 * big - r)
+                    if (y1 - y0) * big > 2 * r
+                    else (y0 + y1) / 2 * big
+                )
+                if all((cx - px) ** 2 + (cy - py) ** 2 > (2.1 * r) ** 2 for px, py in placed):
+                    break
+            placed.append((cx, cy))
+            _draw_shape(d, g.shape, cx, cy, r, fill)
+    return img.resize((size, size), Image.LANCZOS)
+
+
+def random_scene(rng: random.Random) -> Scene:
+    k = rng.choices([1, 2, 3], weights=[0.3, 0.45, 0.25])[0]
+    shapes = rng.sample(SHAPES, k)  # distinct shapes keep element keys unique per prompt
+    groups = [
+        Group(
+            s,
+            rng.choice(list(COLORS)),
+            rng.choice(list(SIZES)),
+            rng.choices([1, 2, 3, 4], weights=[0.4, 0.3, 0.2, 0.1])[0],
+        )
+        for s in shapes
+    ]
+    if k == 3:  # three groups share the canvas: keep them sparse enough to fit a third of it
+        for g in groups:
+            g.count = min(g.count, 3)
+    return Scene(
+        groups=groups,
+        relation=rng.choice(list(RELATIONS)) if k >= 2 else None,
+        background=rng.randrange(len(BACKGROUNDS)),
+    )
+
+
+def latent_alignment(prompt: Scene, drawn: Scene) -> float:
+    """The noise-free alignment: weighted share of realised elements, less a penalty for extras."""
+    els = elements_of(prompt)
+    ok = realised(prompt, drawn)
+    w = [WEIGHTS[cat] for _, cat, _, _ in els]
+    frac = sum(wi for wi, o in zip(w, ok, strict=True) if o) / sum(w)
+    return max(0.0, frac - EXTRA_PENALTY * len(drawn.extras))
+
+
+def annotate(prompt: Scene, drawn: Scene, cfg: SynthConfig, rng: random.Random) -> dict:
+    """Per-annotator labels, as raw EvalMuse stores them."""
+    ok = realised(prompt, drawn)
+    latent = latent_alignment(prompt, drawn)
+    totals, element_lists = [], [[] for _ in ok]
+    for a in range(cfg.n_annotators):
+        bias = ANNOTATOR_BIAS[a % len(ANNOTATOR_BIAS)]
+        totals.append(int(min(5, max(1, round(1 + 4 * latent + bias + rng.gauss(0, cfg.score_noise))))))
+        for j, o in enumerate(ok):
+            flip = rng.random() < cfg.label_flip
+            element_lists[j].append(int(o != flip))
+    keys = [k for k, _, _, _ in elements_of(prompt)]
+    return {
+        "total_score": totals,
+        "element_score": dict(zip(keys, element_lists, strict=True)),
+        "latent": round(latent, 6),
+    }
+
+
+def generate(cfg: SynthConfig, out: str | Path | None = None) -> dict[str, int]:
+    """Write SynthMuse to ``out`` (default ``cfg.out``): raw EvalMuse files plus images.
+
+    Files: ``train_list.json`` (labelled), ``test.json`` (no labels), ``eval.json`` (the test
+    pairs' averaged labels, as the challenge's ground truth), ``prompt_t2i.json``,
+    ``images/<generator>/<nnnnn>.png``, ``latent.json`` (noise-free alignment; training never
+    reads it) and ``contact_sheet.png``.
+
+    Returns:
+        Counts of what was written.
+    """
+    out = Path(out or cfg.out)
+    rng = random.Random(cfg.seed)
+    gens = list(GENERATORS)[: cfg.images_per_prompt] if cfg.images_per_prompt <= len(GENERATORS) else None
+    if gens is None:
+        raise ValueError(
+            f"images_per_prompt={cfg.images_per_prompt} exceeds the {len(GENERATORS)} generators"
+        )
+    train, test, evals, prompts, latent = [], [], [], [], {}
+    counter = 0
+    for p in range(cfg.n_prompts + cfg.n_test_prompts):
+        scene = random_scene(rng)
+        real = rng.random() < cfg.real_fraction
+        pid = f"sm{p:05d}"
+        text = make_prompt(scene, rng, real)
+        keys = [k for k, _, _, _ in elements_of(scene)]
+        prompts.append(
+            {"prompt_id": pid, "prompt": text, "elements": keys, "type": "real" if real else "synthetic"}
+        )
+        for gen in gens:
+            drawn = corrupt(scene, GENERATORS[gen], rng)
+            img_path = f"{gen}/{counter:05d}.png"
+            counter += 1
+            dest = out / "images" / img_path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            render(drawn, cfg.image_size, rng).save(dest, format="PNG", optimize=False)
+            ann = annotate(scene, drawn, cfg, rng)
+            latent[img_path] = ann["latent"]
+            rec = {
+                "prompt_id": pid,
+                "prompt": text,
+                "img_path": img_path,
+                "type": "real" if real else "synthetic",
+            }
+            n = cfg.n_annotators
+            labelled = {
+                **rec,
+                "total_score": ann["total_score"],
+                "element_score": ann["element_score"],
+                "promt_meaningless": [0] * n,
+                "split_confidence": [0] * n,
+                "attribute_confidence": [1] * n,
+            }
+            if p < cfg.n_prompts:
+                train.append(labelled)
+            else:
+                test.append({**rec, "element_score": dict.fromkeys(keys, None)})
+                evals.append(
+                    {
+                        **rec,
+                        "total_score": sum(ann["total_score"]) / n,
+                        "element_score": {k: sum(v) / n for k, v in ann["element_score"].items()},
+                    }
+                )
+    write_json_atomic(out / "train_list.json", train)
+    write_json_atomic(out / "test.json", test)
+    write_json_atomic(out / "eval.json", evals)
+    write_json_atomic(out / "prompt_t2i.json", prompts)
+    write_json_atomic(out / "latent.json", latent)
+    contact_sheet(out, train[:24]).save(out / "contact_sheet.png", format="PNG")
+    return {"train": len(train), "test": len(test), "images": counter, "prompts": len(prompts)}
+
+
+def contact_sheet(root: Path, records: list[dict], cols: int = 4, cell: int = 160) -> Image.Image:
+    """A grid of sample images with their prompts and mean scores, to look at."""
+    rows = (len(records) + cols - 1) // cols
+    sheet = Image.new("RGB", (cols * cell * 2, rows * (cell + 60)), "white")
+    d = ImageDraw.Draw(sheet)
+    for i, r in enumerate(records):
+        x, y = (i % cols) * cell * 2, (i // cols) * (cell + 60)
+        img = Image.open(root / "images" / r["img_path"]).resize((cell, cell), Image.NEAREST)
+        sheet.paste(img, (x + 4, y + 4))
+        mean = sum(r["total_score"]) / len(r["total_score"])
+        d.text((x + cell + 10, y + 8), f"{r['img_path']}\nscore {mean:.2f}", fill="black")
+        words, lines, line = r["prompt"].split(), [], ""
+        for w in words:
+            if len(line) + len(w) > 44:
+                lines.append(line)
+                line = ""
+            line += w + " "
+        lines.append(line)
+        d.text((x + 4, y + cell + 8), "\n".join(lines[:4]), fill="black")
+        bad = [k for k, v in r["element_score"].items() if sum(v) * 2 < len(v)]
+        d.text((x + cell + 10, y + 40), "missing:\n" + "\n".join(bad[:6]), fill="darkred")
+    return sheet
+
+
+def ceiling(root: str | Path, img_paths: list[str] | None = None) -> float:
+    """SRCC between latent alignment and annotators' mean score: the benchmark's ceiling."""
+    from scipy.stats import spearmanr
+
+    root = Path(root)
+    latent = json.loads((root / "latent.json").read_text())
+    raws = json.loads((root / "train_list.json").read_text())
+    means = {r["img_path"]: sum(r["total_score"]) / len(r["total_score"]) for r in raws}
+    evals = json.loads((root / "eval.json").read_text())
+    means.update({r["img_path"]: r["total_score"] for r in evals})
+    keys = img_paths if img_paths is not None else list(means)
+    return float(spearmanr([latent[k] for k in keys], [means[k] for k in keys]).statistic)
