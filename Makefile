@@ -41,7 +41,7 @@ data: setup
 
 run: data
 	$(BIN)/dvc repro
-	$(PY) -m tokenfocus.report --print
+	$(BIN)/tokenfocus report
 	@echo "Next: 'make ui' for the MLflow and Prefect UIs, '$(BIN)/dvc metrics show', 'make serve'."
 
 test: setup

@@ -38,3 +38,31 @@ def data_copy(small_data, tmp_path) -> Path:
     dest = tmp_path / "data"
     shutil.copytree(small_data, dest)
     return dest
+
+
+FAMILIES = {"idefics3_tiny": "idefics3", "llava_siglip_tiny": "llava", "gemma3_tiny": "gemma3"}
+
+
+@pytest.fixture(scope="session")
+def tiny_params(small_data, tmp_path_factory):
+    """Repo params pointed at the small dataset, with tiny backbones built once per session."""
+    import dataclasses
+
+    from tokenfocus.backbones import build
+    from tokenfocus.config import load_params
+    from tokenfocus.split import main as split_main
+
+    work = tmp_path_factory.mktemp("work")
+    p = load_params(ROOT / "params.yaml")
+    p.validate = dataclasses.replace(p.validate, data=str(small_data), report=str(work / "validation.json"))
+    p.split = dataclasses.replace(p.split, out=str(work / "splits.json"), folds=3)
+    p.train = dataclasses.replace(p.train, out=str(work / "trained"), steps=4, batch_size=4, eval_every=2,
+                                  checkpoint_every=2, patience=10)
+    p.score = dataclasses.replace(p.score, out=str(work / "scores"), batch_size=8)
+    p.stack = dataclasses.replace(p.stack, out=str(work / "ensemble"))
+    for slug in p.backbones:
+        p.backbones[slug].source = str(work / "base" / slug)
+    split_main(p.split, small_data)
+    for slug in p.backbones:
+        build(slug, p)
+    return p

@@ -94,6 +94,173 @@ def split(params: str = PARAMS, data: str = typer.Option(None, help="dataset roo
     typer.echo(f"splits written to {p.split.out}: {counts}")
 
 
+@backbones_app.command("build")
+def backbones_build(params: str = PARAMS, backbone: list[str] = typer.Option(None, "--backbone", "-b")) -> None:
+    """Build tiny offline backbones (all of params.yaml's, or those named)."""
+    from tokenfocus.backbones import BackboneError, build
+
+    p = _params(params)
+    for slug in backbone or list(p.backbones):
+        try:
+            path = build(slug, p)
+        except (BackboneError, ConfigError) as exc:
+            fail(str(exc))
+        typer.echo(f"{slug}: {path or 'real checkpoint, nothing to build'}")
+
+
+@backbones_app.command("list")
+def backbones_list(params: str = PARAMS) -> None:
+    """List the registry: slug, source, family, tuning."""
+    for slug, bb in _params(params).backbones.items():
+        typer.echo(f"{slug:24s} {bb.source:40s} {bb.family or '-':10s} {bb.tuning}")
+
+
+@app.command()
+def train(params: str = PARAMS, backbone: str = typer.Option(..., "--backbone", "-b"),
+          loss: str = typer.Option(None, help="focus | lm (default train.loss)"),
+          track: bool = typer.Option(True, help="log to MLflow")) -> None:
+    """Fine-tune one backbone; resumes from its last checkpoint."""
+    from tokenfocus.stages import train_stage
+
+    p = _params(params)
+    if loss:
+        p.train.loss = loss
+    try:
+        summary = train_stage(backbone, p, track=track)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(json.dumps(summary, indent=1))
+
+
+@app.command()
+def score(params: str = PARAMS, backbone: str = typer.Option(..., "--backbone", "-b"),
+          split: str = typer.Option("all", help="val | test | ntire | all"),
+          track: bool = typer.Option(True, help="log to MLflow")) -> None:
+    """Score splits with a trained backbone: prediction tables, NTIRE output.json, metrics."""
+    from tokenfocus.predictions import SCORED_SPLITS
+    from tokenfocus.stages import score_stage
+
+    p = _params(params)
+    splits = SCORED_SPLITS if split == "all" else (split,)
+    if any(s not in SCORED_SPLITS for s in splits):
+        fail(f"unknown split {split!r}; choose from {SCORED_SPLITS} or all")
+    try:
+        metrics = score_stage(backbone, p, splits=splits, track=track)
+    except (ConfigError, FileNotFoundError) as exc:
+        fail(str(exc))
+    typer.echo(json.dumps(metrics, indent=1))
+
+
+@app.command("score-one")
+def score_one(image: Path = typer.Option(..., help="image file"), prompt: str = typer.Option(...),
+              elements: list[str] = typer.Option(None, "--elements", "-e", help="element, repeatable"),
+              backbone: str = typer.Option(None, "--backbone", "-b", help="slug, folder or hub id"),
+              params: str = PARAMS) -> None:
+    """Score one image against a prompt: score, 5-way distribution, element P(yes)."""
+    from tokenfocus.backbones import BackboneError
+    from tokenfocus.images import ImageError
+    from tokenfocus.scoring import Scorer
+
+    p = _params(params)
+    slug = backbone or next(iter(p.backbones))
+    try:
+        result = Scorer.load(slug, params=params)([image], [prompt], [elements or []])[0]
+    except (ImageError, BackboneError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(f"score {result.score:.3f}  entropy {result.entropy:.3f}")
+    typer.echo("distribution " + "  ".join(f"{i + 1}:{q:.3f}" for i, q in enumerate(result.distribution)))
+    for k, v in result.elements.items():
+        typer.echo(f"  P(yes) {v:.3f}  {k}")
+
+
+@app.command()
+def stack(params: str = PARAMS) -> None:
+    """Fit bagging/blending/ridge stacking on val predictions; compare on test."""
+    from tokenfocus.stages import stack_stage
+    from tokenfocus.stack import LeakError
+
+    try:
+        summary = stack_stage(_params(params))
+    except (LeakError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(json.dumps(summary, indent=1))
+
+
+def _tracking_guard(fn):
+    from tokenfocus.tracking import TrackingError
+
+    try:
+        return fn()
+    except TrackingError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def register(params: str = PARAMS) -> None:
+    """Log the ensemble as a pyfunc model, register it as challenger, promote if better."""
+    from tokenfocus.stages import register_stage
+
+    out = _tracking_guard(lambda: register_stage(_params(params)))
+    typer.echo(json.dumps(out, indent=1, default=str))
+
+
+@app.command()
+def promote(params: str = PARAMS) -> None:
+    """Compare challenger and champion on the test split; move champion only if better."""
+    from tokenfocus.registry import promote as do_promote
+
+    try:
+        out = _tracking_guard(lambda: do_promote(_params(params)))
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo(json.dumps(out, indent=1, default=str))
+
+
+@app.command()
+def predict(input: Path = typer.Option(..., "--input", help="NTIRE test.json"),
+            images: Path = typer.Option(..., "--images", help="images root"),
+            output: Path = typer.Option(Path("output.json"), "--output"),
+            model: str = typer.Option(None, help="model URI (default models:/<name>@champion)"),
+            params: str = PARAMS) -> None:
+    """Score a whole NTIRE test.json with the champion and write output.json."""
+    from tokenfocus.predict import predict_file
+
+    p = _params(params)
+    try:
+        summary = _tracking_guard(lambda: predict_file(p, input, images, output, model_uri=model))
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+    typer.echo(json.dumps(summary, indent=1))
+
+
+@app.command()
+def serve(params: str = PARAMS, port: int = typer.Option(None), host: str = typer.Option(None),
+          model: str = typer.Option(None, help="model URI (default models:/<name>@champion)")) -> None:
+    """Serve the champion with `mlflow models serve` on 127.0.0.1."""
+    import os
+
+    from tokenfocus.tracking import tracking_uri
+
+    p = _params(params)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(p.tracking),
+           "TOKENFOCUS_ALLOWED_ROOT": str(Path(p.serve.allowed_root).resolve())}
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")  # mlflow execs uvicorn from here
+    uri = model or f"models:/{p.tracking.model_name}@champion"
+    cmd = [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
+           "--host", host or p.serve.host, "--port", str(port or p.serve.port)]
+    typer.echo(" ".join(cmd))
+    os.execvpe(cmd[0], cmd, env)
+
+
+@app.command()
+def report(params: str = PARAMS, print_only: bool = typer.Option(False, "--print")) -> None:
+    """Write docs/results.md from eval/ and print the results table."""
+    from tokenfocus.report import main
+
+    typer.echo(main(_params(params), write=not print_only))
+
+
 def run() -> None:  # pragma: no cover - console entry
     try:
         app()

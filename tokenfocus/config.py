@@ -105,6 +105,7 @@ class TrainConfig:
     mse_weight: float = 0.1  # small: a large MSE term collapses early onto the mean score
     mse_warmup_frac: float = 0.2  # CE alone first, then the regression term joins
     element_weight: float = 0.5
+    element_balance: float = 0.5  # share of element questions drawn from absent elements, when any
     soft_target: bool = True  # two-hot target around the mean human score
     eval_every: int = 200
     checkpoint_every: int = 200

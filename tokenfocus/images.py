@@ -92,3 +92,9 @@ def open_image(
     except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as exc:
         raise ImageError(f"{label}: cannot decode image ({exc.__class__.__name__}: {exc})") from None
     return to_rgb(img)
+
+
+def load_images(root: str | Path, img_paths: list[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """Decode each distinct image once: ``{img_path: RGB image}``."""
+    root = Path(root)
+    return {p: open_image(root / p, max_pixels=max_pixels, name=p) for p in dict.fromkeys(img_paths)}

@@ -1,0 +1,52 @@
+import dataclasses
+
+import pytest
+import torch
+
+from tokenfocus.backbones import BackboneError, build_tiny, families, load_model_and_processor
+from tokenfocus.config import BackboneConfig, PromptConfig
+from tokenfocus.evalmuse import load_records
+from tokenfocus.images import load_images
+from tokenfocus.prompts import answer_tokens
+from tokenfocus.scoring import encode
+
+
+def test_at_least_three_families():
+    assert {"idefics3", "llava", "gemma3"} <= set(families())
+
+
+@pytest.mark.parametrize("slug", ["idefics3_tiny", "llava_siglip_tiny", "gemma3_tiny"])
+def test_build_save_reload_identical_logits(tiny_params, small_data, slug, tmp_path):
+    bb = tiny_params.backbone(slug)
+    model, processor = load_model_and_processor(bb.source, bb)
+    assert type(model).__name__.endswith("ForConditionalGeneration")  # a real transformers class
+    rec = load_records(small_data / "train_list.json")[0]
+    img = load_images(small_data / "images", [rec.img_path])[rec.img_path]
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": rec.prompt}]}],
+        add_generation_prompt=True, tokenize=False)
+    batch = encode(processor, [text], [img])
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    again, proc2 = load_model_and_processor(tmp_path / "m", bb)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, again(**encode(proc2, [text], [img])).logits)
+    tok = processor.tokenizer
+    ids = answer_tokens(tok, PromptConfig(), slug=slug)
+    assert len(set(ids.score_ids)) == 5 and ids.yes_id != ids.no_id
+
+
+def test_unknown_family_is_a_clear_error(tmp_path):
+    with pytest.raises(BackboneError, match="unknown tiny family 'nope'"):
+        build_tiny("x", BackboneConfig(source=str(tmp_path), family="nope"), PromptConfig(), ["a"], tmp_path / "x")
+
+
+def test_multi_token_answer_word_names_backbone_and_word(tiny_params):
+    bb = tiny_params.backbone("idefics3_tiny")
+    _, processor = load_model_and_processor(bb.source, bb)
+    bad = dataclasses.replace(PromptConfig(), yes_token="yes yes")
+    with pytest.raises(BackboneError, match=r"idefics3_tiny: answer word 'yes yes' is 2 tokens"):
+        answer_tokens(processor.tokenizer, bad, slug="idefics3_tiny")
+    unknown = dataclasses.replace(PromptConfig(), no_token="zebra")
+    with pytest.raises(BackboneError, match="'zebra' is unknown"):
+        answer_tokens(processor.tokenizer, unknown, slug="idefics3_tiny")

@@ -1,0 +1,66 @@
+import pytest
+import torch
+from PIL import Image
+
+from tokenfocus.evalmuse import load_records
+from tokenfocus.images import load_images
+from tokenfocus.scoring import Scorer, distribution_stats
+
+
+@pytest.fixture(scope="module")
+def sample(small_data):
+    recs = load_records(small_data / "train_list.json")[:6]
+    images = load_images(small_data / "images", [r.img_path for r in recs])
+    return recs, [images[r.img_path] for r in recs]
+
+
+@pytest.mark.parametrize("slug", ["idefics3_tiny", "llava_siglip_tiny", "gemma3_tiny"])
+def test_distributions_and_prefix_reuse(tiny_params, sample, slug):
+    recs, imgs = sample
+    scorer = Scorer.load(tiny_params.backbone(slug).source, batch_size=4)
+    prompts = [r.prompt for r in recs]
+    els = [[e.key for e in r.elements] for r in recs]
+    results = scorer(imgs, prompts, els)
+    for r, keys in zip(results, els, strict=True):
+        assert sum(r.distribution) == pytest.approx(1.0, abs=1e-5)
+        assert 1.0 <= r.score <= 5.0
+        assert 0.0 <= r.entropy <= torch.log(torch.tensor(5.0)).item() + 1e-6
+        assert list(r.elements) == keys and all(0 <= p <= 1 for p in r.elements.values())
+    plain = scorer.elements_plain(imgs, prompts, els)
+    reused = scorer.elements_prefix(imgs, prompts, els)
+    assert not scorer._warned_fallback
+    diffs = [abs(plain[i][k] - reused[i][k]) for i in range(len(recs)) for k in els[i]]
+    assert max(diffs) < 1e-4
+
+
+def test_paths_and_pil_give_the_same_scores(tiny_params, small_data, sample):
+    recs, imgs = sample
+    scorer = Scorer.load(tiny_params.backbone("idefics3_tiny").source)
+    a = scorer([small_data / "images" / recs[0].img_path], [recs[0].prompt])[0]
+    b = scorer([imgs[0]], [recs[0].prompt])[0]
+    assert a.score == pytest.approx(b.score, abs=1e-6) and a.elements == {}
+
+
+def test_batching_does_not_change_scores(tiny_params, sample):
+    recs, imgs = sample
+    prompts = [r.prompt for r in recs]
+    src = tiny_params.backbone("llava_siglip_tiny").source
+    one = [Scorer.load(src, batch_size=1)(imgs[i : i + 1], prompts[i : i + 1])[0].score for i in range(len(recs))]
+    many = [r.score for r in Scorer.load(src, batch_size=8)(imgs, prompts)]
+    assert one == pytest.approx(many, abs=1e-4)
+
+
+def test_mismatched_lengths_and_bad_images_are_errors(tiny_params, tmp_path):
+    scorer = Scorer.load(tiny_params.backbone("idefics3_tiny").source)
+    with pytest.raises(ValueError, match="2 images but 1 prompts"):
+        scorer([Image.new("RGB", (64, 64))] * 2, ["a"])
+    (tmp_path / "x.png").write_text("not an image")
+    with pytest.raises(ValueError, match="x.png: cannot decode"):
+        scorer([tmp_path / "x.png"], ["a"])
+
+
+def test_distribution_stats_by_hand():
+    probs = torch.tensor([[0.0, 0.0, 1.0, 0.0, 0.0], [0.2, 0.2, 0.2, 0.2, 0.2]])
+    mean, ent = distribution_stats(probs)
+    assert mean.tolist() == pytest.approx([3.0, 3.0])
+    assert ent.tolist() == pytest.approx([0.0, torch.log(torch.tensor(5.0)).item()], abs=1e-6)

@@ -1,0 +1,59 @@
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tokenfocus.train import Trainer
+
+
+def _params(tiny_params, slug, **train):
+    p = dataclasses.replace(tiny_params, train=dataclasses.replace(tiny_params.train, **train))
+    return p
+
+
+def test_resume_after_interruption_reaches_the_same_weights(tiny_params, tmp_path):
+    p = _params(tiny_params, "idefics3_tiny", steps=6, checkpoint_every=2, eval_every=3)
+    full = Trainer("idefics3_tiny", p, out=tmp_path / "full")
+    full.run()
+    Trainer("idefics3_tiny", p, out=tmp_path / "cut").run(stop_after=3)  # "killed" after step 3
+    state = (tmp_path / "cut" / "checkpoint" / "state.json").read_text()
+    assert '"step": 2' in state  # the last checkpoint before the kill
+    resumed = Trainer("idefics3_tiny", p, out=tmp_path / "cut")
+    summary = resumed.run()
+    assert summary["steps"] == 6
+    a = load_file(tmp_path / "full" / "checkpoint" / "weights.safetensors")
+    b = load_file(tmp_path / "cut" / "checkpoint" / "weights.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lora_trains_only_the_adapter_and_saves_only_the_adapter(tiny_params, tmp_path):
+    p = _params(tiny_params, "gemma3_tiny", steps=2, eval_every=2, checkpoint_every=2)
+    tr = Trainer("gemma3_tiny", p, out=tmp_path / "lora")
+    tr._load_data()
+    tr.setup()
+    before = {n: q.detach().clone() for n, q in tr.model.named_parameters()}
+    trainable = {n for n, q in tr.model.named_parameters() if q.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert not any("vision" in n for n in trainable)  # vision tower excluded by default
+    tr.run()
+    after = dict(tr.model.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
+    assert changed and changed <= trainable
+    saved = tmp_path / "lora" / "model"
+    assert (saved / "adapter_config.json").exists()
+    assert not list(saved.glob("model*.safetensors"))
+    keys = load_file(saved / "adapter_model.safetensors").keys()
+    assert keys and all("lora_" in k for k in keys)
+
+
+@pytest.mark.parametrize("loss", ["focus", "lm"])
+def test_both_losses_run_and_save_a_scorable_model(tiny_params, tmp_path, loss):
+    from tokenfocus.scoring import Scorer
+
+    p = _params(tiny_params, "llava_siglip_tiny", steps=2, eval_every=2, checkpoint_every=2, loss=loss)
+    summary = Trainer("llava_siglip_tiny", p, out=tmp_path / loss).run()
+    assert summary["loss"] == loss and summary["steps"] == 2
+    scorer = Scorer.load(tmp_path / loss / "model")
+    assert scorer.slug == "llava_siglip_tiny"

@@ -1,0 +1,91 @@
+"""Scoring whole splits with one backbone and reading the prediction tables back.
+
+A prediction table is a JSON list, one row per pair: ``img_path``, ``prompt_id``, ``score``,
+``distribution``, ``entropy``, ``elements`` (key -> P(yes)), and the ground truth when known.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from tokenfocus.config import Params
+from tokenfocus.evalmuse import Record, load_records, write_json_atomic, write_submission
+from tokenfocus.metrics import evaluate
+from tokenfocus.split import load_split
+
+log = logging.getLogger(__name__)
+#: Splits a backbone is scored on: val (stacker fit), test (report), ntire (test.json, eval.json).
+SCORED_SPLITS = ("val", "test", "ntire")
+
+
+def split_records(params: Params, split: str) -> list[Record]:
+    """Records of a split: ``train``/``val``/``test`` of train_list.json, or ``ntire`` (test.json
+    with labels from eval.json when it exists)."""
+    root = Path(params.validate.data)
+    if split != "ntire":
+        return load_split(load_records(root / "train_list.json"), params.split.out, split)
+    records = load_records(root / "test.json")
+    if (root / "eval.json").exists():
+        truth = {r.img_path: r for r in load_records(root / "eval.json")}
+        for r in records:
+            t = truth.get(r.img_path)
+            if t is not None:
+                r.total_score, r.element_score = t.total_score, {k: t.element_score.get(k) for k in r.element_score}
+    return records
+
+
+def prediction_rows(records: list[Record], results) -> list[dict]:
+    """Rows of a prediction table from records and their :class:`ScoreResult` list."""
+    return [{"img_path": r.img_path, "prompt_id": r.prompt_id, "prompt": r.prompt, "score": res.score,
+             "distribution": res.distribution, "entropy": res.entropy, "elements": res.elements,
+             "gt_score": r.total_score, "gt_elements": r.element_score}
+            for r, res in zip(records, results, strict=True)]
+
+
+def metrics_of(rows: list[dict]) -> dict[str, float]:
+    """NTIRE metrics of a prediction table with ground truth."""
+    rows = [r for r in rows if r["gt_score"] is not None]
+    if len(rows) < 3:
+        return {}
+    pe = [r["elements"][k] for r in rows for k, v in r["gt_elements"].items() if v is not None]
+    ge = [v for r in rows for v in r["gt_elements"].values() if v is not None]
+    return evaluate([r["score"] for r in rows], [r["gt_score"] for r in rows], pe, ge)
+
+
+def read_table(path: str | Path) -> list[dict]:
+    """Read a prediction table written by :func:`score_backbone`."""
+    return json.loads(Path(path).read_text())
+
+
+def score_backbone(slug: str, params: Params, *, splits: tuple[str, ...] = SCORED_SPLITS,
+                   model_dir: str | Path | None = None, out: str | Path | None = None) -> dict[str, dict]:
+    """Score splits with a trained backbone; write tables, the NTIRE output.json and metrics.
+
+    Returns:
+        Metrics per split (empty for a split without labels).
+    """
+    from tokenfocus.images import load_images
+    from tokenfocus.scoring import Scorer
+
+    model_dir = Path(model_dir or Path(params.train.out) / slug / "model")
+    if not model_dir.exists():
+        raise FileNotFoundError(f"{slug}: no trained model at {model_dir}; run `tokenfocus train --backbone {slug}`")
+    scorer = Scorer.load(model_dir, batch_size=params.score.batch_size, prefix_reuse=params.score.prefix_reuse,
+                         threads=params.score.threads)
+    out = Path(out or Path(params.score.out) / slug)
+    metrics = {}
+    for split in splits:
+        records = split_records(params, split)
+        images = load_images(Path(params.validate.data) / "images", [r.img_path for r in records])
+        results = scorer([images[r.img_path] for r in records], [r.prompt for r in records],
+                         [[e.key for e in r.elements] for r in records])
+        rows = prediction_rows(records, results)
+        write_json_atomic(out / f"{split}.json", rows)
+        if split == "ntire":
+            write_submission(out / "output.json", records, [r.score for r in results],
+                             [r.elements for r in results])
+        metrics[split] = metrics_of(rows)
+        log.info("%s %s: %s", slug, split, metrics[split])
+    return metrics

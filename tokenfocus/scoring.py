@@ -1,0 +1,230 @@
+"""Token-focus scoring: read the first answer token's distribution, never generate.
+
+Normalisation: the overall score distribution is the softmax over the logits of the five score
+tokens alone, which equals the full-vocabulary probabilities renormalised over those tokens.
+The score is its expected value (1..5), its entropy (nats, 0..ln 5) an uncertainty. An element
+is a yes/no question: P(yes) = p(yes) / (p(yes) + p(no)), a softmax over the two logits.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from tokenfocus.backbones import META_FILE, load_model_and_processor, template_parts
+from tokenfocus.config import BackboneConfig, PromptConfig, load_params
+from tokenfocus.images import open_image
+from tokenfocus.prompts import (
+    answer_tokens,
+    element_prefix,
+    element_suffix,
+    element_text,
+    overall_text,
+)
+
+log = logging.getLogger(__name__)
+ImageLike = str | Path | Image.Image
+
+
+@dataclass
+class ScoreResult:
+    score: float  # expected value over 1..5
+    distribution: list[float]  # P(1)..P(5)
+    entropy: float  # nats
+    elements: dict[str, float] = field(default_factory=dict)  # key -> P(yes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def distribution_stats(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expected score (1..K) and entropy of each row of a (N, K) probability tensor."""
+    values = torch.arange(1, probs.shape[-1] + 1, dtype=probs.dtype, device=probs.device)
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+    return (probs * values).sum(-1), entropy
+
+
+def encode(processor, texts: list[str], images: list[Image.Image]):
+    """One padded batch through the processor (left padding: every row ends at the answer)."""
+    return processor(text=texts, images=[[im] for im in images], padding=True, return_tensors="pt")
+
+
+def first_answer_logits(model, batch) -> torch.Tensor:
+    """Logits of the first answer token, (B, V): the last position of each left-padded row."""
+    return model(**batch, logits_to_keep=1).logits[:, -1, :]
+
+
+class Scorer:
+    """A loaded backbone that scores (image, prompt) pairs and their elements.
+
+    Example:
+        >>> scorer = Scorer.load("idefics3_tiny")  # a params slug, a folder or a hub id
+        >>> results = scorer(["a.png"], ["two red circles"], elements=[["two circles (counting)"]])
+    """
+
+    def __init__(self, model, processor, prompts: PromptConfig, *, slug: str = "", batch_size: int = 32,
+                 prefix_reuse: bool = True):
+        self.model, self.processor, self.prompts, self.slug = model, processor, prompts, slug
+        self.batch_size, self.prefix_reuse = batch_size, prefix_reuse
+        self.processor.tokenizer.padding_side = "left"
+        self.parts = template_parts(processor)
+        self.tokens = answer_tokens(processor.tokenizer, prompts, slug=slug or "backbone")
+        self._warned_fallback = False
+
+    @classmethod
+    def load(cls, path_or_slug: str | Path, *, params: str | Path = "params.yaml", batch_size: int = 32,
+             prefix_reuse: bool = True, threads: int | None = None) -> Scorer:
+        """Load a scorer from a params slug, a model folder, or a hub id.
+
+        A slug resolves to its trained model when one exists, else to its base ``source``.
+        """
+        if threads:
+            torch.set_num_threads(threads)
+        path = Path(path_or_slug)
+        slug, bb, prompts = str(path_or_slug), None, PromptConfig()
+        if path.exists():
+            meta_path = path / META_FILE
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+            slug = meta.get("slug", path.name)
+            bb = BackboneConfig(**meta["backbone"]) if "backbone" in meta else BackboneConfig(source=str(path))
+            if "prompts" in meta:
+                prompts = PromptConfig(**meta["prompts"])
+            source = path
+        elif Path(params).exists() and str(path_or_slug) in load_params(params).backbones:
+            p = load_params(params)
+            bb, prompts = p.backbone(slug), p.prompts_for(slug)
+            trained = Path(p.train.out) / slug / "model"
+            source = trained if trained.exists() else Path(bb.source)
+        else:  # a hub id
+            bb, source = BackboneConfig(source=str(path_or_slug)), str(path_or_slug)
+        model, processor = load_model_and_processor(source, bb, slug=slug)
+        return cls(model, processor, prompts, slug=slug, batch_size=batch_size, prefix_reuse=prefix_reuse)
+
+    # -- batching helpers ---------------------------------------------------------------------
+    def _batches(self, n: int, lengths: Sequence[int], desc: str):
+        """Index batches sorted by text length, so rows of one batch pad little."""
+        order = sorted(range(n), key=lambda i: lengths[i])
+        chunks = [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+        return tqdm(chunks, desc=f"{self.slug} {desc}", leave=False, disable=None)
+
+    # -- overall --------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def overall(self, images: list[Image.Image], prompts: list[str],
+                elements: list[list[str]] | None = None) -> torch.Tensor:
+        """(N, 5) score distributions of the overall question, one forward pass per batch."""
+        texts = [overall_text(self.parts, self.prompts, p, (elements[i] if elements else None))
+                 for i, p in enumerate(prompts)]
+        out = torch.empty(len(texts), len(self.tokens.score_ids))
+        for idx in self._batches(len(texts), [len(t) for t in texts], "overall"):
+            batch = encode(self.processor, [texts[i] for i in idx], [images[i] for i in idx])
+            logits = first_answer_logits(self.model, batch)[:, self.tokens.score_ids]
+            out[idx] = torch.softmax(logits.float(), dim=-1)
+        return out
+
+    # -- elements -------------------------------------------------------------------------------
+    def _yes_prob(self, logits: torch.Tensor) -> torch.Tensor:
+        pair = logits[:, [self.tokens.yes_id, self.tokens.no_id]].float()
+        return torch.softmax(pair, dim=-1)[:, 0]
+
+    @torch.inference_mode()
+    def elements_plain(self, images: list[Image.Image], prompts: list[str],
+                       elements: list[list[str]]) -> list[dict[str, float]]:
+        """P(yes) per element with one full forward per question (image re-encoded each time)."""
+        rows = [(i, k) for i, ks in enumerate(elements) for k in ks]
+        texts = [element_text(self.parts, self.prompts, prompts[i], k) for i, k in rows]
+        probs = torch.empty(len(rows))
+        for idx in self._batches(len(rows), [len(t) for t in texts], "elements"):
+            batch = encode(self.processor, [texts[j] for j in idx], [images[rows[j][0]] for j in idx])
+            probs[idx] = self._yes_prob(first_answer_logits(self.model, batch))
+        out: list[dict[str, float]] = [{} for _ in images]
+        for (i, k), p in zip(rows, probs.tolist(), strict=True):
+            out[i][k] = p
+        return out
+
+    @torch.inference_mode()
+    def elements_prefix(self, images: list[Image.Image], prompts: list[str],
+                        elements: list[list[str]]) -> list[dict[str, float]]:
+        """P(yes) per element, encoding each image and its prompt once.
+
+        The shared prefix (image + prompt) runs once per image with ``use_cache``; its past key
+        values are then selected per question, and only the short question suffixes run.
+        Suffixes are right-padded, so each row's answer position is its own last real token.
+        """
+        tok = self.processor.tokenizer
+        out: list[dict[str, float]] = [{} for _ in images]
+        prefixes = [element_prefix(self.parts, self.prompts, p) for p in prompts]
+        for idx in self._batches(len(images), [len(t) for t in prefixes], "elements"):
+            idx = [i for i in idx if elements[i]]
+            if not idx:
+                continue
+            batch = encode(self.processor, [prefixes[i] for i in idx], [images[i] for i in idx])
+            cache = self.model(**batch, use_cache=True, logits_to_keep=1).past_key_values
+            rows = [(b, elements[i][j]) for b, i in enumerate(idx) for j in range(len(elements[i]))]
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start : start + self.batch_size]
+                suffix = tok([element_suffix(self.parts, self.prompts, k) for _, k in chunk],
+                             add_special_tokens=False, padding=True, padding_side="right", return_tensors="pt")
+                owner = torch.tensor([b for b, _ in chunk])
+                sub = copy.deepcopy(cache)
+                sub.batch_select_indices(owner)
+                mask = torch.cat([batch["attention_mask"][owner], suffix["attention_mask"]], dim=1)
+                last = suffix["attention_mask"].sum(1) - 1
+                keep = torch.unique(last)
+                logits = self.model(input_ids=suffix["input_ids"], attention_mask=mask, cache=sub,
+                                    logits_to_keep=keep).logits
+                picked = logits[torch.arange(len(chunk)), torch.searchsorted(keep, last)]
+                for (b, k), p in zip(chunk, self._yes_prob(picked).tolist(), strict=True):
+                    out[idx[b]][k] = p
+        return out
+
+    def element_probs(self, images: list[Image.Image], prompts: list[str],
+                      elements: list[list[str]]) -> list[dict[str, float]]:
+        """Element P(yes), with prefix reuse where the family allows it."""
+        if not any(elements):
+            return [{} for _ in images]
+        if self.prefix_reuse:
+            try:
+                return self.elements_prefix(images, prompts, elements)
+            except Exception as exc:  # a family whose forward cannot take a reused cache
+                if not self._warned_fallback:
+                    log.warning("%s: prefix reuse unavailable (%s); scoring elements one by one",
+                                self.slug, exc)
+                    self._warned_fallback = True
+                self.prefix_reuse = False
+        return self.elements_plain(images, prompts, elements)
+
+    # -- public call ----------------------------------------------------------------------------
+    def __call__(self, images: Sequence[ImageLike], prompts: Sequence[str],
+                 elements: Sequence[Sequence[str] | None] | None = None) -> list[ScoreResult]:
+        """Score pairs: one :class:`ScoreResult` per (image, prompt), batched internally.
+
+        Args:
+            images: paths or PIL images, each decoded once.
+            prompts: one prompt per image.
+            elements: per pair, element keys (``"red circle (color)"``) or plain texts, or None.
+        """
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        if elements is not None and len(elements) != len(prompts):
+            raise ValueError(f"{len(elements)} element lists but {len(prompts)} prompts")
+        pil = [open_image(im) for im in images]
+        els = [list(e or []) for e in elements] if elements is not None else [[] for _ in pil]
+        dists = self.overall(pil, list(prompts), els if any(els) else None)
+        scores, entropy = distribution_stats(dists)
+        probs = self.element_probs(pil, list(prompts), els)
+        return [ScoreResult(float(s), [float(x) for x in d], float(h), probs[i])
+                for i, (s, d, h) in enumerate(zip(scores, dists, entropy, strict=True))]
+
+
+def max_entropy(k: int = 5) -> float:
+    """The entropy of a uniform distribution over ``k`` score tokens."""
+    return math.log(k)

@@ -1,0 +1,43 @@
+"""The pyfunc model served by ``mlflow models serve`` (MLflow models-from-code).
+
+MLflow executes this file when it loads the model; ``set_model`` names the model object.
+"""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+from mlflow.models import set_model
+
+
+class TokenFocusEnsemble(mlflow.pyfunc.PythonModel):
+    """Records in (prompt, image, optional elements), scores out; bad records raise HTTP 400."""
+
+    def load_context(self, context):
+        from tokenfocus.registry import EnsembleScorer, Limits
+
+        cfg = json.loads(open(context.artifacts["serve_config"]).read())
+        self.scorer = EnsembleScorer(context.artifacts["bundle"], batch_size=cfg.get("batch_size", 32))
+        self.limits = Limits(None, cfg["max_image_bytes"], cfg["max_pixels"])
+        from pathlib import Path
+        import os
+
+        root = os.environ.get("TOKENFOCUS_ALLOWED_ROOT", cfg.get("allowed_root") or "")
+        self.limits.allowed_root = Path(root).resolve() if root else None
+
+    def predict(self, context, model_input, params=None):
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        from tokenfocus.registry import RecordError, parse_records
+
+        records = model_input.to_dict(orient="records") if hasattr(model_input, "to_dict") else list(model_input)
+        try:
+            images, prompts, elements = parse_records(records, self.limits)
+        except RecordError as exc:
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+        return self.scorer(images, prompts, elements)
+
+
+set_model(TokenFocusEnsemble())

@@ -1,0 +1,209 @@
+"""Combining backbones: bagging (seeds), blending (weights tuned on val), ridge stacking.
+
+The stacker is fitted on held-out predictions only: the val split, which no backbone trained
+on. ``fit_ensemble`` refuses any row whose prompt is in the train split, so a leak cannot
+happen by accident.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tokenfocus.config import StackConfig
+from tokenfocus.evalmuse import write_json_atomic
+from tokenfocus.metrics import evaluate
+
+FEATURES = ("score", "entropy", "element_mean")
+
+
+class LeakError(ValueError):
+    """A stacker asked to fit on predictions of data a backbone trained on."""
+
+
+def bag_tables(tables: list[list[dict]]) -> list[dict]:
+    """Average several prediction tables of one backbone (seeds) row by row."""
+    if len(tables) == 1:
+        return tables[0]
+    out = []
+    for rows in zip(*tables, strict=True):
+        base = dict(rows[0])
+        dist = np.mean([r["distribution"] for r in rows], axis=0)
+        base["distribution"] = dist.tolist()
+        base["score"] = float(np.dot(dist, np.arange(1, len(dist) + 1)))
+        base["entropy"] = float(-(dist * np.log(np.clip(dist, 1e-12, None))).sum())
+        base["elements"] = {k: float(np.mean([r["elements"][k] for r in rows])) for k in base["elements"]}
+        out.append(base)
+    return out
+
+
+def feature_row(row: dict, features: list[str]) -> list[float]:
+    """One backbone's features for one pair."""
+    vals = {"score": row["score"], "entropy": row["entropy"],
+            "element_mean": float(np.mean(list(row["elements"].values()))) if row["elements"] else 0.5}
+    return [vals[f] for f in features]
+
+
+def design(tables: dict[str, list[dict]], features: list[str]) -> np.ndarray:
+    """(N, backbones x features) matrix; the tables must list the same pairs in the same order."""
+    slugs = sorted(tables)
+    paths = [r["img_path"] for r in tables[slugs[0]]]
+    for s in slugs[1:]:
+        if [r["img_path"] for r in tables[s]] != paths:
+            raise ValueError(f"prediction tables of {slugs[0]} and {s} list different pairs")
+    return np.array([[v for s in slugs for v in feature_row(tables[s][i], features)] for i in range(len(paths))])
+
+
+@dataclass
+class Ensemble:
+    """A fitted combination of backbones (everything but the backbones themselves)."""
+
+    slugs: list[str]
+    method: str
+    features: list[str]
+    weights: list[float] = field(default_factory=list)  # blend weights, one per backbone
+    element_method: str = "mean"
+    stacker: object = None  # sklearn Pipeline(StandardScaler, RidgeCV)
+    element_stacker: object = None  # sklearn LogisticRegression over backbone P(yes) logits
+
+    def combine(self, tables: dict[str, list[dict]], method: str | None = None) -> list[dict]:
+        """Ensemble rows (``score``, ``elements``, ``distribution``, per-backbone scores)."""
+        method = method or self.method
+        slugs = self.slugs
+        n = len(tables[slugs[0]])
+        scores = np.array([[tables[s][i]["score"] for s in slugs] for i in range(n)])
+        if method == "ridge":
+            total = self.stacker.predict(design({s: tables[s] for s in slugs}, self.features))
+        elif method == "blend":
+            total = scores @ np.array(self.weights)
+        elif method == "mean":
+            total = scores.mean(1)
+        else:
+            raise ValueError(f"unknown ensemble method {method!r}")
+        total = np.clip(total, 1.0, 5.0)
+        out = []
+        for i in range(n):
+            first = tables[slugs[0]][i]
+            keys = list(first["elements"])
+            probs = {k: self._element(np.array([tables[s][i]["elements"][k] for s in slugs])) for k in keys}
+            dist = np.mean([tables[s][i]["distribution"] for s in slugs], axis=0)
+            out.append({**{k: first[k] for k in ("img_path", "prompt_id", "prompt", "gt_score", "gt_elements")
+                           if k in first},
+                        "score": float(total[i]), "elements": probs, "distribution": dist.tolist(),
+                        "entropy": float(-(dist * np.log(np.clip(dist, 1e-12, None))).sum()),
+                        "backbone_scores": {s: float(tables[s][i]["score"]) for s in slugs}})
+        return out
+
+    def _element(self, p: np.ndarray) -> float:
+        if self.element_method == "logistic" and self.element_stacker is not None:
+            z = np.log(np.clip(p, 1e-6, 1 - 1e-6) / np.clip(1 - p, 1e-6, 1)).reshape(1, -1)
+            return float(self.element_stacker.predict_proba(z)[0, 1])
+        return float(p.mean())
+
+    # -- persistence: skops for sklearn objects, JSON for the rest (no pickle) ------------------
+    def save(self, out: str | Path) -> Path:
+        import skops.io as sio
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {k: v for k, v in asdict(self).items() if k not in ("stacker", "element_stacker")}
+        if self.stacker is not None:
+            sio.dump(self.stacker, out / "stacker.skops")
+            ridge = self.stacker[-1]
+            meta["ridge"] = {"alpha": float(ridge.alpha_), "coef": ridge.coef_.tolist(),
+                             "intercept": float(ridge.intercept_)}
+        if self.element_stacker is not None:
+            sio.dump(self.element_stacker, out / "element_stacker.skops")
+        write_json_atomic(out / "ensemble.json", meta)
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> Ensemble:
+        import skops.io as sio
+
+        path = Path(path)
+        meta = json.loads((path / "ensemble.json").read_text())
+        meta.pop("ridge", None)
+        ens = cls(**meta)
+        for attr, name in (("stacker", "stacker.skops"), ("element_stacker", "element_stacker.skops")):
+            if (path / name).exists():
+                trusted = sio.get_untrusted_types(file=path / name)
+                # Only sklearn/numpy types we wrote ourselves are accepted.
+                bad = [t for t in trusted if not t.startswith(("sklearn.", "numpy."))]
+                if bad:
+                    raise ValueError(f"{path / name}: unexpected types {bad}")
+                setattr(ens, attr, sio.load(path / name, trusted=trusted))
+        return ens
+
+
+def fit_ensemble(val: dict[str, list[dict]], cfg: StackConfig, *, train_prompts: set[str] = frozenset()) -> Ensemble:
+    """Fit the blend weights, the ridge stacker and the element stacker on held-out rows.
+
+    Args:
+        val: per backbone, its prediction table on held-out data (the val split).
+        cfg: methods, features and the alpha grid.
+        train_prompts: prompt ids the backbones trained on; any of them in ``val`` is a leak.
+    """
+    from sklearn.linear_model import LogisticRegression, RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    slugs = sorted(val)
+    leaked = {r["prompt_id"] for s in slugs for r in val[s]} & set(train_prompts)
+    if leaked:
+        raise LeakError(f"stacker rows include {len(leaked)} training prompt(s), e.g. {sorted(leaked)[:3]}")
+    bad = [f for f in cfg.features if f not in FEATURES]
+    if bad:
+        raise ValueError(f"unknown stacking feature(s) {bad}; choose from {FEATURES}")
+    y = np.array([r["gt_score"] for r in val[slugs[0]]], dtype=float)
+    stacker = make_pipeline(StandardScaler(), RidgeCV(alphas=cfg.alphas))
+    stacker.fit(design(val, list(cfg.features)), y)
+    ens = Ensemble(slugs=slugs, method=cfg.method, features=list(cfg.features), stacker=stacker,
+                   element_method=cfg.element_method)
+    ens.weights = _blend_weights(val, slugs, y)
+    if cfg.element_method == "logistic":
+        xs, ys = [], []
+        for i, r in enumerate(val[slugs[0]]):
+            for k, g in r["gt_elements"].items():
+                p = np.clip([val[s][i]["elements"][k] for s in slugs], 1e-6, 1 - 1e-6)
+                xs.append(np.log(p / (1 - p)))
+                ys.append(int(g >= 0.5))
+        ens.element_stacker = LogisticRegression().fit(np.array(xs), np.array(ys))
+    return ens
+
+
+def _blend_weights(val: dict[str, list[dict]], slugs: list[str], y: np.ndarray, step: float = 0.1) -> list[float]:
+    """Weights on a simplex grid that maximise val SRCC + PLCC of the weighted score."""
+    scores = np.array([[r["score"] for r in val[s]] for s in slugs]).T
+    ticks = int(round(1 / step))
+    best, best_w = -math.inf, [1.0 / len(slugs)] * len(slugs)
+    for combo in itertools.product(range(ticks + 1), repeat=len(slugs)):
+        if sum(combo) != ticks:
+            continue
+        w = np.array(combo) / ticks
+        m = evaluate(scores @ w, y)
+        value = m["srcc"] + m["plcc"]
+        if value > best + 1e-9:
+            best, best_w = value, w.tolist()
+    return best_w
+
+
+def comparison(tables: dict[str, list[dict]], ens: Ensemble, *, singles: dict[str, list[dict]] | None = None,
+               bagged: dict[str, dict] | None = None) -> list[dict]:
+    """Test-set rows for the report: each backbone (single seed), bagging, mean, blend and stack."""
+    from tokenfocus.predictions import metrics_of
+
+    singles = singles or tables
+    rows = [{"model": s, **metrics_of(singles[s])} for s in ens.slugs]
+    best = max(rows, key=lambda r: r.get("final", -1))
+    out = [{**best, "model": f"best single ({best['model']})"}]
+    for s, m in (bagged or {}).items():
+        out.append({"model": f"bagging ({s})", **m})
+    for method in ("mean", "blend", "ridge"):
+        out.append({"model": {"ridge": "ridge stack"}.get(method, method), **metrics_of(ens.combine(tables, method))})
+    return rows + out

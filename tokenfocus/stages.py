@@ -1,0 +1,162 @@
+"""Stage functions shared by the DVC pipeline (CLI) and the Prefect flows: the work plus its
+MLflow logging, written once."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+from tokenfocus.config import Params, to_dict
+from tokenfocus.evalmuse import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def _flat(prefix: str, d: dict) -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(f"{prefix}{k}.", v))
+        else:
+            out[f"{prefix}{k}"] = str(v)[:500]
+    return out
+
+
+def _members(slug: str, params: Params) -> list[tuple[Params, Path]]:
+    """Bagging members: (params with the member's seed, output folder); member 0 is the plain run."""
+    base = Path(params.train.out) / slug
+    out = []
+    for k in range(max(1, params.stack.bagging_seeds)):
+        p = dataclasses.replace(params, train=dataclasses.replace(params.train, seed=params.train.seed + k))
+        out.append((p, base if k == 0 else base / f"bag{k}"))
+    return out
+
+
+def train_stage(slug: str, params: Params, *, track: bool = True, pid: str | None = None) -> dict:
+    """Train one backbone (and its bagging members), logging params, curves and summary to its child run."""
+    from tokenfocus.train import Trainer
+
+    def run_all(log_fn=None) -> dict:
+        summaries = [Trainer(slug, p, out=out, log_fn=log_fn).run() for p, out in _members(slug, params)]
+        return {**summaries[0], "members": len(summaries)}
+
+    if not track:
+        return run_all()
+    import mlflow
+
+    from tokenfocus.tracking import child_run, log_dataset, metric_logger
+
+    with child_run(params.tracking, slug, new=True, pid=pid):
+        mlflow.log_params(_flat("train.", to_dict(params.train_for(slug))))
+        mlflow.log_params(_flat("backbone.", dataclasses.asdict(params.backbone(slug))))
+        log_dataset(params.validate.data)
+        summary = run_all(metric_logger())
+        mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, int | float)})
+    return summary
+
+
+def score_stage(slug: str, params: Params, *, splits: tuple[str, ...] | None = None, track: bool = True,
+                pid: str | None = None) -> dict:
+    """Score splits with a trained backbone; write eval/<slug>/ metrics and plot data; log them."""
+    from tokenfocus.plots import figures, write_plot_data
+    from tokenfocus.predictions import SCORED_SPLITS, read_table, score_backbone
+    from tokenfocus.synth import ceiling
+
+    from tokenfocus.evalmuse import load_records, write_submission
+    from tokenfocus.predictions import metrics_of
+    from tokenfocus.stack import bag_tables
+
+    splits = splits or SCORED_SPLITS
+    scores_dir = Path(params.score.out) / slug
+    members = _members(slug, params)
+    member_metrics = [score_backbone(slug, params, splits=splits, model_dir=out / "model",
+                                     out=scores_dir / f"member{k}") for k, (_, out) in enumerate(members)]
+    metrics = {}
+    for split in splits:  # the backbone's table: the members' average (bagging), or member 0 alone
+        rows = bag_tables([read_table(scores_dir / f"member{k}" / f"{split}.json") for k in range(len(members))])
+        write_json_atomic(scores_dir / f"{split}.json", rows)
+        metrics[split] = metrics_of(rows)
+        if split == "ntire":
+            records = load_records(Path(params.validate.data) / "test.json")
+            by_path = {r["img_path"]: r for r in rows}
+            write_submission(scores_dir / "output.json", records, [by_path[r.img_path]["score"] for r in records],
+                             [by_path[r.img_path]["elements"] for r in records])
+    out_dir = Path("eval") / slug
+    table = Path(params.score.out) / slug / "test.json"
+    rows = read_table(table) if table.exists() else []
+    summary = {"test": metrics.get("test", {}), "ntire": metrics.get("ntire", {}),
+               "single_test": member_metrics[0].get("test", {}), "members": len(members),
+               "train": read_metrics(Path(params.train.out) / slug / "metrics.json")}
+    if (Path(params.validate.data) / "latent.json").exists() and rows:
+        summary["ceiling_srcc"] = ceiling(params.validate.data, [r["img_path"] for r in rows])
+    write_json_atomic(out_dir / "metrics.json", summary)
+    if rows:
+        write_plot_data(rows, out_dir)
+    if track:
+        import mlflow
+
+        from tokenfocus.tracking import child_run
+
+        with child_run(params.tracking, slug, pid=pid):
+            for split, m in metrics.items():
+                mlflow.log_metrics({f"{split}_{k}": float(v) for k, v in m.items() if v == v})
+            for split in splits:
+                mlflow.log_artifact(str(Path(params.score.out) / slug / f"{split}.json"), "predictions")
+            if rows:
+                for name, fig in figures(rows, slug).items():
+                    mlflow.log_figure(fig, f"plots/{name}")
+    return metrics
+
+
+def read_metrics(path: str | Path) -> dict:
+    p = Path(path)
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def stack_stage(params: Params) -> dict:
+    """Fit the ensemble on val predictions, compare it on test, write output.json and metrics."""
+    from tokenfocus.evalmuse import load_records, write_submission
+    from tokenfocus.predictions import metrics_of, read_table, split_records
+    from tokenfocus.stack import comparison, fit_ensemble
+
+    slugs = list(params.backbones)
+    tables = {split: {s: read_table(Path(params.score.out) / s / f"{split}.json") for s in slugs}
+              for split in ("val", "test", "ntire")}
+    train_prompts = {r.prompt_id for r in split_records(params, "train")}
+    ens = fit_ensemble(tables["val"], params.stack, train_prompts=train_prompts)
+    ens.save(params.stack.out)
+    bagged = {}
+    if params.stack.bagging_seeds > 1:
+        bagged = {s: read_metrics(Path("eval") / s / "metrics.json").get("test", {}) for s in slugs}
+        singles = {s: read_table(Path(params.score.out) / s / "member0" / "test.json") for s in slugs}
+        rows = comparison(tables["test"], ens, singles=singles, bagged=bagged)
+    else:
+        rows = comparison(tables["test"], ens)
+    ntire = ens.combine(tables["ntire"])
+    records = load_records(Path(params.validate.data) / "test.json")
+    by_path = {r["img_path"]: r for r in ntire}
+    write_submission(Path("eval") / "ensemble" / "output.json", records,
+                     [by_path[r.img_path]["score"] for r in records], [by_path[r.img_path]["elements"] for r in records])
+    test_rows = ens.combine(tables["test"])
+    summary = {"method": ens.method, "test": metrics_of(test_rows), "ntire": metrics_of(ntire),
+               "weights": dict(zip(ens.slugs, ens.weights, strict=True))}
+    write_json_atomic(Path("eval") / "ensemble" / "metrics.json", summary)
+    write_json_atomic(Path("eval") / "ensemble" / "comparison.json", rows)
+    from tokenfocus.plots import write_plot_data
+
+    write_plot_data(test_rows, Path("eval") / "ensemble")
+    return summary
+
+
+def register_stage(params: Params, *, pid: str | None = None) -> dict:
+    """Register the ensemble (alias challenger), then promote it if it beats the champion."""
+    from tokenfocus.registry import log_and_register, promote
+
+    metrics = read_metrics(Path("eval") / "ensemble" / "metrics.json").get("test", {})
+    version = log_and_register(params, metrics={f"test_{k}": v for k, v in metrics.items()}, pid=pid)
+    decision = promote(params)
+    out = {"version": version.version, **decision}
+    write_json_atomic(Path("eval") / "registry.json", out)
+    return out

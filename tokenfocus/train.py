@@ -1,0 +1,298 @@
+"""Fine-tuning one backbone with the token-focus loss (or the LM baseline), resumably.
+
+The story: load the base through the Auto classes -> optionally wrap in LoRA -> for each step,
+draw a batch of (image, prompt) pairs with one element question each -> read the first answer
+position -> loss -> AdamW with warm-up and cosine decay -> every so often, evaluate on val,
+keep the best model and write a checkpoint that resumes exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tokenfocus.backbones import META_FILE, load_model_and_processor, replace_dir
+from tokenfocus.config import Params
+from tokenfocus.evalmuse import Record, write_json_atomic
+from tokenfocus.images import load_images
+from tokenfocus.losses import element_loss, focus_loss, lm_loss
+from tokenfocus.metrics import evaluate as ntire_metrics
+from tokenfocus.prompts import element_text, overall_text
+from tokenfocus.scoring import Scorer, distribution_stats, encode, first_answer_logits
+from tokenfocus.predictions import split_records
+
+log = logging.getLogger(__name__)
+LogFn = Callable[[dict[str, float], int], None]
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint needs, besides weights and optimizer, to resume exactly."""
+
+    step: int = 0
+    best_srcc: float = -1.0
+    best_step: int = -1
+    evals_without_gain: int = 0
+    cpu_seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+
+def apply_lora(model, slug: str, params: Params):
+    """Wrap the model in a LoRA adapter on the language model's target modules only."""
+    from peft import LoraConfig, get_peft_model
+
+    lc = params.backbone(slug).lora
+    # Name every target module explicitly: vision towers reuse names such as q_proj.
+    names = [n for n, _ in model.named_modules()
+             if n.split(".")[-1] in lc.target_modules and (lc.include_vision or "vision" not in n)]
+    if not names:
+        raise ValueError(f"{slug}: LoRA target modules {lc.target_modules} match nothing in the model")
+    config = LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=names)
+    return get_peft_model(model, config)
+
+
+def evaluate_split(scorer: Scorer, records: list[Record], images: dict) -> dict[str, float]:
+    """Overall and element metrics of the current model on a list of records."""
+    pil = [images[r.img_path] for r in records]
+    prompts = [r.prompt for r in records]
+    els = [[e.key for e in r.elements] for r in records]
+    dists = scorer.overall(pil, prompts, els)
+    scores, _ = distribution_stats(dists)
+    probs = scorer.element_probs(pil, prompts, els)
+    pe = [probs[i][k] for i, r in enumerate(records) for k in els[i]]
+    ge = [r.element_score[k] for i, r in enumerate(records) for k in els[i]]
+    return ntire_metrics(scores.tolist(), [r.total_score for r in records], pe, ge)
+
+
+class Trainer:
+    """One backbone's fine-tuning run; ``run()`` resumes from ``out/checkpoint`` if present."""
+
+    def __init__(self, slug: str, params: Params, *, out: str | Path | None = None, source: str | None = None,
+                 log_fn: LogFn | None = None):
+        self.slug, self.params = slug, params
+        self.cfg = params.train_for(slug)
+        self.bb = params.backbone(slug)
+        self.prompts = params.prompts_for(slug)
+        self.out = Path(out or Path(self.cfg.out) / slug)
+        self.source = source or self.bb.source
+        self.log_fn = log_fn or (lambda metrics, step: None)
+
+    # -- data -------------------------------------------------------------------------------------
+    def _load_data(self) -> None:
+        self.train_records = split_records(self.params, "train")
+        self.val_records = split_records(self.params, "val")
+        if not self.train_records:
+            raise ValueError(f"{self.slug}: the train split is empty")
+        root = Path(self.params.validate.data) / "images"
+        self.images = load_images(root, [r.img_path for r in self.train_records + self.val_records])
+
+    def _batch(self, step: int, micro: int):
+        """The step's examples: a function of (seed, step) alone, so a resumed run sees the same."""
+        rng = np.random.default_rng([self.cfg.seed, step, micro])
+        n = len(self.train_records)
+        idx = rng.choice(n, size=min(self.cfg.batch_size, n), replace=False)
+        recs = [self.train_records[i] for i in idx]
+        keys = []
+        for r in recs:
+            # Most elements are present; drawing absent ones more often makes the image matter.
+            absent = [e.key for e in r.elements if (r.element_score[e.key] or 0) < 0.5]
+            pool = absent if absent and rng.random() < self.cfg.element_balance else [e.key for e in r.elements]
+            keys.append(pool[rng.integers(len(pool))])
+        return recs, keys
+
+    # -- loss -------------------------------------------------------------------------------------
+    def _loss(self, recs: list[Record], keys: list[str], step: int) -> dict[str, torch.Tensor]:
+        parts, pr = self.scorer.parts, self.prompts
+        imgs = [self.images[r.img_path] for r in recs]
+        overall = [overall_text(parts, pr, r.prompt, [e.key for e in r.elements]) for r in recs]
+        element = [element_text(parts, pr, r.prompt, k) for r, k in zip(recs, keys, strict=True)]
+        scores = torch.tensor([r.total_score for r in recs])
+        labels = torch.tensor([r.element_score[k] for r, k in zip(recs, keys, strict=True)])
+        tokens = self.scorer.tokens
+        if self.cfg.loss == "lm":
+            return self._lm_loss(overall + element, imgs + imgs, scores, labels)
+        batch = encode(self.processor, overall + element, imgs + imgs)
+        # Only the first answer position carries the score: nothing else enters the loss.
+        logits = first_answer_logits(self.model, batch)
+        b = len(recs)
+        # The regression term joins after a CE-only warm-up; alone it pulls to the mean score early.
+        mse_w = self.cfg.mse_weight if step >= self.cfg.mse_warmup_frac * self.cfg.steps else 0.0
+        out = focus_loss(logits[:b, tokens.score_ids], scores, ce_weight=self.cfg.ce_weight, mse_weight=mse_w,
+                         soft=self.cfg.soft_target)
+        out["element"] = element_loss(logits[b:, [tokens.yes_id, tokens.no_id]], labels)
+        out["loss"] = out["loss"] + self.cfg.element_weight * out["element"]
+        return out
+
+    def _lm_loss(self, texts: list[str], imgs, scores, labels) -> dict[str, torch.Tensor]:
+        """Baseline: full-vocabulary next-token CE on the answer text (digit or yes/no + end)."""
+        tok = self.processor.tokenizer
+        b = len(scores)
+        answers = [self.prompts.score_tokens[int(round(float(s))) - 1] for s in scores]
+        answers += [self.prompts.yes_token if float(y) >= 0.5 else self.prompts.no_token for y in labels]
+        full = [t + a + self.end for t, a in zip(texts, answers, strict=True)]
+        n_ans = [len(tok.encode(a + self.end, add_special_tokens=False)) for a in answers]
+        batch = encode(self.processor, full, imgs)
+        t = max(n_ans)
+        logits = self.model(**batch, logits_to_keep=t + 1).logits[:, :-1, :]  # positions predicting answers
+        ids = batch["input_ids"][:, -t:].clone()
+        for i, n in enumerate(n_ans):  # left padding: every answer ends at the last position
+            ids[i, : t - n] = -100
+        loss = lm_loss(logits, ids)
+        return {"loss": loss, "lm": loss, "overall_rows": torch.tensor(float(b))}
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def _save_model(self, dest: Path) -> None:
+        """Save the model (or only the LoRA adapter) with its processor and metadata, atomically."""
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_pretrained(tmp)  # safetensors; a PeftModel saves only its adapter
+        self.processor.save_pretrained(tmp)
+        meta = {"slug": self.slug, "kind": "trained", "base": str(self.source), "tuning": self.bb.tuning,
+                "backbone": asdict(self.bb), "prompts": asdict(self.prompts), "loss": self.cfg.loss}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+        replace_dir(tmp, dest)
+
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        if self.bb.tuning == "lora":
+            from peft import get_peft_model_state_dict
+
+            return get_peft_model_state_dict(self.model)
+        return {k: v.detach().clone().contiguous() for k, v in self.model.state_dict().items()}
+
+    def _save_checkpoint(self, state: TrainState) -> None:
+        """Weights (or adapter), optimizer, scheduler and state, swapped in atomically."""
+        from safetensors.torch import save_file
+
+        ckpt = self.out / "checkpoint"
+        tmp = ckpt.with_name("checkpoint.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(self._trainable_state(), tmp / "weights.safetensors")
+        torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}, tmp / "optim.pt")
+        write_json_atomic(tmp / "state.json", {**asdict(state), "config": asdict(self.cfg)})
+        replace_dir(tmp, ckpt)
+
+    def _resume(self) -> TrainState:
+        ckpt = self.out / "checkpoint"
+        if not (ckpt / "state.json").exists():
+            return TrainState()
+        saved = json.loads((ckpt / "state.json").read_text())
+        if saved.pop("config") != json.loads(json.dumps(asdict(self.cfg))):
+            log.warning("%s: checkpoint was made with another train config; starting afresh", self.slug)
+            return TrainState()
+        from safetensors.torch import load_file
+
+        weights = load_file(ckpt / "weights.safetensors")
+        if self.bb.tuning == "lora":
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.model, weights)
+        else:
+            self.model.load_state_dict(weights)
+        opt = torch.load(ckpt / "optim.pt", weights_only=True)  # tensors only: no pickle of objects
+        self.opt.load_state_dict(opt["optimizer"])
+        self.sched.load_state_dict(opt["scheduler"])
+        log.info("%s: resumed from step %d", self.slug, saved["step"])
+        return TrainState(**saved)
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from transformers import get_cosine_schedule_with_warmup
+
+        torch.set_num_threads(self.cfg.threads)
+        torch.manual_seed(self.cfg.seed)
+        self.model, self.processor = load_model_and_processor(self.source, self.bb, slug=self.slug)
+        if self.bb.tuning == "lora":
+            self.model = apply_lora(self.model, self.slug, self.params)
+        elif self.bb.tuning != "full":
+            raise ValueError(f"{self.slug}: tuning must be 'full' or 'lora', not {self.bb.tuning!r}")
+        self.scorer = Scorer(self.model, self.processor, self.prompts, slug=self.slug,
+                             batch_size=self.params.score.batch_size)
+        self.end = self._assistant_end()
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(trainable, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.sched = get_cosine_schedule_with_warmup(
+            self.opt, int(self.cfg.warmup_frac * self.cfg.steps), self.cfg.steps)
+
+    def _assistant_end(self) -> str:
+        """What the chat template writes after an assistant answer (its end-of-turn marker)."""
+        msgs = [{"role": "user", "content": [{"type": "text", "text": "q"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "QQANSWERQQ"}]}]
+        text = self.processor.apply_chat_template(msgs, tokenize=False)
+        return text.split("QQANSWERQQ", 1)[1]
+
+    def run(self, *, stop_after: int | None = None) -> dict:
+        """Train to ``steps`` (or early stop); return the final metrics.
+
+        Args:
+            stop_after: end the process-level run after this many steps (tests simulate a kill).
+        """
+        self._load_data()
+        self.setup()
+        state = self._resume()
+        self.out.mkdir(parents=True, exist_ok=True)
+        cfg = self.cfg
+        bar = tqdm(range(state.step, cfg.steps), desc=f"train {self.slug}", disable=None, initial=state.step,
+                   total=cfg.steps)
+        cpu0 = time.process_time()
+        done_here = 0
+        for step in bar:
+            self.model.train()
+            torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout identical after a resume
+            parts: dict[str, float] = {}
+            for micro in range(cfg.grad_accum):
+                out = self._loss(*self._batch(step, micro), step)
+                (out["loss"] / cfg.grad_accum).backward()
+                for k, v in out.items():
+                    parts[k] = parts.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+            self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
+            state.step = step + 1
+            bar.set_postfix(loss=f"{parts['loss']:.3f}")
+            if step % 10 == 0:
+                self.log_fn({**{f"train_{k}": v for k, v in parts.items()}, "lr": self.sched.get_last_lr()[0]},
+                            step)
+            last = state.step == cfg.steps
+            if state.step % cfg.eval_every == 0 or last:
+                self.model.eval()
+                m = evaluate_split(self.scorer, self.val_records, self.images)
+                state.history.append({"step": state.step, **m})
+                self.log_fn({f"val_{k}": v for k, v in m.items()}, state.step)
+                if m["srcc"] > state.best_srcc:
+                    state.best_srcc, state.best_step, state.evals_without_gain = m["srcc"], state.step, 0
+                    self._save_model(self.out / "model")
+                else:
+                    state.evals_without_gain += 1
+            stopping = state.evals_without_gain >= cfg.patience
+            done_here += 1
+            if state.step % cfg.checkpoint_every == 0 or last or stopping:
+                state.cpu_seconds += time.process_time() - cpu0
+                cpu0 = time.process_time()
+                self._save_checkpoint(state)
+            if stopping:
+                log.info("%s: early stop at step %d (best val SRCC %.4f at %d)", self.slug, state.step,
+                         state.best_srcc, state.best_step)
+                break
+            if stop_after is not None and done_here >= stop_after:
+                return {"interrupted_at": state.step}
+        summary = {"slug": self.slug, "loss": cfg.loss, "steps": state.step, "best_step": state.best_step,
+                   "best_val_srcc": state.best_srcc, "cpu_minutes": state.cpu_seconds / 60,
+                   "trainable_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad)}
+        write_json_atomic(self.out / "metrics.json", summary)
+        return summary
+
+
+def train(slug: str, params: Params, **kwargs) -> dict:
+    """Fine-tune one backbone (see :class:`Trainer`); return its summary metrics."""
+    return Trainer(slug, params, **kwargs).run()
