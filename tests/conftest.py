@@ -66,3 +66,29 @@ def tiny_params(small_data, tmp_path_factory):
     for slug in p.backbones:
         build(slug, p)
     return p
+
+
+def write_tiny_params(dest: Path, *, backbones=("idefics3_tiny", "llava_siglip_tiny"), steps: int = 2,
+                      data: str = "data") -> Path:
+    """A params.yaml for pipeline tests: the repo's, with 2 backbones and a few steps."""
+    import yaml
+
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["backbones"] = {k: v for k, v in p["backbones"].items() if k in backbones}
+    p["validate"]["data"] = data
+    p["train"].update(steps=steps, batch_size=4, eval_every=steps, checkpoint_every=steps)
+    p["tracking"]["promote_bootstrap"] = 10
+    p["split"]["folds"] = 3
+    dest.write_text(yaml.safe_dump(p, sort_keys=False))
+    return dest
+
+
+@pytest.fixture
+def project_dir(small_data, tmp_path, monkeypatch):
+    """A working directory laid out like the repo, with tiny params and its own MLflow store."""
+    os.symlink(small_data, tmp_path / "data")
+    write_tiny_params(tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    return tmp_path

@@ -6,8 +6,10 @@ stays fast and a verb only pays for what it uses.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from pathlib import Path
 
 import typer
 

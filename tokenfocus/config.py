@@ -231,7 +231,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         tp = next(a for a in args if a is not type(None))
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if tp in (int, str, bool) and not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")

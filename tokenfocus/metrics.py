@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 def logistic4(x: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:
     """The challenge's 4-parameter logistic."""
-    return b2 + (b1 - b2) / (1 + np.exp(-(x - b3) / np.abs(b4)))
+    with np.errstate(over="ignore"):  # exp overflow is a saturated logistic, not an error
+        return b2 + (b1 - b2) / (1 + np.exp(-(x - b3) / np.abs(b4)))
 
 
 def srcc(pred: Sequence[float], gt: Sequence[float]) -> float:
@@ -63,9 +64,16 @@ def ntire_score(srcc_value: float, plcc_value: float, acc: float) -> float:
 
 def evaluate(pred_total: Sequence[float], gt_total: Sequence[float], pred_elements: Iterable[float] = (),
              gt_elements: Iterable[float] = ()) -> dict[str, float]:
-    """All metrics of one prediction set; ``final`` is the NTIRE score (rounded to 4 places)."""
-    s, p, k = srcc(pred_total, gt_total), plcc(pred_total, gt_total), krcc(pred_total, gt_total)
+    """All metrics of one prediction set; ``final`` is the NTIRE score (rounded to 4 places).
+
+    Undefined values (a constant prediction has no rank correlation; no elements, no accuracy)
+    are None, so the result is always valid JSON.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        warnings.simplefilter("ignore", stats.NearConstantInputWarning)
+        s, p, k = srcc(pred_total, gt_total), plcc(pred_total, gt_total), krcc(pred_total, gt_total)
     acc = element_accuracy(pred_elements, gt_elements)
     out = {"srcc": s, "plcc": p, "krcc": k, "element_acc": acc, "n": len(pred_total)}
-    out["final"] = round(ntire_score(s, p, acc), 4) if not np.isnan(acc) else float("nan")
-    return out
+    out["final"] = round(ntire_score(s, p, acc), 4)
+    return {key: (None if isinstance(v, float) and np.isnan(v) else v) for key, v in out.items()}

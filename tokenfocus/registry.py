@@ -212,7 +212,7 @@ def log_and_register(params: Params, *, metrics: dict[str, float] | None = None,
                                     "ridge_intercept": ens["ridge"]["intercept"]})
             mlflow.log_dict(ens, "ensemble.json")
             if metrics:
-                mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})
+                mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(Path(__file__).with_name("serving_model.py")),
                 artifacts={"bundle": str(root), "serve_config": str(serve_cfg)},
@@ -247,6 +247,10 @@ def _finished(client, version) -> tuple[bool, str]:
     return True, "finished"
 
 
+def _num(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
 def paired_bootstrap(a_rows: list[dict], b_rows: list[dict], *, n: int, seed: int) -> dict[str, float]:
     """NTIRE score of two prediction tables on the same pairs, and a bootstrap CI of b - a."""
     from tokenfocus.predictions import metrics_of
@@ -256,9 +260,9 @@ def paired_bootstrap(a_rows: list[dict], b_rows: list[dict], *, n: int, seed: in
     for _ in range(n):
         idx = rng.integers(0, len(a_rows), len(a_rows))
         ma, mb = metrics_of([a_rows[i] for i in idx]), metrics_of([b_rows[i] for i in idx])
-        diffs.append(mb["final"] - ma["final"])
-    a, b = metrics_of(a_rows)["final"], metrics_of(b_rows)["final"]
-    lo, hi = np.percentile(diffs, [2.5, 97.5])
+        diffs.append(_num(mb["final"]) - _num(ma["final"]))
+    a, b = _num(metrics_of(a_rows)["final"]), _num(metrics_of(b_rows)["final"])
+    lo, hi = np.nanpercentile(diffs, [2.5, 97.5])
     return {"champion_final": a, "challenger_final": b, "diff": b - a, "ci_low": float(lo), "ci_high": float(hi)}
 
 
@@ -310,7 +314,7 @@ def promote(params: Params, *, min_delta: float = 0.0) -> dict[str, Any]:
         figs = paired_bootstrap(version_rows(tc, champion, params), version_rows(tc, challenger, params),
                                 n=tc.promote_bootstrap, seed=tc.promote_seed)
         decision.update(figs)
-        better = figs["diff"] > min_delta
+        better = bool(figs["diff"] > min_delta)  # NaN (undefined scores) is never better
         decision.update(promoted=better, reason=("challenger better" if better else "challenger not better") +
                         f" on test NTIRE score by {figs['diff']:+.4f} (95% CI {figs['ci_low']:+.4f}..{figs['ci_high']:+.4f})")
     if decision["promoted"]:

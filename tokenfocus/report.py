@@ -14,10 +14,14 @@ def _load(path: Path) -> dict | list:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _f(v, digits: int = 4) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
 def _row(name: str, m: dict) -> str:
     if not m:
         return f"| {name} | - | - | - | - |\n"
-    return f"| {name} | {m['srcc']:.4f} | {m['plcc']:.4f} | {m['element_acc']:.4f} | {m['final']:.4f} |\n"
+    return f"| {name} | {_f(m['srcc'])} | {_f(m['plcc'])} | {_f(m['element_acc'])} | {_f(m['final'])} |\n"
 
 
 def backbone_table(params: Params) -> str:
@@ -31,9 +35,9 @@ def backbone_table(params: Params) -> str:
         if not m:
             lines.append(f"| {slug} | {bb.tuning} | - | - | - | - | - | - | - | - |")
             continue
-        lines.append(f"| {slug} | {bb.tuning} | {t.get('loss', '-')} | {t.get('cpu_minutes', float('nan')):.1f} | "
-                     f"{t.get('steps', '-')} | {m['srcc']:.4f} | {m['plcc']:.4f} | {m['element_acc']:.4f} | "
-                     f"{m['final']:.4f} | {e.get('ceiling_srcc', float('nan')):.3f} |")
+        lines.append(f"| {slug} | {bb.tuning} | {t.get('loss', '-')} | {_f(t.get('cpu_minutes'), 1)} | "
+                     f"{t.get('steps', '-')} | {_f(m['srcc'])} | {_f(m['plcc'])} | {_f(m['element_acc'])} | "
+                     f"{_f(m['final'])} | {_f(e.get('ceiling_srcc'), 3)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -50,8 +54,8 @@ def loss_study_table() -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in study["runs"]:
         m = r["test"]
-        lines.append(f"| {r['backbone']} | {r['loss']} | {r['seed']} | {r['cpu_minutes']:.1f} | {m['srcc']:.4f} | "
-                     f"{m['plcc']:.4f} | {m['element_acc']:.4f} | {m['final']:.4f} |")
+        lines.append(f"| {r['backbone']} | {r['loss']} | {r['seed']} | {_f(r['cpu_minutes'], 1)} | {_f(m['srcc'])} | "
+                     f"{_f(m['plcc'])} | {_f(m['element_acc'])} | {_f(m['final'])} |")
     for s in study.get("summary", []):
         lines.append(f"| **{s['backbone']}** | **{s['loss']} mean** | {s['n']} seeds | | {s['srcc_mean']:.4f} ± "
                      f"{s['srcc_sd']:.4f} | | {s['acc_mean']:.4f} | {s['final_mean']:.4f} |")

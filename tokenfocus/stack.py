@@ -187,7 +187,7 @@ def _blend_weights(val: dict[str, list[dict]], slugs: list[str], y: np.ndarray, 
             continue
         w = np.array(combo) / ticks
         m = evaluate(scores @ w, y)
-        value = m["srcc"] + m["plcc"]
+        value = (m["srcc"] or 0.0) + (m["plcc"] or 0.0)
         if value > best + 1e-9:
             best, best_w = value, w.tolist()
     return best_w
@@ -200,7 +200,7 @@ def comparison(tables: dict[str, list[dict]], ens: Ensemble, *, singles: dict[st
 
     singles = singles or tables
     rows = [{"model": s, **metrics_of(singles[s])} for s in ens.slugs]
-    best = max(rows, key=lambda r: r.get("final", -1))
+    best = max(rows, key=lambda r: r.get("final") or -1.0)
     out = [{**best, "model": f"best single ({best['model']})"}]
     for s, m in (bagged or {}).items():
         out.append({"model": f"bagging ({s})", **m})

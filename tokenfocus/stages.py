@@ -101,7 +101,7 @@ def score_stage(slug: str, params: Params, *, splits: tuple[str, ...] | None = N
 
         with child_run(params.tracking, slug, pid=pid):
             for split, m in metrics.items():
-                mlflow.log_metrics({f"{split}_{k}": float(v) for k, v in m.items() if v == v})
+                mlflow.log_metrics({f"{split}_{k}": float(v) for k, v in m.items() if isinstance(v, int | float)})
             for split in splits:
                 mlflow.log_artifact(str(Path(params.score.out) / slug / f"{split}.json"), "predictions")
             if rows:

@@ -269,8 +269,9 @@ class Trainer:
                 m = evaluate_split(self.scorer, self.val_records, self.images)
                 state.history.append({"step": state.step, **m})
                 self.log_fn({f"val_{k}": v for k, v in m.items()}, state.step)
-                if m["srcc"] > state.best_srcc:
-                    state.best_srcc, state.best_step, state.evals_without_gain = m["srcc"], state.step, 0
+                srcc = m["srcc"] if m["srcc"] is not None else -1.0  # constant output: no ranking yet
+                if srcc > state.best_srcc:
+                    state.best_srcc, state.best_step, state.evals_without_gain = srcc, state.step, 0
                     self._save_model(self.out / "model")
                 else:
                     state.evals_without_gain += 1

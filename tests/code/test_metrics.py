@@ -29,3 +29,4 @@ def test_element_accuracy_and_final_score_by_hand():
 
 def test_no_elements_gives_nan_accuracy():
     assert math.isnan(element_accuracy([], []))
+    assert evaluate([1, 1, 1], [1, 2, 3])["srcc"] is None  # constant prediction: undefined, JSON-safe

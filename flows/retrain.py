@@ -1,0 +1,146 @@
+"""The retrain flow: validate -> split -> per-backbone build/train/score (concurrent) -> stack ->
+register -> promote. Tasks call the same ``tokenfocus`` stage functions as the DVC pipeline and
+pass only paths and small values between them, never models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.futures import wait
+from prefect.runtime import flow_run
+
+from tokenfocus.config import FlowConfig, load_params
+from tokenfocus.env import apply_offline_env
+
+
+def _load(params_path: str, root: str):
+    """Each task (maybe on another Dask worker) reads params itself from the project root."""
+    apply_offline_env()
+    if Path.cwd() != Path(root):
+        os.chdir(root)
+    return load_params(params_path)
+
+
+@task(retries=2, retry_delay_seconds=5, persist_result=True)
+def validate_task(params_path: str, root: str) -> str:
+    from tokenfocus.validate import main
+
+    p = _load(params_path, root)
+    report = main(p.validate)
+    if not report.success:
+        raise ValueError(report.summary())
+    return p.validate.report
+
+
+@task(retries=2, retry_delay_seconds=5, persist_result=True)
+def split_task(params_path: str, root: str, report: str) -> str:
+    from tokenfocus.split import main
+
+    p = _load(params_path, root)
+    main(p.split, p.validate.data)
+    return p.split.out
+
+
+@task(retries=2, retry_delay_seconds=5, persist_result=True)
+def build_task(params_path: str, root: str, slug: str) -> str:
+    from tokenfocus.backbones import build
+
+    p = _load(params_path, root)
+    return str(build(slug, p) or p.backbone(slug).source)
+
+
+@task(persist_result=True)
+def train_task(params_path: str, root: str, slug: str, pid: str, base: str, splits: str) -> str:
+    from tokenfocus.stages import train_stage
+
+    p = _load(params_path, root)
+    train_stage(slug, p, pid=pid)
+    return str(Path(p.train.out) / slug / "model")
+
+
+@task(persist_result=True)
+def score_task(params_path: str, root: str, slug: str, pid: str, model_dir: str) -> dict:
+    from tokenfocus.stages import score_stage
+
+    p = _load(params_path, root)
+    return score_stage(slug, p, pid=pid)
+
+
+@task(retries=2, retry_delay_seconds=5, persist_result=True)
+def stack_task(params_path: str, root: str, scored: list[dict]) -> dict:
+    from tokenfocus.stages import stack_stage
+
+    return stack_stage(_load(params_path, root))
+
+
+@task(retries=2, retry_delay_seconds=5, persist_result=True)
+def register_task(params_path: str, root: str, pid: str, stacked: dict) -> dict:
+    from tokenfocus.stages import register_stage
+
+    return register_stage(_load(params_path, root), pid=pid)
+
+
+def _mark_parent_failed(params_path: str, root: str, pid: str) -> None:
+    from mlflow import MlflowClient
+
+    from tokenfocus.tracking import parent_run_id
+
+    p = _load(params_path, root)
+    MlflowClient().set_terminated(parent_run_id(p.tracking, pid), status="FAILED")
+
+
+@flow(name="tokenfocus-retrain", log_prints=True)
+def retrain(params_path: str = "params.yaml", root: str | None = None, backbones: list[str] | None = None) -> dict:
+    """Retrain every backbone concurrently, stack, register a challenger and promote it if better."""
+    logger = get_run_logger()
+    root = str(Path(root or Path.cwd()).resolve())
+    p = _load(params_path, root)
+    pid = f"prefect-{flow_run.id or 'local'}"
+    slugs = backbones or list(p.backbones)
+    with_retries = {"retries": p.flows.retries, "retry_delay_seconds": p.flows.retry_delay_s}
+    report = validate_task(params_path, root)
+    splits = split_task(params_path, root, report)
+    scored = []
+    for slug in slugs:  # submitted together: the task runner runs backbones in parallel
+        base = build_task.submit(params_path, root, slug)
+        model = train_task.with_options(**with_retries).submit(params_path, root, slug, pid, base, splits)
+        scored.append(score_task.with_options(**with_retries).submit(params_path, root, slug, pid, model))
+    wait(scored)
+    failed = [s for s, f in zip(slugs, scored, strict=True) if f.state.is_failed()]
+    if failed:
+        _mark_parent_failed(params_path, root, pid)
+        raise RuntimeError(f"backbone task(s) failed: {failed}; nothing registered, champion unchanged")
+    stacked = stack_task(params_path, root, [f.result() for f in scored])
+    decision = register_task(params_path, root, pid, stacked)
+    logger.info("registry: %s", decision)
+    return decision
+
+
+def task_runner(cfg: FlowConfig):
+    """The task runner params.yaml asks for: threads, a local Dask cluster, or a Dask scheduler."""
+    if cfg.runner == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=4)
+    from prefect_dask import DaskTaskRunner
+
+    if cfg.runner == "dask":
+        return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.dask_workers, "threads_per_worker": 1,
+                                              "processes": True, "dashboard_address": None})
+    if cfg.runner == "dask-address":
+        if not cfg.dask_address:
+            raise ValueError("flows.runner is dask-address but flows.dask_address is empty")
+        return DaskTaskRunner(address=cfg.dask_address)
+    raise ValueError(f"flows.runner must be threads, dask or dask-address, not {cfg.runner!r}")
+
+
+def configured_flow(params_path: str = "params.yaml"):
+    """The retrain flow with the task runner chosen in params.yaml."""
+    return retrain.with_options(task_runner=task_runner(load_params(params_path).flows))
+
+
+if __name__ == "__main__":
+    apply_offline_env()
+    configured_flow()()

@@ -1,0 +1,63 @@
+"""The Prefect retrain flow under Prefect's test harness, with real MLflow and tiny backbones."""
+
+import pytest
+from mlflow import MlflowClient
+from prefect.testing.utilities import prefect_test_harness
+
+from tokenfocus.config import load_params
+
+
+@pytest.fixture(scope="module", autouse=True)
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _champion(name="tokenfocus-ensemble"):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return MlflowClient().get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return None
+
+
+def test_retrain_flow_registers_and_promotes(project_dir):
+    from flows.retrain import retrain
+
+    decision = retrain(params_path="params.yaml", root=str(project_dir))
+    assert decision["promoted"] is True and decision["reason"] == "no champion yet"
+    champion = _champion()
+    assert champion is not None and champion.version == decision["version"]
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("tokenfocus").experiment_id])
+    kinds = sorted(r.data.tags.get("tokenfocus.kind") for r in runs)
+    assert kinds.count("backbone") == 2 and "pipeline" in kinds and "stack" in kinds
+    parent = next(r for r in runs if r.data.tags.get("tokenfocus.kind") == "pipeline")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 3  # two backbones and the ensemble, all under one parent
+    assert all(r.info.status == "FINISHED" for r in children)
+    backbone_run = next(r for r in children if r.data.tags.get("tokenfocus.kind") == "backbone")
+    assert "test_srcc" in backbone_run.data.metrics and "train.lr" in backbone_run.data.params
+
+
+def test_failing_backbone_leaves_champion_and_marks_runs_failed(project_dir):
+    import yaml
+
+    from flows.retrain import retrain
+
+    p = yaml.safe_load((project_dir / "params.yaml").read_text())
+    # A checkpoint that cannot be loaded: this backbone's train task fails, the other one runs.
+    p["backbones"]["llava_siglip_tiny"].update(family="", source="does/not/exist")
+    p["flows"]["retries"] = 1
+    p["flows"]["retry_delay_s"] = 0
+    (project_dir / "params.yaml").write_text(yaml.safe_dump(p))
+    with pytest.raises(Exception, match="llava_siglip_tiny"):
+        retrain(params_path="params.yaml", root=str(project_dir))
+    assert _champion() is None
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("tokenfocus").experiment_id])
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert any(r.data.tags.get("tokenfocus.kind") == "pipeline" for r in failed)
+    assert any(r.data.tags.get("tokenfocus.backbone") == "llava_siglip_tiny" for r in failed)
+    assert not client.search_model_versions("name='tokenfocus-ensemble'")
