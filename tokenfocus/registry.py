@@ -187,7 +187,8 @@ def log_and_register(params: Params, *, metrics: dict[str, float] | None = None,
 
     import mlflow
     from mlflow import MlflowClient
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types.schema import Array, ColSpec, Schema
 
     from tokenfocus.tracking import child_run
 
@@ -201,7 +202,12 @@ def log_and_register(params: Params, *, metrics: dict[str, float] | None = None,
         example = _example_frame(params)
         scorer = EnsembleScorer(root)
         images, prompts, elements = parse_records(example.to_dict(orient="records"), limits_from(params.serve))
-        signature = infer_signature(example, scorer(images, prompts, elements))
+        # Explicit input schema: `elements` may be left out of a request (but, when one record of a
+        # request has it, give [] to the others: the schema check runs before our code).
+        inputs = Schema([ColSpec("string", "prompt"), ColSpec("string", "image"),
+                         ColSpec(Array("string"), "elements", required=False)])
+        outputs = infer_signature(example, scorer(images, prompts, elements)).outputs
+        signature = ModelSignature(inputs=inputs, outputs=outputs)
         with child_run(tc, "ensemble", kind="stack", new=True, pid=pid) as run:
             ens = json.loads((root / "ensemble" / "ensemble.json").read_text())
             mlflow.log_params({"method": ens["method"], "backbones": ",".join(ens["slugs"]),
@@ -283,13 +289,19 @@ def version_rows(tc: TrackingConfig, version, params: Params) -> list[dict]:
              "gt_score": r.total_score, "gt_elements": r.element_score} for r, o in zip(records, out, strict=True)]
 
 
-def promote(params: Params, *, min_delta: float = 0.0) -> dict[str, Any]:
+def promote(params: Params, *, min_delta: float = 0.0, rows_of=None) -> dict[str, Any]:
     """Move ``champion`` to the challenger only if it is better on the test split (NTIRE score).
 
     A challenger whose run failed or did not finish is never promoted. With no champion, a
     finished challenger becomes champion. The decision and its figures are returned, written to
     ``eval/promotion.json`` and set as tags on the challenger version.
+
+    Args:
+        min_delta: how much higher the challenger's test NTIRE score must be.
+        rows_of: ``(tracking_config, version, params) -> prediction rows``; defaults to loading
+            the version from the registry and scoring the test split.
     """
+    rows_of = rows_of or version_rows
     from mlflow import MlflowClient
 
     from tokenfocus.evalmuse import write_json_atomic
@@ -311,7 +323,7 @@ def promote(params: Params, *, min_delta: float = 0.0) -> dict[str, Any]:
     elif champion.version == challenger.version:
         decision.update(promoted=False, reason="challenger is already champion")
     else:
-        figs = paired_bootstrap(version_rows(tc, champion, params), version_rows(tc, challenger, params),
+        figs = paired_bootstrap(rows_of(tc, champion, params), rows_of(tc, challenger, params),
                                 n=tc.promote_bootstrap, seed=tc.promote_seed)
         decision.update(figs)
         better = bool(figs["diff"] > min_delta)  # NaN (undefined scores) is never better

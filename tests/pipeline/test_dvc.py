@@ -1,0 +1,63 @@
+"""Real `dvc repro` in a temporary copy of the repo with tiny params."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, write_tiny_params
+
+DVC = str(Path(sys.executable).with_name("dvc"))
+
+
+def _run(args, cwd, env):
+    out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(small_data, tmp_path_factory):
+    """A git+DVC repo copied from ours, the small dataset as data/, 2 tiny backbones."""
+    d = tmp_path_factory.mktemp("repo")
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if f.startswith(("dvc.yaml", "params.yaml", ".dvc/", "data.dvc")):
+            (d / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, d / f)
+    shutil.copytree(ROOT / "tokenfocus", d / "tokenfocus")  # stage deps name these files
+    shutil.copytree(small_data, d / "data")
+    write_tiny_params(d / "params.yaml")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{d / 'mlflow.db'}",
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
+    env.pop("MLFLOW_RUN_ID", None)
+    subprocess.run(["git", "init", "-q"], cwd=d, check=True)
+    _run([DVC, "add", "-q", "data"], d, env)
+    return d, env
+
+
+def _ran(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+def test_repro_then_noop_then_partial(repo):
+    d, env = repo
+    first = _ran(_run([DVC, "repro"], d, env))
+    assert {"validate", "split", "train@idefics3_tiny", "score@llava_siglip_tiny", "stack", "register"} <= first
+    assert (d / "eval" / "registry.json").exists() and (d / "docs" / "results.md").exists()
+    assert "Running stage" not in _run([DVC, "repro"], d, env)  # a second repro is a no-op
+    assert "up to date" in _run([DVC, "status"], d, env)
+    metrics = _run([DVC, "metrics", "show"], d, env)
+    assert "eval/ensemble/metrics.json" in metrics
+    # one backbone's param changes: only its stages and what depends on them rerun
+    p = yaml.safe_load((d / "params.yaml").read_text())
+    p["backbones"]["llava_siglip_tiny"]["lr"] = 0.001
+    (d / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    third = _ran(_run([DVC, "repro"], d, env))
+    assert "train@llava_siglip_tiny" in third and "score@llava_siglip_tiny" in third
+    assert not {"validate", "split", "train@idefics3_tiny", "score@idefics3_tiny", "build@idefics3_tiny"} & third
+    assert "stack" in third

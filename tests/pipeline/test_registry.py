@@ -1,0 +1,190 @@
+"""Registry round trip and promotion against a real MLflow sqlite store and tiny backbones."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from tokenfocus.registry import (
+    CHALLENGER,
+    CHAMPION,
+    EnsembleScorer,
+    bundle,
+    limits_from,
+    log_and_register,
+    parse_records,
+    promote,
+)
+from tokenfocus.stack import Ensemble, LeakError, fit_ensemble
+from tokenfocus.stages import stack_stage, score_stage, train_stage
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_params, tmp_path_factory):
+    """Two tiny backbones trained a few steps, scored, and stacked (no MLflow yet)."""
+    import os
+
+    d = tmp_path_factory.mktemp("reg")
+    os.chdir(d)
+    p = dataclasses.replace(tiny_params, backbones={k: v for k, v in tiny_params.backbones.items()
+                                                    if k in ("idefics3_tiny", "llava_siglip_tiny")})
+    p.tracking = dataclasses.replace(p.tracking, promote_bootstrap=20)
+    for slug in p.backbones:
+        train_stage(slug, p, track=False)
+        score_stage(slug, p, track=False)
+    stack_stage(p)
+    return p, d
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return MlflowClient()
+
+
+def _request(p, n=3):
+    from tokenfocus.predictions import split_records
+
+    recs = split_records(p, "test")[:n]
+    return recs, pd.DataFrame([{"prompt": r.prompt, "image": str(p.validate.data) + "/images/" + r.img_path,
+                                "elements": [e.key for e in r.elements]} for r in recs])
+
+
+def test_pyfunc_round_trip_matches_in_process_ensemble(trained, store, tmp_path):
+    p, _ = trained
+    version = log_and_register(p)
+    assert client_alias(store, p, CHALLENGER) == version.version
+    model = mlflow.pyfunc.load_model(f"models:/{p.tracking.model_name}@{CHALLENGER}")
+    assert model.metadata.signature is not None
+    _, frame = _request(p)
+    limits = limits_from(p.serve)
+    limits.allowed_root = Path(p.validate.data).resolve()
+    model.unwrap_python_model().limits.allowed_root = limits.allowed_root
+    expected = EnsembleScorer(bundle(p, tmp_path / "bundle"))(*parse_records(frame.to_dict(orient="records"), limits))
+    got = model.predict(frame)
+    assert len(got) == len(expected) == len(frame)
+    for a, b in zip(got, expected, strict=True):
+        assert a["total_score"] == pytest.approx(b["total_score"], abs=1e-5)
+        assert a["element_scores"] == pytest.approx(b["element_scores"], abs=1e-5)
+        assert set(a["backbone_scores"]) == {"idefics3_tiny", "llava_siglip_tiny"}
+        assert sum(a["distribution"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_served_model_answers_http_and_rejects_bad_records(trained, store, tmp_path):
+    """A real `mlflow models serve` on a free loopback port."""
+    import base64
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    p, _ = trained
+    log_and_register(p)
+    promote(p)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "TOKENFOCUS_ALLOWED_ROOT": str(Path(p.validate.data).resolve()),
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
+    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m",
+                               f"models:/{p.tracking.model_name}@{CHAMPION}", "--env-manager", "local",
+                               "--host", "127.0.0.1", "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(1)
+        else:
+            pytest.fail("server did not start: " + server.stderr.read1().decode(errors="replace")[-2000:])
+        recs, frame = _request(p, 2)
+        img_b64 = base64.b64encode((Path(p.validate.data) / "images" / recs[0].img_path).read_bytes()).decode()
+        good = [{"prompt": recs[0].prompt, "image": img_b64, "elements": [e.key for e in recs[0].elements]},
+                {"prompt": recs[1].prompt, "image": "images/" + recs[1].img_path, "elements": []}]
+        r = requests.post(f"{url}/invocations", json={"dataframe_records": good}, timeout=60)
+        assert r.status_code == 200, r.text
+        preds = r.json()["predictions"]
+        assert len(preds) == 2 and 1 <= preds[0]["total_score"] <= 5
+        assert list(preds[0]["element_scores"]) == [e.key for e in recs[0].elements]
+        bad_cases = {
+            "record 1: 'image' is neither valid base64 nor a path": [good[0], {"prompt": "x", "image": "@" * 100, "elements": []}],
+            "record 0: missing or empty 'prompt'": [{"prompt": "", "image": img_b64}],
+            "outside the allowed root": [{"prompt": "x", "image": "../../etc/passwd"}],
+            "cannot decode image": [{"prompt": "x", "image": base64.b64encode(b"not a png" * 20).decode()}],
+        }
+        for needle, records in bad_cases.items():
+            r = requests.post(f"{url}/invocations", json={"dataframe_records": records}, timeout=60)
+            assert r.status_code == 400, (needle, r.status_code, r.text)
+            assert needle in r.json()["message"], r.text
+        assert requests.post(f"{url}/invocations", json={"dataframe_records": good[:1]}, timeout=60).status_code == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def client_alias(client, p, alias):
+    return client.get_model_version_by_alias(p.tracking.model_name, alias).version
+
+
+def _fixed_rows(quality: dict):
+    """Prediction rows per version: a version's quality decides how well it ranks the pairs."""
+    truth = [1.0, 2.0, 3.0, 4.0, 5.0, 2.5, 3.5, 4.5, 1.5, 3.2]
+
+    def rows_of(tc, version, params):
+        q = quality[str(version.version)]
+        scores = [t if q == "good" else (6 - t if q == "bad" else 3.0 + 0.1 * ((i * 7) % 5)) for i, t in enumerate(truth)]
+        return [{"img_path": str(i), "score": s, "elements": {"e (object)": 0.9}, "gt_score": t,
+                 "gt_elements": {"e (object)": 1.0}} for i, (s, t) in enumerate(zip(scores, truth, strict=True))]
+
+    return rows_of
+
+
+def test_promotion_rules(trained, store):
+    p, d = trained
+    v1 = log_and_register(p)
+    first = promote(p, rows_of=_fixed_rows({}))
+    assert first["promoted"] and first["reason"] == "no champion yet"
+    assert client_alias(store, p, CHAMPION) == v1.version
+    v2 = log_and_register(p)
+    worse = promote(p, rows_of=_fixed_rows({str(v1.version): "good", str(v2.version): "bad"}))
+    assert not worse["promoted"] and worse["diff"] < 0 and worse["ci_high"] <= 0
+    assert client_alias(store, p, CHAMPION) == v1.version
+    equal = promote(p, rows_of=_fixed_rows({str(v1.version): "good", str(v2.version): "good"}))
+    assert not equal["promoted"] and equal["diff"] == 0
+    better = promote(p, rows_of=_fixed_rows({str(v1.version): "bad", str(v2.version): "good"}))
+    assert better["promoted"] and better["diff"] > 0
+    assert client_alias(store, p, CHAMPION) == v2.version
+    tags = store.get_model_version(p.tracking.model_name, v2.version).tags
+    assert tags["promotion.promoted"] == "True"
+    # a challenger from a failed run is never promoted, however good it looks
+    v3 = log_and_register(p)
+    store.set_terminated(store.get_model_version(p.tracking.model_name, v3.version).run_id, status="FAILED")
+    refused = promote(p, rows_of=_fixed_rows({str(v2.version): "bad", str(v3.version): "good"}))
+    assert not refused["promoted"] and "FAILED" in refused["reason"]
+    assert client_alias(store, p, CHAMPION) == v2.version
+    assert json.loads((d / "eval" / "promotion.json").read_text())["promoted"] is False
+
+
+def test_stacker_never_sees_training_predictions(trained):
+    p, _ = trained
+    from tokenfocus.predictions import read_table, split_records
+
+    val = {s: read_table(Path(p.score.out) / s / "val.json") for s in p.backbones}
+    train_prompts = {r.prompt_id for r in split_records(p, "train")}
+    assert not train_prompts & {r["prompt_id"] for r in val["idefics3_tiny"]}
+    ens = fit_ensemble(val, p.stack, train_prompts=train_prompts)
+    assert isinstance(ens, Ensemble)
+    leaky = {s: rows + [dict(rows[0], prompt_id=next(iter(train_prompts)))] for s, rows in val.items()}
+    with pytest.raises(LeakError, match="training prompt"):
+        fit_ensemble(leaky, p.stack, train_prompts=train_prompts)
