@@ -100,15 +100,20 @@ def retrain(params_path: str = "params.yaml", root: str | None = None, backbones
     pid = f"prefect-{flow_run.id or 'local'}"
     slugs = backbones or list(p.backbones)
     with_retries = {"retries": p.flows.retries, "retry_delay_seconds": p.flows.retry_delay_s}
+    from tokenfocus.tracking import parent_run_id
+
+    parent_run_id(p.tracking, pid)  # created once, before concurrent tasks look it up
     report = validate_task(params_path, root)
     splits = split_task(params_path, root, report)
-    scored = []
+    scored, trained = [], []
     for slug in slugs:  # submitted together: the task runner runs backbones in parallel
         base = build_task.submit(params_path, root, slug)
-        model = train_task.with_options(**with_retries).submit(params_path, root, slug, pid, base, splits)
-        scored.append(score_task.with_options(**with_retries).submit(params_path, root, slug, pid, model))
-    wait(scored)
-    failed = [s for s, f in zip(slugs, scored, strict=True) if f.state.is_failed()]
+        trained.append(train_task.with_options(**with_retries).submit(params_path, root, slug, pid, base, splits))
+        scored.append(score_task.with_options(**with_retries).submit(params_path, root, slug, pid, trained[-1]))
+    wait(trained + scored)
+    # A score task whose training failed never runs: anything not completed counts as failed.
+    failed = [s for s, t, f in zip(slugs, trained, scored, strict=True)
+              if not (t.state.is_completed() and f.state.is_completed())]
     if failed:
         _mark_parent_failed(params_path, root, pid)
         raise RuntimeError(f"backbone task(s) failed: {failed}; nothing registered, champion unchanged")

@@ -11,6 +11,7 @@ import copy
 import json
 import logging
 import re
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
@@ -22,6 +23,9 @@ import yaml
 from tokenfocus.config import BackboneConfig, PromptConfig
 
 log = logging.getLogger(__name__)
+# transformers resolves its classes lazily, and that is not thread-safe: concurrent Prefect
+# tasks in one process serialise model construction and loading through this lock.
+_LOAD_LOCK = threading.RLock()
 
 #: Written into every model folder this project saves, so a folder describes itself.
 META_FILE = "tokenfocus.json"
@@ -103,6 +107,12 @@ def build_tiny(slug: str, cfg: BackboneConfig, prompts: PromptConfig, corpus: li
         out: destination folder; written in full before it replaces any old one.
         seed: initialisation seed.
     """
+    with _LOAD_LOCK:
+        return _build_tiny(slug, cfg, prompts, corpus, out, seed=seed)
+
+
+def _build_tiny(slug: str, cfg: BackboneConfig, prompts: PromptConfig, corpus: list[str],
+                out: str | Path, *, seed: int) -> Path:
     import torch
     import transformers
     from transformers import AutoConfig, AutoModelForImageTextToText
@@ -188,10 +198,11 @@ def load_model_and_processor(source: str | Path, cfg: BackboneConfig, *, slug: s
         meta = json.loads((path / META_FILE).read_text())
         base_source = meta["base"]
     try:
-        processor = AutoProcessor.from_pretrained(str(source), trust_remote_code=cfg.trust_remote_code)
-        model = AutoModelForImageTextToText.from_pretrained(
-            str(base_source), dtype=_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code
-        )
+        with _LOAD_LOCK:
+            processor = AutoProcessor.from_pretrained(str(source), trust_remote_code=cfg.trust_remote_code)
+            model = AutoModelForImageTextToText.from_pretrained(
+                str(base_source), dtype=_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code
+            )
     except OSError as exc:
         raise BackboneError(f"{slug or source}: cannot load {base_source}: {exc}") from None
     if not hasattr(processor, "tokenizer"):
@@ -200,7 +211,8 @@ def load_model_and_processor(source: str | Path, cfg: BackboneConfig, *, slug: s
     if adapter.exists():
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(path))
+        with _LOAD_LOCK:
+            model = PeftModel.from_pretrained(model, str(path))
     model.eval()
     return model, processor
 

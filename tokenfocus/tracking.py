@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,8 +82,16 @@ def _find(client, experiment_id: str, query: str):
     return runs[0] if runs else None
 
 
+_PARENT_LOCK = threading.Lock()
+
+
 def parent_run_id(cfg: TrackingConfig, pid: str | None = None) -> str:
     """The parent run of this pipeline run, created on first use."""
+    with _PARENT_LOCK:  # concurrent tasks in one process must not create two parents
+        return _parent_run_id(cfg, pid)
+
+
+def _parent_run_id(cfg: TrackingConfig, pid: str | None) -> str:
     from mlflow import MlflowClient
 
     exp = setup(cfg)
@@ -140,7 +149,12 @@ def log_dataset(data_root: str | Path, *, context: str = "training") -> None:
                        "prompt": [r["prompt"] for r in raws]})
     ds = mlflow.data.from_pandas(df, source=str(Path(data_root).resolve()), name=Path(data_root).name,
                                  digest=data_digest()[:36])
-    mlflow.log_input(ds, context=context)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.log_input(ds, context=context)
+    except MlflowException:  # two backbones logging the same new dataset at once: it exists now
+        mlflow.log_input(ds, context=context)
 
 
 def metric_logger(step_offset: int = 0):
