@@ -163,8 +163,7 @@ def score_one(image: Path = typer.Option(..., help="image file"), prompt: str = 
     from tokenfocus.images import ImageError
     from tokenfocus.scoring import Scorer
 
-    p = _params(params)
-    slug = backbone or next(iter(p.backbones))
+    slug = backbone if backbone and Path(backbone).exists() else backbone or next(iter(_params(params).backbones))
     try:
         result = Scorer.load(slug, params=params)([image], [prompt], [elements or []])[0]
     except (ImageError, BackboneError, ValueError) as exc:

@@ -87,8 +87,8 @@ def open_image(
             img.load()
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{label}: decompression bomb refused") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{label}: decompression bomb refused ({exc})") from None
     except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as exc:
         raise ImageError(f"{label}: cannot decode image ({exc.__class__.__name__}: {exc})") from None
     return to_rgb(img)

@@ -132,7 +132,7 @@ def parse_records(records: list[dict], limits: Limits) -> tuple[list, list[str],
         if not isinstance(els, list) or not all(isinstance(e, str) and e.strip() for e in els):
             raise RecordError(f"{where}: 'elements' must be a list of non-empty strings")
         images.append(decode_image(rec.get("image"), limits, where))
-        prompts.append(prompt[:2000])
+        prompts.append(prompt)  # the scorer cuts overlong prompts, with a warning
         elements.append(list(dict.fromkeys(els)))  # duplicates scored once
     return images, prompts, elements
 

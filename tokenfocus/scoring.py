@@ -79,6 +79,7 @@ class Scorer:
         self.parts = template_parts(processor)
         self.tokens = answer_tokens(processor.tokenizer, prompts, slug=slug or "backbone")
         self._warned_fallback = False
+        self.max_prompt_chars = 600  # keeps question + element list inside small context windows
 
     @classmethod
     def load(cls, path_or_slug: str | Path, *, params: str | Path = "params.yaml", batch_size: int = 32,
@@ -202,6 +203,15 @@ class Scorer:
                 self.prefix_reuse = False
         return self.elements_plain(images, prompts, elements)
 
+    def _fit(self, prompt: str, where: str) -> str:
+        """Refuse an empty prompt; cut an overlong one (with a warning) to fit the context."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{where}: empty prompt")
+        if len(prompt) > self.max_prompt_chars:
+            log.warning("%s: %d characters, truncated to %d", where, len(prompt), self.max_prompt_chars)
+            return prompt[: self.max_prompt_chars]
+        return prompt
+
     # -- public call ----------------------------------------------------------------------------
     def __call__(self, images: Sequence[ImageLike], prompts: Sequence[str],
                  elements: Sequence[Sequence[str] | None] | None = None) -> list[ScoreResult]:
@@ -216,6 +226,7 @@ class Scorer:
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         if elements is not None and len(elements) != len(prompts):
             raise ValueError(f"{len(elements)} element lists but {len(prompts)} prompts")
+        prompts = [self._fit(p, f"prompt {i}") for i, p in enumerate(prompts)]
         pil = [open_image(im) for im in images]
         els = [list(e or []) for e in elements] if elements is not None else [[] for _ in pil]
         dists = self.overall(pil, list(prompts), els if any(els) else None)
