@@ -40,8 +40,8 @@ data: setup
 	$(BIN)/dvc status data.dvc
 
 run: data
-	$(BIN)/dvc repro
-	$(BIN)/tokenfocus report
+	$(PY) scripts/timed_repro.py
+	$(BIN)/tokenfocus report --print
 	@echo "Next: 'make ui' for the MLflow and Prefect UIs, '$(BIN)/dvc metrics show', 'make serve'."
 
 test: setup

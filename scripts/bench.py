@@ -1,0 +1,200 @@
+"""`make bench`: throughput and memory of the scorer and trainer, written to docs/benchmarks.md.
+
+Every row names the machine, the backbone, the batch size, the number of runs and the median,
+and each fast path is compared with its baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tokenfocus.config import load_params  # noqa: E402
+from tokenfocus.env import apply_offline_env  # noqa: E402
+from tokenfocus.evalmuse import load_records  # noqa: E402
+from tokenfocus.images import load_images  # noqa: E402
+
+RUNS = 3
+MACHINE = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def median_time(fn, runs=RUNS) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def sample(params, n):
+    recs = load_records(Path(params.validate.data) / "train_list.json")[:n]
+    imgs = load_images(Path(params.validate.data) / "images", [r.img_path for r in recs])
+    return recs, [imgs[r.img_path] for r in recs]
+
+
+def generate_baseline(scorer, images, prompts):
+    """What a newcomer writes: one generate() per pair, reading the score tokens' probabilities."""
+    from tokenfocus.prompts import overall_text
+    from tokenfocus.scoring import encode
+
+    out = []
+    for im, p in zip(images, prompts, strict=True):
+        batch = encode(scorer.processor, [overall_text(scorer.parts, scorer.prompts, p, None)], [im])
+        g = scorer.model.generate(**batch, max_new_tokens=1, output_scores=True, return_dict_in_generate=True,
+                                  do_sample=False, pad_token_id=scorer.processor.tokenizer.pad_token_id)
+        probs = torch.softmax(g.scores[0][0, scorer.tokens.score_ids], -1)
+        out.append(float((probs * torch.arange(1, 6)).sum()))
+    return out
+
+
+def bench_overall(params, rows):
+    from tokenfocus.scoring import Scorer
+
+    recs, imgs = sample(params, 64)
+    prompts = [r.prompt for r in recs]
+    for slug, bb in params.backbones.items():
+        base = Scorer.load(bb.source)
+        t_gen = median_time(lambda s=base: generate_baseline(s, imgs, prompts))
+        for bs in (1, 8, 32):
+            s = Scorer.load(bb.source, batch_size=bs)
+            t = median_time(lambda s=s: s.overall(imgs, prompts))
+            rows["overall"].append({"backbone": slug, "batch": bs, "pairs": len(imgs), "runs": RUNS,
+                                    "median_s": t, "pairs_per_s": len(imgs) / t,
+                                    "baseline_pairs_per_s": len(imgs) / t_gen, "speedup": t_gen / t})
+
+
+def bench_elements(params, rows):
+    from tokenfocus.scoring import Scorer
+
+    recs, imgs = sample(params, 16)
+    prompts = [r.prompt for r in recs]
+    words = ["red circle (color)", "two stars (counting)", "square (object)", "blue star (color)",
+             "small circles (attribute)", "star left of circle (spatial)", "three squares (counting)",
+             "large star (attribute)"]
+    for slug, bb in params.backbones.items():
+        s = Scorer.load(bb.source, batch_size=32)
+        for k in (2, 4, 8, 16):
+            els = [[f"{w} {j}" for j in range(k // len(words) + 1) for w in words][:k] for _ in recs]
+            els = [[e.replace(" 0", "").replace(" 1", " again") for e in row] for row in els]
+            t_plain = median_time(lambda s=s, e=els: s.elements_plain(imgs, prompts, e))
+            t_pre = median_time(lambda s=s, e=els: s.elements_prefix(imgs, prompts, e))
+            a, b = s.elements_plain(imgs, prompts, els), s.elements_prefix(imgs, prompts, els)
+            diff = max(abs(a[i][key] - b[i][key]) for i in range(len(recs)) for key in els[i])
+            rows["elements"].append({"backbone": slug, "elements": k, "images": len(imgs), "batch": 32, "runs": RUNS,
+                                     "plain_s": t_plain, "prefix_s": t_pre, "speedup": t_plain / t_pre,
+                                     "max_abs_diff": diff})
+
+
+def bench_scaling(params, rows):
+    from tokenfocus.scoring import Scorer
+
+    slug, bb = next(iter(params.backbones.items()))
+    s = Scorer.load(bb.source, batch_size=32)
+    for mult in (1, 2, 4):
+        recs, imgs = sample(params, 64 * mult)
+        els = [[e.key for e in r.elements] for r in recs]
+        t = median_time(lambda s=s, r=recs, i=imgs, e=els: s(i, [x.prompt for x in r], e))
+        rows["scaling"].append({"backbone": slug, "pairs": len(recs), "runs": RUNS, "median_s": t,
+                                "s_per_pair": t / len(recs)})
+
+
+CHILD = r"""
+import json, resource, sys, time, torch, dataclasses
+from tokenfocus.config import load_params
+mode, slug, tuning = sys.argv[1], sys.argv[2], sys.argv[3]
+p = load_params()
+if mode == "train":
+    from tokenfocus.train import Trainer
+    p.backbones[slug].tuning = tuning
+    p.train = dataclasses.replace(p.train, steps=10**6, out="/tmp/tokenfocus-bench")
+    tr = Trainer(slug, p, out="/tmp/tokenfocus-bench/" + slug + tuning)
+    tr._load_data(); tr.setup()
+    n = 30
+    tr._loss(*tr._batch(0, 0), 0)["loss"].backward()
+    t = time.perf_counter()
+    for step in range(n):
+        out = tr._loss(*tr._batch(step, 0), step); out["loss"].backward(); tr.opt.step(); tr.opt.zero_grad()
+    rate = n * p.train.batch_size / (time.perf_counter() - t)
+else:
+    from tokenfocus.scoring import Scorer
+    from tokenfocus.evalmuse import load_records
+    from tokenfocus.images import load_images
+    recs = load_records("data/train_list.json")[:256]
+    imgs = load_images("data/images", [r.img_path for r in recs])
+    s = Scorer.load(p.backbone(slug).source, batch_size=32)
+    t = time.perf_counter()
+    s([imgs[r.img_path] for r in recs], [r.prompt for r in recs], [[e.key for e in r.elements] for r in recs])
+    rate = len(recs) / (time.perf_counter() - t)
+print(json.dumps({"rate": rate, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+"""
+
+
+def child(*args) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_memory(params, rows):
+    for slug in params.backbones:
+        for tuning in ("full", "lora"):
+            r = child("train", slug, tuning)
+            rows["train"].append({"backbone": slug, "tuning": tuning, "batch": params.train.batch_size,
+                                  "steps": 30, "samples_per_s": r["rate"], "peak_rss_gib": r["peak_rss_gib"]})
+        r = child("score", slug, "-")
+        rows["score_memory"].append({"backbone": slug, "pairs": 256, "pairs_per_s": r["rate"],
+                                     "peak_rss_gib": r["peak_rss_gib"]})
+
+
+def table(rows: list[dict]) -> str:
+    if not rows:
+        return "_none_\n"
+    keys = list(rows[0])
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    return ("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n" +
+            "".join("| " + " | ".join(fmt(r[k]) for k in keys) + " |\n" for r in rows))
+
+
+def main() -> None:
+    apply_offline_env()
+    torch.set_num_threads(2)
+    params = load_params()
+    rows = {"overall": [], "elements": [], "scaling": [], "train": [], "score_memory": []}
+    bench_overall(params, rows)
+    bench_elements(params, rows)
+    bench_scaling(params, rows)
+    bench_memory(params, rows)
+    timing = Path("eval/pipeline_timing.json")
+    text = (f"# Benchmarks (generated by `make bench`)\n\nMachine: {MACHINE}. Models: the default tiny backbones "
+            f"(untrained weights; speed does not depend on them). Times are medians of {RUNS} runs after a warm-up.\n\n"
+            "## 1. Overall scoring throughput vs a per-pair `generate()` baseline\n\n" + table(rows["overall"]) +
+            "\n## 2. Element scoring: prefix reuse vs one full forward per question (16 images)\n\n" +
+            table(rows["elements"]) + "\n## 3. Training throughput and peak RSS (one process each)\n\n" +
+            table(rows["train"]) + "\n### Scoring peak RSS (256 pairs with elements)\n\n" + table(rows["score_memory"]) +
+            "\n## 4. The default pipeline (`make run`)\n\n" +
+            (table(json.loads(timing.read_text())["stages"]) + f"\nTotal `dvc repro`: "
+             f"{json.loads(timing.read_text())['total_s']:.0f} s\n" if timing.exists() else "_Run `make run` first._\n") +
+            "\n## 5. Scaling: scoring time vs dataset size\n\n" + table(rows["scaling"]))
+    extra = Path("docs/loadtest.md")
+    if extra.exists():
+        text += "\n" + extra.read_text()
+    Path("docs").mkdir(exist_ok=True)
+    Path("docs/benchmarks.md").write_text(text)
+    Path("eval").mkdir(exist_ok=True)
+    Path("eval/benchmarks.json").write_text(json.dumps(rows, indent=1))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
