@@ -92,7 +92,9 @@ def _mark_parent_failed(params_path: str, root: str, pid: str) -> None:
 
 
 @flow(name="tokenfocus-retrain", log_prints=True)
-def retrain(params_path: str = "params.yaml", root: str | None = None, backbones: list[str] | None = None) -> dict:
+def retrain(
+    params_path: str = "params.yaml", root: str | None = None, backbones: list[str] | None = None
+) -> dict:
     """Retrain every backbone concurrently, stack, register a challenger and promote it if better."""
     logger = get_run_logger()
     root = str(Path(root or Path.cwd()).resolve())
@@ -108,12 +110,19 @@ def retrain(params_path: str = "params.yaml", root: str | None = None, backbones
     scored, trained = [], []
     for slug in slugs:  # submitted together: the task runner runs backbones in parallel
         base = build_task.submit(params_path, root, slug)
-        trained.append(train_task.with_options(**with_retries).submit(params_path, root, slug, pid, base, splits))
-        scored.append(score_task.with_options(**with_retries).submit(params_path, root, slug, pid, trained[-1]))
+        trained.append(
+            train_task.with_options(**with_retries).submit(params_path, root, slug, pid, base, splits)
+        )
+        scored.append(
+            score_task.with_options(**with_retries).submit(params_path, root, slug, pid, trained[-1])
+        )
     wait(trained + scored)
     # A score task whose training failed never runs: anything not completed counts as failed.
-    failed = [s for s, t, f in zip(slugs, trained, scored, strict=True)
-              if not (t.state.is_completed() and f.state.is_completed())]
+    failed = [
+        s
+        for s, t, f in zip(slugs, trained, scored, strict=True)
+        if not (t.state.is_completed() and f.state.is_completed())
+    ]
     if failed:
         _mark_parent_failed(params_path, root, pid)
         raise RuntimeError(f"backbone task(s) failed: {failed}; nothing registered, champion unchanged")
@@ -132,8 +141,14 @@ def task_runner(cfg: FlowConfig):
     from prefect_dask import DaskTaskRunner
 
     if cfg.runner == "dask":
-        return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.dask_workers, "threads_per_worker": 1,
-                                              "processes": True, "dashboard_address": None})
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": cfg.dask_workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            }
+        )
     if cfg.runner == "dask-address":
         if not cfg.dask_address:
             raise ValueError("flows.runner is dask-address but flows.dask_address is empty")

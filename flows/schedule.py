@@ -32,8 +32,10 @@ def main() -> None:
     try:
         urllib.request.urlopen(f"{api}/health", timeout=2)
     except OSError:
-        server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", HOST,
-                                   "--port", str(PORT)], env=os.environ.copy())
+        server = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(PORT)],
+            env=os.environ.copy(),
+        )
         wait_ready(api)
     os.environ["PREFECT_API_URL"] = api
     from flows.retrain import configured_flow

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -52,8 +51,14 @@ def generate_baseline(scorer, images, prompts):
     out = []
     for im, p in zip(images, prompts, strict=True):
         batch = encode(scorer.processor, [overall_text(scorer.parts, scorer.prompts, p, None)], [im])
-        g = scorer.model.generate(**batch, max_new_tokens=1, output_scores=True, return_dict_in_generate=True,
-                                  do_sample=False, pad_token_id=scorer.processor.tokenizer.pad_token_id)
+        g = scorer.model.generate(
+            **batch,
+            max_new_tokens=1,
+            output_scores=True,
+            return_dict_in_generate=True,
+            do_sample=False,
+            pad_token_id=scorer.processor.tokenizer.pad_token_id,
+        )
         probs = torch.softmax(g.scores[0][0, scorer.tokens.score_ids], -1)
         out.append(float((probs * torch.arange(1, 6)).sum()))
     return out
@@ -70,9 +75,18 @@ def bench_overall(params, rows):
         for bs in (1, 8, 32):
             s = Scorer.load(bb.source, batch_size=bs)
             t = median_time(lambda s=s: s.overall(imgs, prompts))
-            rows["overall"].append({"backbone": slug, "batch": bs, "pairs": len(imgs), "runs": RUNS,
-                                    "median_s": t, "pairs_per_s": len(imgs) / t,
-                                    "baseline_pairs_per_s": len(imgs) / t_gen, "speedup": t_gen / t})
+            rows["overall"].append(
+                {
+                    "backbone": slug,
+                    "batch": bs,
+                    "pairs": len(imgs),
+                    "runs": RUNS,
+                    "median_s": t,
+                    "pairs_per_s": len(imgs) / t,
+                    "baseline_pairs_per_s": len(imgs) / t_gen,
+                    "speedup": t_gen / t,
+                }
+            )
 
 
 def bench_elements(params, rows):
@@ -80,9 +94,16 @@ def bench_elements(params, rows):
 
     recs, imgs = sample(params, 16)
     prompts = [r.prompt for r in recs]
-    words = ["red circle (color)", "two stars (counting)", "square (object)", "blue star (color)",
-             "small circles (attribute)", "star left of circle (spatial)", "three squares (counting)",
-             "large star (attribute)"]
+    words = [
+        "red circle (color)",
+        "two stars (counting)",
+        "square (object)",
+        "blue star (color)",
+        "small circles (attribute)",
+        "star left of circle (spatial)",
+        "three squares (counting)",
+        "large star (attribute)",
+    ]
     for slug, bb in params.backbones.items():
         s = Scorer.load(bb.source, batch_size=32)
         for k in (2, 4, 8, 16):
@@ -92,9 +113,19 @@ def bench_elements(params, rows):
             t_pre = median_time(lambda s=s, e=els: s.elements_prefix(imgs, prompts, e))
             a, b = s.elements_plain(imgs, prompts, els), s.elements_prefix(imgs, prompts, els)
             diff = max(abs(a[i][key] - b[i][key]) for i in range(len(recs)) for key in els[i])
-            rows["elements"].append({"backbone": slug, "elements": k, "images": len(imgs), "batch": 32, "runs": RUNS,
-                                     "plain_s": t_plain, "prefix_s": t_pre, "speedup": t_plain / t_pre,
-                                     "max_abs_diff": diff})
+            rows["elements"].append(
+                {
+                    "backbone": slug,
+                    "elements": k,
+                    "images": len(imgs),
+                    "batch": 32,
+                    "runs": RUNS,
+                    "plain_s": t_plain,
+                    "prefix_s": t_pre,
+                    "speedup": t_plain / t_pre,
+                    "max_abs_diff": diff,
+                }
+            )
 
 
 def bench_scaling(params, rows):
@@ -106,8 +137,9 @@ def bench_scaling(params, rows):
         recs, imgs = sample(params, 64 * mult)
         els = [[e.key for e in r.elements] for r in recs]
         t = median_time(lambda s=s, r=recs, i=imgs, e=els: s(i, [x.prompt for x in r], e))
-        rows["scaling"].append({"backbone": slug, "pairs": len(recs), "runs": RUNS, "median_s": t,
-                                "s_per_pair": t / len(recs)})
+        rows["scaling"].append(
+            {"backbone": slug, "pairs": len(recs), "runs": RUNS, "median_s": t, "s_per_pair": t / len(recs)}
+        )
 
 
 CHILD = r"""
@@ -150,11 +182,20 @@ def bench_memory(params, rows):
     for slug in params.backbones:
         for tuning in ("full", "lora"):
             r = child("train", slug, tuning)
-            rows["train"].append({"backbone": slug, "tuning": tuning, "batch": params.train.batch_size,
-                                  "steps": 30, "samples_per_s": r["rate"], "peak_rss_gib": r["peak_rss_gib"]})
+            rows["train"].append(
+                {
+                    "backbone": slug,
+                    "tuning": tuning,
+                    "batch": params.train.batch_size,
+                    "steps": 30,
+                    "samples_per_s": r["rate"],
+                    "peak_rss_gib": r["peak_rss_gib"],
+                }
+            )
         r = child("score", slug, "-")
-        rows["score_memory"].append({"backbone": slug, "pairs": 256, "pairs_per_s": r["rate"],
-                                     "peak_rss_gib": r["peak_rss_gib"]})
+        rows["score_memory"].append(
+            {"backbone": slug, "pairs": 256, "pairs_per_s": r["rate"], "peak_rss_gib": r["peak_rss_gib"]}
+        )
 
 
 def table(rows: list[dict]) -> str:
@@ -162,8 +203,14 @@ def table(rows: list[dict]) -> str:
         return "_none_\n"
     keys = list(rows[0])
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    return ("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n" +
-            "".join("| " + " | ".join(fmt(r[k]) for k in keys) + " |\n" for r in rows))
+    return (
+        "| "
+        + " | ".join(keys)
+        + " |\n|"
+        + "---|" * len(keys)
+        + "\n"
+        + "".join("| " + " | ".join(fmt(r[k]) for k in keys) + " |\n" for r in rows)
+    )
 
 
 def main() -> None:
@@ -176,16 +223,27 @@ def main() -> None:
     bench_scaling(params, rows)
     bench_memory(params, rows)
     timing = Path("eval/pipeline_timing.json")
-    text = (f"# Benchmarks (generated by `make bench`)\n\nMachine: {MACHINE}. Models: the default tiny backbones "
-            f"(untrained weights; speed does not depend on them). Times are medians of {RUNS} runs after a warm-up.\n\n"
-            "## 1. Overall scoring throughput vs a per-pair `generate()` baseline\n\n" + table(rows["overall"]) +
-            "\n## 2. Element scoring: prefix reuse vs one full forward per question (16 images)\n\n" +
-            table(rows["elements"]) + "\n## 3. Training throughput and peak RSS (one process each)\n\n" +
-            table(rows["train"]) + "\n### Scoring peak RSS (256 pairs with elements)\n\n" + table(rows["score_memory"]) +
-            "\n## 4. The default pipeline (`make run`)\n\n" +
-            (table(json.loads(timing.read_text())["stages"]) + f"\nTotal `dvc repro`: "
-             f"{json.loads(timing.read_text())['total_s']:.0f} s\n" if timing.exists() else "_Run `make run` first._\n") +
-            "\n## 5. Scaling: scoring time vs dataset size\n\n" + table(rows["scaling"]))
+    text = (
+        f"# Benchmarks (generated by `make bench`)\n\nMachine: {MACHINE}. Models: the default tiny backbones "
+        f"(untrained weights; speed does not depend on them). Times are medians of {RUNS} runs after a warm-up.\n\n"
+        "## 1. Overall scoring throughput vs a per-pair `generate()` baseline\n\n"
+        + table(rows["overall"])
+        + "\n## 2. Element scoring: prefix reuse vs one full forward per question (16 images)\n\n"
+        + table(rows["elements"])
+        + "\n## 3. Training throughput and peak RSS (one process each)\n\n"
+        + table(rows["train"])
+        + "\n### Scoring peak RSS (256 pairs with elements)\n\n"
+        + table(rows["score_memory"])
+        + "\n## 4. The default pipeline (`make run`)\n\n"
+        + (
+            table(json.loads(timing.read_text())["stages"]) + f"\nTotal `dvc repro`: "
+            f"{json.loads(timing.read_text())['total_s']:.0f} s\n"
+            if timing.exists()
+            else "_Run `make run` first._\n"
+        )
+        + "\n## 5. Scaling: scoring time vs dataset size\n\n"
+        + table(rows["scaling"])
+    )
     extra = Path("docs/loadtest.md")
     if extra.exists():
         text += "\n" + extra.read_text()

@@ -15,8 +15,9 @@ def main() -> int:
     dvc = str(Path(sys.executable).with_name("dvc"))
     start = time.perf_counter()
     stages, current, t0 = [], None, start
-    proc = subprocess.Popen([dvc, "repro", *sys.argv[1:]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1)
+    proc = subprocess.Popen(
+        [dvc, "repro", *sys.argv[1:]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
     for line in proc.stdout:
         sys.stdout.write(line)
         m = re.match(r"Running stage '([^']+)'", line)
@@ -31,8 +32,9 @@ def main() -> int:
         stages.append({"stage": current, "seconds": round(end - t0, 1)})
     if stages and rc == 0:
         Path("eval").mkdir(exist_ok=True)
-        Path("eval/pipeline_timing.json").write_text(json.dumps(
-            {"total_s": round(end - start, 1), "stages": stages}, indent=1))
+        Path("eval/pipeline_timing.json").write_text(
+            json.dumps({"total_s": round(end - start, 1), "stages": stages}, indent=1)
+        )
         print(f"dvc repro: {end - start:.0f} s")
     return rc
 

@@ -56,8 +56,15 @@ def tiny_params(small_data, tmp_path_factory):
     p = load_params(ROOT / "params.yaml")
     p.validate = dataclasses.replace(p.validate, data=str(small_data), report=str(work / "validation.json"))
     p.split = dataclasses.replace(p.split, out=str(work / "splits.json"), folds=3)
-    p.train = dataclasses.replace(p.train, out=str(work / "trained"), steps=4, batch_size=4, eval_every=2,
-                                  checkpoint_every=2, patience=10)
+    p.train = dataclasses.replace(
+        p.train,
+        out=str(work / "trained"),
+        steps=4,
+        batch_size=4,
+        eval_every=2,
+        checkpoint_every=2,
+        patience=10,
+    )
     p.score = dataclasses.replace(p.score, out=str(work / "scores"), batch_size=8)
     p.stack = dataclasses.replace(p.stack, out=str(work / "ensemble"))
     for slug in p.backbones:
@@ -68,8 +75,9 @@ def tiny_params(small_data, tmp_path_factory):
     return p
 
 
-def write_tiny_params(dest: Path, *, backbones=("idefics3_tiny", "llava_siglip_tiny"), steps: int = 2,
-                      data: str = "data") -> Path:
+def write_tiny_params(
+    dest: Path, *, backbones=("idefics3_tiny", "llava_siglip_tiny"), steps: int = 2, data: str = "data"
+) -> Path:
     """A params.yaml for pipeline tests: the repo's, with 2 backbones and a few steps."""
     import yaml
 

@@ -72,8 +72,9 @@ def words(texts: Iterable[str]) -> list[str]:
     return [t.lower() for t in texts]
 
 
-def train_tokenizer(corpus: Iterable[str], prompts: PromptConfig, extra_special: list[str],
-                    named: dict[str, str]):
+def train_tokenizer(
+    corpus: Iterable[str], prompts: PromptConfig, extra_special: list[str], named: dict[str, str]
+):
     """A word-level tokenizer trained locally: every digit, yes/no and special token is one token."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -88,15 +89,26 @@ def train_tokenizer(corpus: Iterable[str], prompts: PromptConfig, extra_special:
     trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL + extra_special, min_frequency=1)
     tok.train_from_iterator([must, *corpus], trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>",
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<bos>",
+        eos_token="<eos>",
         extra_special_tokens=named or {},
     )
     fast.add_special_tokens({"additional_special_tokens": extra_special})
     return fast
 
 
-def build_tiny(slug: str, cfg: BackboneConfig, prompts: PromptConfig, corpus: list[str],
-               out: str | Path, *, seed: int = 0) -> Path:
+def build_tiny(
+    slug: str,
+    cfg: BackboneConfig,
+    prompts: PromptConfig,
+    corpus: list[str],
+    out: str | Path,
+    *,
+    seed: int = 0,
+) -> Path:
     """Build, save and return the folder of a tiny randomly initialised backbone.
 
     Args:
@@ -111,8 +123,9 @@ def build_tiny(slug: str, cfg: BackboneConfig, prompts: PromptConfig, corpus: li
         return _build_tiny(slug, cfg, prompts, corpus, out, seed=seed)
 
 
-def _build_tiny(slug: str, cfg: BackboneConfig, prompts: PromptConfig, corpus: list[str],
-                out: str | Path, *, seed: int) -> Path:
+def _build_tiny(
+    slug: str, cfg: BackboneConfig, prompts: PromptConfig, corpus: list[str], out: str | Path, *, seed: int
+) -> Path:
     import torch
     import transformers
     from transformers import AutoConfig, AutoModelForImageTextToText
@@ -122,13 +135,18 @@ def _build_tiny(slug: str, cfg: BackboneConfig, prompts: PromptConfig, corpus: l
         raise BackboneError(f"{slug}: unknown tiny family {cfg.family!r}; known: {sorted(recipes)}")
     r = _merge(recipes[cfg.family], cfg.tiny)
     patch = int(r.get("patch", 8))
-    values = {"image_size": cfg.image_size, "patch": patch,
-              "image_tokens": (cfg.image_size // patch) ** 2 // r["image_tokens_divisor"]}
+    values = {
+        "image_size": cfg.image_size,
+        "patch": patch,
+        "image_tokens": (cfg.image_size // patch) ** 2 // r["image_tokens_divisor"],
+    }
     r = _fill(r, values)
     tok = train_tokenizer(corpus, prompts, r["special_tokens"], r["named_tokens"])
     image_processor = getattr(transformers, r["image_processor"])(**r["image_processor_kwargs"])
     processor = getattr(transformers, r["processor"])(
-        image_processor, tok, chat_template=CHAT_TEMPLATE.replace("IMAGE", r["image_placeholder"]),
+        image_processor,
+        tok,
+        chat_template=CHAT_TEMPLATE.replace("IMAGE", r["image_placeholder"]),
         **r["processor_kwargs"],
     )
     config_kwargs = copy.deepcopy(r["config"])
@@ -145,8 +163,13 @@ def _build_tiny(slug: str, cfg: BackboneConfig, prompts: PromptConfig, corpus: l
         shutil.rmtree(tmp)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    meta = {"slug": slug, "family": cfg.family, "kind": "base", "image_tokens": values["image_tokens"],
-            "params": sum(p.numel() for p in model.parameters())}
+    meta = {
+        "slug": slug,
+        "family": cfg.family,
+        "kind": "base",
+        "image_tokens": values["image_tokens"],
+        "params": sum(p.numel() for p in model.parameters()),
+    }
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
     replace_dir(tmp, out)
     log.info("built tiny %s (%s, %d params) at %s", slug, cfg.family, meta["params"], out)
@@ -206,8 +229,10 @@ def load_model_and_processor(source: str | Path, cfg: BackboneConfig, *, slug: s
     except OSError as exc:
         raise BackboneError(f"{slug or source}: cannot load {base_source}: {exc}") from None
     if not hasattr(processor, "tokenizer"):
-        raise BackboneError(f"{slug or source}: AutoProcessor returned only a tokenizer; the family needs "
-                            "an image processor (see README, 'real checkpoints')")
+        raise BackboneError(
+            f"{slug or source}: AutoProcessor returned only a tokenizer; the family needs "
+            "an image processor (see README, 'real checkpoints')"
+        )
     if adapter.exists():
         from peft import PeftModel
 

@@ -97,7 +97,9 @@ def split(params: str = PARAMS, data: str = typer.Option(None, help="dataset roo
 
 
 @backbones_app.command("build")
-def backbones_build(params: str = PARAMS, backbone: list[str] = typer.Option(None, "--backbone", "-b")) -> None:
+def backbones_build(
+    params: str = PARAMS, backbone: list[str] = typer.Option(None, "--backbone", "-b")
+) -> None:
     """Build tiny offline backbones (all of params.yaml's, or those named)."""
     from tokenfocus.backbones import BackboneError, build
 
@@ -118,9 +120,12 @@ def backbones_list(params: str = PARAMS) -> None:
 
 
 @app.command()
-def train(params: str = PARAMS, backbone: str = typer.Option(..., "--backbone", "-b"),
-          loss: str = typer.Option(None, help="focus | lm (default train.loss)"),
-          track: bool = typer.Option(True, help="log to MLflow")) -> None:
+def train(
+    params: str = PARAMS,
+    backbone: str = typer.Option(..., "--backbone", "-b"),
+    loss: str = typer.Option(None, help="focus | lm (default train.loss)"),
+    track: bool = typer.Option(True, help="log to MLflow"),
+) -> None:
     """Fine-tune one backbone; resumes from its last checkpoint."""
     from tokenfocus.stages import train_stage
 
@@ -135,9 +140,12 @@ def train(params: str = PARAMS, backbone: str = typer.Option(..., "--backbone", 
 
 
 @app.command()
-def score(params: str = PARAMS, backbone: str = typer.Option(..., "--backbone", "-b"),
-          split: str = typer.Option("all", help="val | test | ntire | all"),
-          track: bool = typer.Option(True, help="log to MLflow")) -> None:
+def score(
+    params: str = PARAMS,
+    backbone: str = typer.Option(..., "--backbone", "-b"),
+    split: str = typer.Option("all", help="val | test | ntire | all"),
+    track: bool = typer.Option(True, help="log to MLflow"),
+) -> None:
     """Score splits with a trained backbone: prediction tables, NTIRE output.json, metrics."""
     from tokenfocus.predictions import SCORED_SPLITS
     from tokenfocus.stages import score_stage
@@ -154,16 +162,23 @@ def score(params: str = PARAMS, backbone: str = typer.Option(..., "--backbone", 
 
 
 @app.command("score-one")
-def score_one(image: Path = typer.Option(..., help="image file"), prompt: str = typer.Option(...),
-              elements: list[str] = typer.Option(None, "--elements", "-e", help="element, repeatable"),
-              backbone: str = typer.Option(None, "--backbone", "-b", help="slug, folder or hub id"),
-              params: str = PARAMS) -> None:
+def score_one(
+    image: Path = typer.Option(..., help="image file"),
+    prompt: str = typer.Option(...),
+    elements: list[str] = typer.Option(None, "--elements", "-e", help="element, repeatable"),
+    backbone: str = typer.Option(None, "--backbone", "-b", help="slug, folder or hub id"),
+    params: str = PARAMS,
+) -> None:
     """Score one image against a prompt: score, 5-way distribution, element P(yes)."""
     from tokenfocus.backbones import BackboneError
     from tokenfocus.images import ImageError
     from tokenfocus.scoring import Scorer
 
-    slug = backbone if backbone and Path(backbone).exists() else backbone or next(iter(_params(params).backbones))
+    slug = (
+        backbone
+        if backbone and Path(backbone).exists()
+        else backbone or next(iter(_params(params).backbones))
+    )
     try:
         result = Scorer.load(slug, params=params)([image], [prompt], [elements or []])[0]
     except (ImageError, BackboneError, ValueError) as exc:
@@ -177,8 +192,8 @@ def score_one(image: Path = typer.Option(..., help="image file"), prompt: str = 
 @app.command()
 def stack(params: str = PARAMS) -> None:
     """Fit bagging/blending/ridge stacking on val predictions; compare on test."""
-    from tokenfocus.stages import stack_stage
     from tokenfocus.stack import LeakError
+    from tokenfocus.stages import stack_stage
 
     try:
         summary = stack_stage(_params(params))
@@ -201,7 +216,10 @@ def register(params: str = PARAMS) -> None:
     """Log the ensemble as a pyfunc model, register it as challenger, promote if better."""
     from tokenfocus.stages import register_stage
 
-    out = _tracking_guard(lambda: register_stage(_params(params)))
+    try:
+        out = _tracking_guard(lambda: register_stage(_params(params)))
+    except (FileNotFoundError, ValueError) as exc:
+        fail(f"{exc} (run `tokenfocus stack` first)")
     typer.echo(json.dumps(out, indent=1, default=str))
 
 
@@ -218,11 +236,13 @@ def promote(params: str = PARAMS) -> None:
 
 
 @app.command()
-def predict(input: Path = typer.Option(..., "--input", help="NTIRE test.json"),
-            images: Path = typer.Option(..., "--images", help="images root"),
-            output: Path = typer.Option(Path("output.json"), "--output"),
-            model: str = typer.Option(None, help="model URI (default models:/<name>@champion)"),
-            params: str = PARAMS) -> None:
+def predict(
+    input: Path = typer.Option(..., "--input", help="NTIRE test.json"),
+    images: Path = typer.Option(..., "--images", help="images root"),
+    output: Path = typer.Option(Path("output.json"), "--output"),
+    model: str = typer.Option(None, help="model URI (default models:/<name>@champion)"),
+    params: str = PARAMS,
+) -> None:
     """Score a whole NTIRE test.json with the champion and write output.json."""
     from tokenfocus.predict import predict_file
 
@@ -235,21 +255,39 @@ def predict(input: Path = typer.Option(..., "--input", help="NTIRE test.json"),
 
 
 @app.command()
-def serve(params: str = PARAMS, port: int = typer.Option(None), host: str = typer.Option(None),
-          model: str = typer.Option(None, help="model URI (default models:/<name>@champion)")) -> None:
+def serve(
+    params: str = PARAMS,
+    port: int = typer.Option(None),
+    host: str = typer.Option(None),
+    model: str = typer.Option(None, help="model URI (default models:/<name>@champion)"),
+) -> None:
     """Serve the champion with `mlflow models serve` on 127.0.0.1."""
     import os
 
     from tokenfocus.tracking import tracking_uri
 
     p = _params(params)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(p.tracking),
-           "TOKENFOCUS_ALLOWED_ROOT": str(Path(p.serve.allowed_root).resolve())}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri(p.tracking),
+        "TOKENFOCUS_ALLOWED_ROOT": str(Path(p.serve.allowed_root).resolve()),
+    }
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")  # mlflow execs uvicorn from here
     uri = model or f"models:/{p.tracking.model_name}@champion"
-    cmd = [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
-           "--host", host or p.serve.host, "--port", str(port or p.serve.port)]
+    cmd = [
+        str(Path(bin_dir) / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        uri,
+        "--env-manager",
+        "local",
+        "--host",
+        host or p.serve.host,
+        "--port",
+        str(port or p.serve.port),
+    ]
     typer.echo(" ".join(cmd))
     os.execvpe(cmd[0], cmd, env)
 

@@ -26,8 +26,14 @@ def score_target(scores: torch.Tensor, k: int = 5, *, soft: bool = True) -> torc
     return F.one_hot(lo, k) * (1 - w) + F.one_hot(lo + 1, k) * w
 
 
-def focus_loss(score_logits: torch.Tensor, scores: torch.Tensor, *, ce_weight: float = 1.0,
-               mse_weight: float = 0.1, soft: bool = True) -> dict[str, torch.Tensor]:
+def focus_loss(
+    score_logits: torch.Tensor,
+    scores: torch.Tensor,
+    *,
+    ce_weight: float = 1.0,
+    mse_weight: float = 0.1,
+    soft: bool = True,
+) -> dict[str, torch.Tensor]:
     """Restricted cross-entropy over the score tokens plus MSE of the expected score.
 
     Args:
@@ -57,4 +63,6 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits: (B, T, V) logits at the positions that predict the answer tokens.
         targets: (B, T) answer token ids; -100 marks positions to ignore.
     """
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+    )

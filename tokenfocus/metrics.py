@@ -39,7 +39,9 @@ def plcc(pred: Sequence[float], gt: Sequence[float]) -> float:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OptimizeWarning)
-            beta, _ = curve_fit(logistic4, g, p, p0=[p.max(), p.min(), g.mean(), g.std() or 1.0], maxfev=100000)
+            beta, _ = curve_fit(
+                logistic4, g, p, p0=[p.max(), p.min(), g.mean(), g.std() or 1.0], maxfev=100000
+            )
         fitted = logistic4(g, *beta)
     except (RuntimeError, ValueError) as exc:
         log.warning("4PL fit failed (%s); PLCC without it", exc)
@@ -62,8 +64,12 @@ def ntire_score(srcc_value: float, plcc_value: float, acc: float) -> float:
     return 0.25 * srcc_value + 0.25 * plcc_value + 0.5 * acc
 
 
-def evaluate(pred_total: Sequence[float], gt_total: Sequence[float], pred_elements: Iterable[float] = (),
-             gt_elements: Iterable[float] = ()) -> dict[str, float]:
+def evaluate(
+    pred_total: Sequence[float],
+    gt_total: Sequence[float],
+    pred_elements: Iterable[float] = (),
+    gt_elements: Iterable[float] = (),
+) -> dict[str, float]:
     """All metrics of one prediction set; ``final`` is the NTIRE score (rounded to 4 places).
 
     Undefined values (a constant prediction has no rank correlation; no elements, no accuracy)

@@ -22,10 +22,14 @@ def category_accuracy(rows: list[dict]) -> dict[str, float]:
 def write_plot_data(rows: list[dict], out_dir: str | Path) -> dict[str, Path]:
     """JSON tables that ``dvc plots`` draws: scatter.json and category_accuracy.json."""
     out_dir = Path(out_dir)
-    scatter = [{"human": r["gt_score"], "predicted": round(r["score"], 4)} for r in rows if r["gt_score"] is not None]
+    scatter = [
+        {"human": r["gt_score"], "predicted": round(r["score"], 4)} for r in rows if r["gt_score"] is not None
+    ]
     cats = [{"category": c, "accuracy": round(a, 4)} for c, a in category_accuracy(rows).items()]
-    return {"scatter": write_json_atomic(out_dir / "scatter.json", scatter),
-            "category_accuracy": write_json_atomic(out_dir / "category_accuracy.json", cats)}
+    return {
+        "scatter": write_json_atomic(out_dir / "scatter.json", scatter),
+        "category_accuracy": write_json_atomic(out_dir / "category_accuracy.json", cats),
+    }
 
 
 def figures(rows: list[dict], title: str) -> dict[str, object]:

@@ -8,7 +8,13 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from tokenfocus.config import Params
-from tokenfocus.evalmuse import EvalMuseError, average_record, read_json_list, write_json_atomic, write_submission
+from tokenfocus.evalmuse import (
+    EvalMuseError,
+    average_record,
+    read_json_list,
+    write_json_atomic,
+    write_submission,
+)
 from tokenfocus.images import ImageError, open_image
 
 log = logging.getLogger(__name__)
@@ -25,8 +31,16 @@ def load_scorer(params: Params, model_uri: str | None = None):
     return mlflow.pyfunc.load_model(uri).unwrap_python_model().scorer
 
 
-def predict_file(params: Params, input_path: str | Path, images_root: str | Path, output: str | Path, *,
-                 model_uri: str | None = None, scorer=None, chunk: int = 64) -> dict:
+def predict_file(
+    params: Params,
+    input_path: str | Path,
+    images_root: str | Path,
+    output: str | Path,
+    *,
+    model_uri: str | None = None,
+    scorer=None,
+    chunk: int = 64,
+) -> dict:
     """Score every record; bad records are reported in ``<output>.errors.json``, not fatal.
 
     Returns:
@@ -50,7 +64,11 @@ def predict_file(params: Params, input_path: str | Path, images_root: str | Path
     totals, elements = [], []
     for start in tqdm(range(0, len(good), chunk), desc="predict", disable=None):
         part = good[start : start + chunk]
-        out = scorer(images[start : start + chunk], [r.prompt for r in part], [[e.key for e in r.elements] for r in part])
+        out = scorer(
+            images[start : start + chunk],
+            [r.prompt for r in part],
+            [[e.key for e in r.elements] for r in part],
+        )
         totals += [o["total_score"] for o in out]
         elements += [o["element_scores"] for o in out]
     write_submission(output, good, totals, elements)
@@ -59,5 +77,9 @@ def predict_file(params: Params, input_path: str | Path, images_root: str | Path
         write_json_atomic(err_path, errors)
     elif err_path.exists():
         err_path.unlink()
-    return {"scored": len(good), "failed": len(errors), "output": str(output),
-            "errors": str(err_path) if errors else None}
+    return {
+        "scored": len(good),
+        "failed": len(errors),
+        "output": str(output),
+        "errors": str(err_path) if errors else None,
+    }

@@ -32,16 +32,29 @@ def split_records(params: Params, split: str) -> list[Record]:
         for r in records:
             t = truth.get(r.img_path)
             if t is not None:
-                r.total_score, r.element_score = t.total_score, {k: t.element_score.get(k) for k in r.element_score}
+                r.total_score, r.element_score = (
+                    t.total_score,
+                    {k: t.element_score.get(k) for k in r.element_score},
+                )
     return records
 
 
 def prediction_rows(records: list[Record], results) -> list[dict]:
     """Rows of a prediction table from records and their :class:`ScoreResult` list."""
-    return [{"img_path": r.img_path, "prompt_id": r.prompt_id, "prompt": r.prompt, "score": res.score,
-             "distribution": res.distribution, "entropy": res.entropy, "elements": res.elements,
-             "gt_score": r.total_score, "gt_elements": r.element_score}
-            for r, res in zip(records, results, strict=True)]
+    return [
+        {
+            "img_path": r.img_path,
+            "prompt_id": r.prompt_id,
+            "prompt": r.prompt,
+            "score": res.score,
+            "distribution": res.distribution,
+            "entropy": res.entropy,
+            "elements": res.elements,
+            "gt_score": r.total_score,
+            "gt_elements": r.element_score,
+        }
+        for r, res in zip(records, results, strict=True)
+    ]
 
 
 def metrics_of(rows: list[dict]) -> dict[str, float]:
@@ -59,8 +72,14 @@ def read_table(path: str | Path) -> list[dict]:
     return json.loads(Path(path).read_text())
 
 
-def score_backbone(slug: str, params: Params, *, splits: tuple[str, ...] = SCORED_SPLITS,
-                   model_dir: str | Path | None = None, out: str | Path | None = None) -> dict[str, dict]:
+def score_backbone(
+    slug: str,
+    params: Params,
+    *,
+    splits: tuple[str, ...] = SCORED_SPLITS,
+    model_dir: str | Path | None = None,
+    out: str | Path | None = None,
+) -> dict[str, dict]:
     """Score splits with a trained backbone; write tables, the NTIRE output.json and metrics.
 
     Returns:
@@ -71,21 +90,31 @@ def score_backbone(slug: str, params: Params, *, splits: tuple[str, ...] = SCORE
 
     model_dir = Path(model_dir or Path(params.train.out) / slug / "model")
     if not model_dir.exists():
-        raise FileNotFoundError(f"{slug}: no trained model at {model_dir}; run `tokenfocus train --backbone {slug}`")
-    scorer = Scorer.load(model_dir, batch_size=params.score.batch_size, prefix_reuse=params.score.prefix_reuse,
-                         threads=params.score.threads)
+        raise FileNotFoundError(
+            f"{slug}: no trained model at {model_dir}; run `tokenfocus train --backbone {slug}`"
+        )
+    scorer = Scorer.load(
+        model_dir,
+        batch_size=params.score.batch_size,
+        prefix_reuse=params.score.prefix_reuse,
+        threads=params.score.threads,
+    )
     out = Path(out or Path(params.score.out) / slug)
     metrics = {}
     for split in splits:
         records = split_records(params, split)
         images = load_images(Path(params.validate.data) / "images", [r.img_path for r in records])
-        results = scorer([images[r.img_path] for r in records], [r.prompt for r in records],
-                         [[e.key for e in r.elements] for r in records])
+        results = scorer(
+            [images[r.img_path] for r in records],
+            [r.prompt for r in records],
+            [[e.key for e in r.elements] for r in records],
+        )
         rows = prediction_rows(records, results)
         write_json_atomic(out / f"{split}.json", rows)
         if split == "ntire":
-            write_submission(out / "output.json", records, [r.score for r in results],
-                             [r.elements for r in results])
+            write_submission(
+                out / "output.json", records, [r.score for r in results], [r.elements for r in results]
+            )
         metrics[split] = metrics_of(rows)
         log.info("%s %s: %s", slug, split, metrics[split])
     return metrics

@@ -30,8 +30,11 @@ def answer_tokens(tokenizer, prompts: PromptConfig, *, slug: str) -> AnswerToken
     score_ids = [single_token_id(tokenizer, w, slug=slug) for w in prompts.score_tokens]
     if len(set(score_ids)) != len(score_ids):
         raise BackboneError(f"{slug}: score tokens {prompts.score_tokens} are not distinct tokens")
-    return AnswerTokens(score_ids, single_token_id(tokenizer, prompts.yes_token, slug=slug),
-                        single_token_id(tokenizer, prompts.no_token, slug=slug))
+    return AnswerTokens(
+        score_ids,
+        single_token_id(tokenizer, prompts.yes_token, slug=slug),
+        single_token_id(tokenizer, prompts.no_token, slug=slug),
+    )
 
 
 def element_phrase(key_or_text: str) -> str:

@@ -25,7 +25,16 @@ from tokenfocus.images import ImageError, open_image
 
 log = logging.getLogger(__name__)
 CHALLENGER, CHAMPION = "challenger", "champion"
-PIP_REQUIREMENTS = ["torch", "transformers>=5,<6", "peft", "scikit-learn", "skops", "pillow", "pandas", "mlflow>=3"]
+PIP_REQUIREMENTS = [
+    "torch",
+    "transformers>=5,<6",
+    "peft",
+    "scikit-learn",
+    "skops",
+    "pillow",
+    "pandas",
+    "mlflow>=3",
+]
 
 
 class RecordError(ValueError):
@@ -71,8 +80,9 @@ class Limits:
 
 
 def limits_from(cfg: ServeConfig) -> Limits:
-    return Limits(Path(cfg.allowed_root).resolve() if cfg.allowed_root else None, cfg.max_image_bytes,
-                  cfg.max_pixels)
+    return Limits(
+        Path(cfg.allowed_root).resolve() if cfg.allowed_root else None, cfg.max_image_bytes, cfg.max_pixels
+    )
 
 
 def confined_path(value: str, root: Path | None, where: str) -> Path:
@@ -94,7 +104,9 @@ def decode_image(value: Any, limits: Limits, where: str):
     text = value.strip()
     if text.startswith("data:"):
         text = text.split(",", 1)[-1]
-    looks_b64 = len(text) > 64 and "/" not in text[:8] and not text.lower().endswith((".png", ".jpg", ".jpeg"))
+    looks_b64 = (
+        len(text) > 64 and "/" not in text[:8] and not text.lower().endswith((".png", ".jpg", ".jpeg"))
+    )
     try:
         if looks_b64:
             if len(text) * 3 // 4 > limits.max_image_bytes:
@@ -103,10 +115,13 @@ def decode_image(value: Any, limits: Limits, where: str):
                 data = base64.b64decode(text, validate=True)
             except (binascii.Error, ValueError):
                 raise RecordError(f"{where}: 'image' is neither valid base64 nor a path") from None
-            return open_image(data, max_pixels=limits.max_pixels, max_bytes=limits.max_image_bytes, name=where)
+            return open_image(
+                data, max_pixels=limits.max_pixels, max_bytes=limits.max_image_bytes, name=where
+            )
         path = confined_path(text, limits.allowed_root, where)
-        return open_image(path, max_pixels=limits.max_pixels, max_bytes=limits.max_image_bytes,
-                          name=f"{where} ({text})")
+        return open_image(
+            path, max_pixels=limits.max_pixels, max_bytes=limits.max_image_bytes, name=f"{where} ({text})"
+        )
     except ImageError as exc:
         raise RecordError(str(exc)) from None
 
@@ -148,21 +163,41 @@ class EnsembleScorer:
         root = Path(root)
         _resolve_bases(root)
         self.ensemble = Ensemble.load(root / "ensemble")
-        self.scorers = {s: Scorer.load(root / "backbones" / s, batch_size=batch_size, threads=threads)
-                        for s in self.ensemble.slugs}
+        self.scorers = {
+            s: Scorer.load(root / "backbones" / s, batch_size=batch_size, threads=threads)
+            for s in self.ensemble.slugs
+        }
 
     def __call__(self, images, prompts: list[str], elements: list[list[str]]) -> list[dict]:
         """Score pairs with every backbone and combine: one dict per pair."""
         tables = {}
         for slug, scorer in self.scorers.items():
             results = scorer(images, prompts, elements)
-            tables[slug] = [{"img_path": str(i), "prompt_id": "", "prompt": p, "score": r.score,
-                             "distribution": r.distribution, "entropy": r.entropy, "elements": r.elements,
-                             "gt_score": None, "gt_elements": {}}
-                            for i, (p, r) in enumerate(zip(prompts, results, strict=True))]
+            tables[slug] = [
+                {
+                    "img_path": str(i),
+                    "prompt_id": "",
+                    "prompt": p,
+                    "score": r.score,
+                    "distribution": r.distribution,
+                    "entropy": r.entropy,
+                    "elements": r.elements,
+                    "gt_score": None,
+                    "gt_elements": {},
+                }
+                for i, (p, r) in enumerate(zip(prompts, results, strict=True))
+            ]
         rows = self.ensemble.combine(tables)
-        return [{"total_score": r["score"], "element_scores": r["elements"], "backbone_scores": r["backbone_scores"],
-                 "distribution": r["distribution"], "entropy": r["entropy"]} for r in rows]
+        return [
+            {
+                "total_score": r["score"],
+                "element_scores": r["elements"],
+                "backbone_scores": r["backbone_scores"],
+                "distribution": r["distribution"],
+                "entropy": r["entropy"],
+            }
+            for r in rows
+        ]
 
 
 # -- logging, registering, promoting ------------------------------------------------------------
@@ -173,8 +208,15 @@ def _example_frame(params: Params):
 
     r = split_records(params, "test")[0]
     data = (Path(params.validate.data) / "images" / r.img_path).read_bytes()
-    return pd.DataFrame([{"prompt": r.prompt, "image": base64.b64encode(data).decode(),
-                          "elements": [e.key for e in r.elements][:3]}])
+    return pd.DataFrame(
+        [
+            {
+                "prompt": r.prompt,
+                "image": base64.b64encode(data).decode(),
+                "elements": [e.key for e in r.elements][:3],
+            }
+        ]
+    )
 
 
 def log_and_register(params: Params, *, metrics: dict[str, float] | None = None, pid: str | None = None):
@@ -190,40 +232,71 @@ def log_and_register(params: Params, *, metrics: dict[str, float] | None = None,
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types.schema import Array, ColSpec, Schema
 
-    from tokenfocus.tracking import child_run
+    from tokenfocus.tracking import child_run, setup
 
     tc = params.tracking
+    setup(tc)  # fail before any work if the tracking store is unreachable: nothing half-registered
     with tempfile.TemporaryDirectory() as tmp:
         root = bundle(params, Path(tmp) / "bundle")
         serve_cfg = Path(tmp) / "serve_config.json"
-        serve_cfg.write_text(json.dumps({"batch_size": params.score.batch_size, "allowed_root": "",
-                                         "max_image_bytes": params.serve.max_image_bytes,
-                                         "max_pixels": params.serve.max_pixels}))
+        serve_cfg.write_text(
+            json.dumps(
+                {
+                    "batch_size": params.score.batch_size,
+                    "allowed_root": "",
+                    "max_image_bytes": params.serve.max_image_bytes,
+                    "max_pixels": params.serve.max_pixels,
+                }
+            )
+        )
         example = _example_frame(params)
         scorer = EnsembleScorer(root)
-        images, prompts, elements = parse_records(example.to_dict(orient="records"), limits_from(params.serve))
+        images, prompts, elements = parse_records(
+            example.to_dict(orient="records"), limits_from(params.serve)
+        )
         # Explicit input schema: `elements` may be left out of a request (but, when one record of a
         # request has it, give [] to the others: the schema check runs before our code).
-        inputs = Schema([ColSpec("string", "prompt"), ColSpec("string", "image"),
-                         ColSpec(Array("string"), "elements", required=False)])
+        inputs = Schema(
+            [
+                ColSpec("string", "prompt"),
+                ColSpec("string", "image"),
+                ColSpec(Array("string"), "elements", required=False),
+            ]
+        )
         outputs = infer_signature(example, scorer(images, prompts, elements)).outputs
         signature = ModelSignature(inputs=inputs, outputs=outputs)
         with child_run(tc, "ensemble", kind="stack", new=True, pid=pid) as run:
             ens = json.loads((root / "ensemble" / "ensemble.json").read_text())
-            mlflow.log_params({"method": ens["method"], "backbones": ",".join(ens["slugs"]),
-                               "features": ",".join(ens["features"]), "element_method": ens["element_method"]})
+            mlflow.log_params(
+                {
+                    "method": ens["method"],
+                    "backbones": ",".join(ens["slugs"]),
+                    "features": ",".join(ens["features"]),
+                    "element_method": ens["element_method"],
+                }
+            )
             if "ridge" in ens:
                 coef = {f"coef_{i}": c for i, c in enumerate(ens["ridge"]["coef"])}
-                mlflow.log_metrics({**coef, "ridge_alpha": ens["ridge"]["alpha"],
-                                    "ridge_intercept": ens["ridge"]["intercept"]})
+                mlflow.log_metrics(
+                    {
+                        **coef,
+                        "ridge_alpha": ens["ridge"]["alpha"],
+                        "ridge_intercept": ens["ridge"]["intercept"],
+                    }
+                )
             mlflow.log_dict(ens, "ensemble.json")
             if metrics:
                 mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(Path(__file__).with_name("serving_model.py")),
+                name="model",
+                python_model=str(Path(__file__).with_name("serving_model.py")),
                 artifacts={"bundle": str(root), "serve_config": str(serve_cfg)},
-                code_paths=[str(Path(__file__).parent)], signature=signature, input_example=example,
-                pip_requirements=PIP_REQUIREMENTS, registered_model_name=tc.model_name)
+                code_paths=[str(Path(__file__).parent)],
+                signature=signature,
+                input_example=example,
+                pip_requirements=PIP_REQUIREMENTS,
+                registered_model_name=tc.model_name,
+            )
             run_id = run.info.run_id
     client = MlflowClient()
     version = client.get_model_version(tc.model_name, str(info.registered_model_version))
@@ -269,7 +342,13 @@ def paired_bootstrap(a_rows: list[dict], b_rows: list[dict], *, n: int, seed: in
         diffs.append(_num(mb["final"]) - _num(ma["final"]))
     a, b = _num(metrics_of(a_rows)["final"]), _num(metrics_of(b_rows)["final"])
     lo, hi = np.nanpercentile(diffs, [2.5, 97.5])
-    return {"champion_final": a, "challenger_final": b, "diff": b - a, "ci_low": float(lo), "ci_high": float(hi)}
+    return {
+        "champion_final": a,
+        "challenger_final": b,
+        "diff": b - a,
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+    }
 
 
 def version_rows(tc: TrackingConfig, version, params: Params) -> list[dict]:
@@ -283,10 +362,21 @@ def version_rows(tc: TrackingConfig, version, params: Params) -> list[dict]:
     scorer: EnsembleScorer = model.unwrap_python_model().scorer
     records = split_records(params, "test")
     images = load_images(Path(params.validate.data) / "images", [r.img_path for r in records])
-    out = scorer([images[r.img_path] for r in records], [r.prompt for r in records],
-                 [[e.key for e in r.elements] for r in records])
-    return [{"img_path": r.img_path, "score": o["total_score"], "elements": o["element_scores"],
-             "gt_score": r.total_score, "gt_elements": r.element_score} for r, o in zip(records, out, strict=True)]
+    out = scorer(
+        [images[r.img_path] for r in records],
+        [r.prompt for r in records],
+        [[e.key for e in r.elements] for r in records],
+    )
+    return [
+        {
+            "img_path": r.img_path,
+            "score": o["total_score"],
+            "elements": o["element_scores"],
+            "gt_score": r.total_score,
+            "gt_elements": r.element_score,
+        }
+        for r, o in zip(records, out, strict=True)
+    ]
 
 
 def promote(params: Params, *, min_delta: float = 0.0, rows_of=None) -> dict[str, Any]:
@@ -314,7 +404,10 @@ def promote(params: Params, *, min_delta: float = 0.0, rows_of=None) -> dict[str
     if challenger is None:
         raise ValueError(f"{tc.model_name} has no '{CHALLENGER}' version to promote")
     champion = _alias(client, tc.model_name, CHAMPION)
-    decision: dict[str, Any] = {"challenger": challenger.version, "champion_before": champion.version if champion else None}
+    decision: dict[str, Any] = {
+        "challenger": challenger.version,
+        "champion_before": champion.version if champion else None,
+    }
     ok, why = _finished(client, challenger)
     if not ok:
         decision.update(promoted=False, reason=f"challenger not promotable: {why}")
@@ -323,15 +416,22 @@ def promote(params: Params, *, min_delta: float = 0.0, rows_of=None) -> dict[str
     elif champion.version == challenger.version:
         decision.update(promoted=False, reason="challenger is already champion")
     else:
-        figs = paired_bootstrap(rows_of(tc, champion, params), rows_of(tc, challenger, params),
-                                n=tc.promote_bootstrap, seed=tc.promote_seed)
+        figs = paired_bootstrap(
+            rows_of(tc, champion, params),
+            rows_of(tc, challenger, params),
+            n=tc.promote_bootstrap,
+            seed=tc.promote_seed,
+        )
         decision.update(figs)
         better = bool(figs["diff"] > min_delta)  # NaN (undefined scores) is never better
-        decision.update(promoted=better, reason=("challenger better" if better else "challenger not better") +
-                        f" on test NTIRE score by {figs['diff']:+.4f} (95% CI {figs['ci_low']:+.4f}..{figs['ci_high']:+.4f})")
+        decision.update(
+            promoted=better,
+            reason=("challenger better" if better else "challenger not better")
+            + f" on test NTIRE score by {figs['diff']:+.4f} (95% CI {figs['ci_low']:+.4f}..{figs['ci_high']:+.4f})",
+        )
     if decision["promoted"]:
         client.set_registered_model_alias(tc.model_name, CHAMPION, challenger.version)
-    decision["champion_after"] = (challenger.version if decision["promoted"] else decision["champion_before"])
+    decision["champion_after"] = challenger.version if decision["promoted"] else decision["champion_before"]
     for k in ("promoted", "reason"):
         client.set_model_version_tag(tc.model_name, challenger.version, f"promotion.{k}", str(decision[k]))
     write_json_atomic("eval/promotion.json", decision)

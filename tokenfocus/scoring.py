@@ -71,8 +71,16 @@ class Scorer:
         >>> results = scorer(["a.png"], ["two red circles"], elements=[["two circles (counting)"]])
     """
 
-    def __init__(self, model, processor, prompts: PromptConfig, *, slug: str = "", batch_size: int = 32,
-                 prefix_reuse: bool = True):
+    def __init__(
+        self,
+        model,
+        processor,
+        prompts: PromptConfig,
+        *,
+        slug: str = "",
+        batch_size: int = 32,
+        prefix_reuse: bool = True,
+    ):
         self.model, self.processor, self.prompts, self.slug = model, processor, prompts, slug
         self.batch_size, self.prefix_reuse = batch_size, prefix_reuse
         self.processor.tokenizer.padding_side = "left"
@@ -82,8 +90,15 @@ class Scorer:
         self.max_prompt_chars = 600  # keeps question + element list inside small context windows
 
     @classmethod
-    def load(cls, path_or_slug: str | Path, *, params: str | Path = "params.yaml", batch_size: int = 32,
-             prefix_reuse: bool = True, threads: int | None = None) -> Scorer:
+    def load(
+        cls,
+        path_or_slug: str | Path,
+        *,
+        params: str | Path = "params.yaml",
+        batch_size: int = 32,
+        prefix_reuse: bool = True,
+        threads: int | None = None,
+    ) -> Scorer:
         """Load a scorer from a params slug, a model folder, or a hub id.
 
         A slug resolves to its trained model when one exists, else to its base ``source``.
@@ -96,7 +111,9 @@ class Scorer:
             meta_path = path / META_FILE
             meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
             slug = meta.get("slug", path.name)
-            bb = BackboneConfig(**meta["backbone"]) if "backbone" in meta else BackboneConfig(source=str(path))
+            bb = (
+                BackboneConfig(**meta["backbone"]) if "backbone" in meta else BackboneConfig(source=str(path))
+            )
             if "prompts" in meta:
                 prompts = PromptConfig(**meta["prompts"])
             source = path
@@ -119,11 +136,14 @@ class Scorer:
 
     # -- overall --------------------------------------------------------------------------------
     @torch.inference_mode()
-    def overall(self, images: list[Image.Image], prompts: list[str],
-                elements: list[list[str]] | None = None) -> torch.Tensor:
+    def overall(
+        self, images: list[Image.Image], prompts: list[str], elements: list[list[str]] | None = None
+    ) -> torch.Tensor:
         """(N, 5) score distributions of the overall question, one forward pass per batch."""
-        texts = [overall_text(self.parts, self.prompts, p, (elements[i] if elements else None))
-                 for i, p in enumerate(prompts)]
+        texts = [
+            overall_text(self.parts, self.prompts, p, (elements[i] if elements else None))
+            for i, p in enumerate(prompts)
+        ]
         out = torch.empty(len(texts), len(self.tokens.score_ids))
         for idx in self._batches(len(texts), [len(t) for t in texts], "overall"):
             batch = encode(self.processor, [texts[i] for i in idx], [images[i] for i in idx])
@@ -137,8 +157,9 @@ class Scorer:
         return torch.softmax(pair, dim=-1)[:, 0]
 
     @torch.inference_mode()
-    def elements_plain(self, images: list[Image.Image], prompts: list[str],
-                       elements: list[list[str]]) -> list[dict[str, float]]:
+    def elements_plain(
+        self, images: list[Image.Image], prompts: list[str], elements: list[list[str]]
+    ) -> list[dict[str, float]]:
         """P(yes) per element with one full forward per question (image re-encoded each time)."""
         rows = [(i, k) for i, ks in enumerate(elements) for k in ks]
         texts = [element_text(self.parts, self.prompts, prompts[i], k) for i, k in rows]
@@ -152,8 +173,9 @@ class Scorer:
         return out
 
     @torch.inference_mode()
-    def elements_prefix(self, images: list[Image.Image], prompts: list[str],
-                        elements: list[list[str]]) -> list[dict[str, float]]:
+    def elements_prefix(
+        self, images: list[Image.Image], prompts: list[str], elements: list[list[str]]
+    ) -> list[dict[str, float]]:
         """P(yes) per element, encoding each image and its prompt once.
 
         The shared prefix (image + prompt) runs once per image with ``use_cache``; its past key
@@ -172,23 +194,30 @@ class Scorer:
             rows = [(b, elements[i][j]) for b, i in enumerate(idx) for j in range(len(elements[i]))]
             for start in range(0, len(rows), self.batch_size):
                 chunk = rows[start : start + self.batch_size]
-                suffix = tok([element_suffix(self.parts, self.prompts, k) for _, k in chunk],
-                             add_special_tokens=False, padding=True, padding_side="right", return_tensors="pt")
+                suffix = tok(
+                    [element_suffix(self.parts, self.prompts, k) for _, k in chunk],
+                    add_special_tokens=False,
+                    padding=True,
+                    padding_side="right",
+                    return_tensors="pt",
+                )
                 owner = torch.tensor([b for b, _ in chunk])
                 sub = copy.deepcopy(cache)
                 sub.batch_select_indices(owner)
                 mask = torch.cat([batch["attention_mask"][owner], suffix["attention_mask"]], dim=1)
                 last = suffix["attention_mask"].sum(1) - 1
                 keep = torch.unique(last)
-                logits = self.model(input_ids=suffix["input_ids"], attention_mask=mask, cache=sub,
-                                    logits_to_keep=keep).logits
+                logits = self.model(
+                    input_ids=suffix["input_ids"], attention_mask=mask, cache=sub, logits_to_keep=keep
+                ).logits
                 picked = logits[torch.arange(len(chunk)), torch.searchsorted(keep, last)]
                 for (b, k), p in zip(chunk, self._yes_prob(picked).tolist(), strict=True):
                     out[idx[b]][k] = p
         return out
 
-    def element_probs(self, images: list[Image.Image], prompts: list[str],
-                      elements: list[list[str]]) -> list[dict[str, float]]:
+    def element_probs(
+        self, images: list[Image.Image], prompts: list[str], elements: list[list[str]]
+    ) -> list[dict[str, float]]:
         """Element P(yes), with prefix reuse where the family allows it."""
         if not any(elements):
             return [{} for _ in images]
@@ -197,8 +226,9 @@ class Scorer:
                 return self.elements_prefix(images, prompts, elements)
             except Exception as exc:  # a family whose forward cannot take a reused cache
                 if not self._warned_fallback:
-                    log.warning("%s: prefix reuse unavailable (%s); scoring elements one by one",
-                                self.slug, exc)
+                    log.warning(
+                        "%s: prefix reuse unavailable (%s); scoring elements one by one", self.slug, exc
+                    )
                     self._warned_fallback = True
                 self.prefix_reuse = False
         return self.elements_plain(images, prompts, elements)
@@ -213,8 +243,12 @@ class Scorer:
         return prompt
 
     # -- public call ----------------------------------------------------------------------------
-    def __call__(self, images: Sequence[ImageLike], prompts: Sequence[str],
-                 elements: Sequence[Sequence[str] | None] | None = None) -> list[ScoreResult]:
+    def __call__(
+        self,
+        images: Sequence[ImageLike],
+        prompts: Sequence[str],
+        elements: Sequence[Sequence[str] | None] | None = None,
+    ) -> list[ScoreResult]:
         """Score pairs: one :class:`ScoreResult` per (image, prompt), batched internally.
 
         Args:
@@ -232,8 +266,10 @@ class Scorer:
         dists = self.overall(pil, list(prompts), els if any(els) else None)
         scores, entropy = distribution_stats(dists)
         probs = self.element_probs(pil, list(prompts), els)
-        return [ScoreResult(float(s), [float(x) for x in d], float(h), probs[i])
-                for i, (s, d, h) in enumerate(zip(scores, dists, entropy, strict=True))]
+        return [
+            ScoreResult(float(s), [float(x) for x in d], float(h), probs[i])
+            for i, (s, d, h) in enumerate(zip(scores, dists, entropy, strict=True))
+        ]
 
 
 def max_entropy(k: int = 5) -> float:

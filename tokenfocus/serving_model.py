@@ -20,8 +20,8 @@ class TokenFocusEnsemble(mlflow.pyfunc.PythonModel):
         cfg = json.loads(open(context.artifacts["serve_config"]).read())
         self.scorer = EnsembleScorer(context.artifacts["bundle"], batch_size=cfg.get("batch_size", 32))
         self.limits = Limits(None, cfg["max_image_bytes"], cfg["max_pixels"])
-        from pathlib import Path
         import os
+        from pathlib import Path
 
         root = os.environ.get("TOKENFOCUS_ALLOWED_ROOT", cfg.get("allowed_root") or "")
         self.limits.allowed_root = Path(root).resolve() if root else None
@@ -32,7 +32,9 @@ class TokenFocusEnsemble(mlflow.pyfunc.PythonModel):
 
         from tokenfocus.registry import RecordError, parse_records
 
-        records = model_input.to_dict(orient="records") if hasattr(model_input, "to_dict") else list(model_input)
+        records = (
+            model_input.to_dict(orient="records") if hasattr(model_input, "to_dict") else list(model_input)
+        )
         try:
             images, prompts, elements = parse_records(records, self.limits)
         except RecordError as exc:

@@ -44,8 +44,11 @@ def bag_tables(tables: list[list[dict]]) -> list[dict]:
 
 def feature_row(row: dict, features: list[str]) -> list[float]:
     """One backbone's features for one pair."""
-    vals = {"score": row["score"], "entropy": row["entropy"],
-            "element_mean": float(np.mean(list(row["elements"].values()))) if row["elements"] else 0.5}
+    vals = {
+        "score": row["score"],
+        "entropy": row["entropy"],
+        "element_mean": float(np.mean(list(row["elements"].values()))) if row["elements"] else 0.5,
+    }
     return [vals[f] for f in features]
 
 
@@ -56,7 +59,9 @@ def design(tables: dict[str, list[dict]], features: list[str]) -> np.ndarray:
     for s in slugs[1:]:
         if [r["img_path"] for r in tables[s]] != paths:
             raise ValueError(f"prediction tables of {slugs[0]} and {s} list different pairs")
-    return np.array([[v for s in slugs for v in feature_row(tables[s][i], features)] for i in range(len(paths))])
+    return np.array(
+        [[v for s in slugs for v in feature_row(tables[s][i], features)] for i in range(len(paths))]
+    )
 
 
 @dataclass
@@ -92,11 +97,20 @@ class Ensemble:
             keys = list(first["elements"])
             probs = {k: self._element(np.array([tables[s][i]["elements"][k] for s in slugs])) for k in keys}
             dist = np.mean([tables[s][i]["distribution"] for s in slugs], axis=0)
-            out.append({**{k: first[k] for k in ("img_path", "prompt_id", "prompt", "gt_score", "gt_elements")
-                           if k in first},
-                        "score": float(total[i]), "elements": probs, "distribution": dist.tolist(),
-                        "entropy": float(-(dist * np.log(np.clip(dist, 1e-12, None))).sum()),
-                        "backbone_scores": {s: float(tables[s][i]["score"]) for s in slugs}})
+            out.append(
+                {
+                    **{
+                        k: first[k]
+                        for k in ("img_path", "prompt_id", "prompt", "gt_score", "gt_elements")
+                        if k in first
+                    },
+                    "score": float(total[i]),
+                    "elements": probs,
+                    "distribution": dist.tolist(),
+                    "entropy": float(-(dist * np.log(np.clip(dist, 1e-12, None))).sum()),
+                    "backbone_scores": {s: float(tables[s][i]["score"]) for s in slugs},
+                }
+            )
         return out
 
     def _element(self, p: np.ndarray) -> float:
@@ -115,8 +129,11 @@ class Ensemble:
         if self.stacker is not None:
             sio.dump(self.stacker, out / "stacker.skops")
             ridge = self.stacker[-1]
-            meta["ridge"] = {"alpha": float(ridge.alpha_), "coef": ridge.coef_.tolist(),
-                             "intercept": float(ridge.intercept_)}
+            meta["ridge"] = {
+                "alpha": float(ridge.alpha_),
+                "coef": ridge.coef_.tolist(),
+                "intercept": float(ridge.intercept_),
+            }
         if self.element_stacker is not None:
             sio.dump(self.element_stacker, out / "element_stacker.skops")
         write_json_atomic(out / "ensemble.json", meta)
@@ -141,7 +158,9 @@ class Ensemble:
         return ens
 
 
-def fit_ensemble(val: dict[str, list[dict]], cfg: StackConfig, *, train_prompts: set[str] = frozenset()) -> Ensemble:
+def fit_ensemble(
+    val: dict[str, list[dict]], cfg: StackConfig, *, train_prompts: set[str] = frozenset()
+) -> Ensemble:
     """Fit the blend weights, the ridge stacker and the element stacker on held-out rows.
 
     Args:
@@ -163,8 +182,13 @@ def fit_ensemble(val: dict[str, list[dict]], cfg: StackConfig, *, train_prompts:
     y = np.array([r["gt_score"] for r in val[slugs[0]]], dtype=float)
     stacker = make_pipeline(StandardScaler(), RidgeCV(alphas=cfg.alphas))
     stacker.fit(design(val, list(cfg.features)), y)
-    ens = Ensemble(slugs=slugs, method=cfg.method, features=list(cfg.features), stacker=stacker,
-                   element_method=cfg.element_method)
+    ens = Ensemble(
+        slugs=slugs,
+        method=cfg.method,
+        features=list(cfg.features),
+        stacker=stacker,
+        element_method=cfg.element_method,
+    )
     ens.weights = _blend_weights(val, slugs, y)
     if cfg.element_method == "logistic":
         xs, ys = [], []
@@ -177,7 +201,9 @@ def fit_ensemble(val: dict[str, list[dict]], cfg: StackConfig, *, train_prompts:
     return ens
 
 
-def _blend_weights(val: dict[str, list[dict]], slugs: list[str], y: np.ndarray, step: float = 0.1) -> list[float]:
+def _blend_weights(
+    val: dict[str, list[dict]], slugs: list[str], y: np.ndarray, step: float = 0.1
+) -> list[float]:
     """Weights on a simplex grid that maximise val SRCC + PLCC of the weighted score."""
     scores = np.array([[r["score"] for r in val[s]] for s in slugs]).T
     ticks = int(round(1 / step))
@@ -193,8 +219,13 @@ def _blend_weights(val: dict[str, list[dict]], slugs: list[str], y: np.ndarray, 
     return best_w
 
 
-def comparison(tables: dict[str, list[dict]], ens: Ensemble, *, singles: dict[str, list[dict]] | None = None,
-               bagged: dict[str, dict] | None = None) -> list[dict]:
+def comparison(
+    tables: dict[str, list[dict]],
+    ens: Ensemble,
+    *,
+    singles: dict[str, list[dict]] | None = None,
+    bagged: dict[str, dict] | None = None,
+) -> list[dict]:
     """Test-set rows for the report: each backbone (single seed), bagging, mean, blend and stack."""
     from tokenfocus.predictions import metrics_of
 
@@ -205,5 +236,7 @@ def comparison(tables: dict[str, list[dict]], ens: Ensemble, *, singles: dict[st
     for s, m in (bagged or {}).items():
         out.append({"model": f"bagging ({s})", **m})
     for method in ("mean", "blend", "ridge"):
-        out.append({"model": {"ridge": "ridge stack"}.get(method, method), **metrics_of(ens.combine(tables, method))})
+        out.append(
+            {"model": {"ridge": "ridge stack"}.get(method, method), **metrics_of(ens.combine(tables, method))}
+        )
     return rows + out

@@ -57,38 +57,54 @@ def train_stage(slug: str, params: Params, *, track: bool = True, pid: str | Non
     return summary
 
 
-def score_stage(slug: str, params: Params, *, splits: tuple[str, ...] | None = None, track: bool = True,
-                pid: str | None = None) -> dict:
+def score_stage(
+    slug: str,
+    params: Params,
+    *,
+    splits: tuple[str, ...] | None = None,
+    track: bool = True,
+    pid: str | None = None,
+) -> dict:
     """Score splits with a trained backbone; write eval/<slug>/ metrics and plot data; log them."""
-    from tokenfocus.plots import figures, write_plot_data
-    from tokenfocus.predictions import SCORED_SPLITS, read_table, score_backbone
-    from tokenfocus.synth import ceiling
-
     from tokenfocus.evalmuse import load_records, write_submission
-    from tokenfocus.predictions import metrics_of
+    from tokenfocus.plots import figures, write_plot_data
+    from tokenfocus.predictions import SCORED_SPLITS, metrics_of, read_table, score_backbone
     from tokenfocus.stack import bag_tables
+    from tokenfocus.synth import ceiling
 
     splits = splits or SCORED_SPLITS
     scores_dir = Path(params.score.out) / slug
     members = _members(slug, params)
-    member_metrics = [score_backbone(slug, params, splits=splits, model_dir=out / "model",
-                                     out=scores_dir / f"member{k}") for k, (_, out) in enumerate(members)]
+    member_metrics = [
+        score_backbone(slug, params, splits=splits, model_dir=out / "model", out=scores_dir / f"member{k}")
+        for k, (_, out) in enumerate(members)
+    ]
     metrics = {}
     for split in splits:  # the backbone's table: the members' average (bagging), or member 0 alone
-        rows = bag_tables([read_table(scores_dir / f"member{k}" / f"{split}.json") for k in range(len(members))])
+        rows = bag_tables(
+            [read_table(scores_dir / f"member{k}" / f"{split}.json") for k in range(len(members))]
+        )
         write_json_atomic(scores_dir / f"{split}.json", rows)
         metrics[split] = metrics_of(rows)
         if split == "ntire":
             records = load_records(Path(params.validate.data) / "test.json")
             by_path = {r["img_path"]: r for r in rows}
-            write_submission(scores_dir / "output.json", records, [by_path[r.img_path]["score"] for r in records],
-                             [by_path[r.img_path]["elements"] for r in records])
+            write_submission(
+                scores_dir / "output.json",
+                records,
+                [by_path[r.img_path]["score"] for r in records],
+                [by_path[r.img_path]["elements"] for r in records],
+            )
     out_dir = Path("eval") / slug
     table = Path(params.score.out) / slug / "test.json"
     rows = read_table(table) if table.exists() else []
-    summary = {"test": metrics.get("test", {}), "ntire": metrics.get("ntire", {}),
-               "single_test": member_metrics[0].get("test", {}), "members": len(members),
-               "train": read_metrics(Path(params.train.out) / slug / "metrics.json")}
+    summary = {
+        "test": metrics.get("test", {}),
+        "ntire": metrics.get("ntire", {}),
+        "single_test": member_metrics[0].get("test", {}),
+        "members": len(members),
+        "train": read_metrics(Path(params.train.out) / slug / "metrics.json"),
+    }
     if (Path(params.validate.data) / "latent.json").exists() and rows:
         summary["ceiling_srcc"] = ceiling(params.validate.data, [r["img_path"] for r in rows])
     write_json_atomic(out_dir / "metrics.json", summary)
@@ -101,7 +117,9 @@ def score_stage(slug: str, params: Params, *, splits: tuple[str, ...] | None = N
 
         with child_run(params.tracking, slug, pid=pid):
             for split, m in metrics.items():
-                mlflow.log_metrics({f"{split}_{k}": float(v) for k, v in m.items() if isinstance(v, int | float)})
+                mlflow.log_metrics(
+                    {f"{split}_{k}": float(v) for k, v in m.items() if isinstance(v, int | float)}
+                )
             for split in splits:
                 mlflow.log_artifact(str(Path(params.score.out) / slug / f"{split}.json"), "predictions")
             if rows:
@@ -122,8 +140,10 @@ def stack_stage(params: Params) -> dict:
     from tokenfocus.stack import comparison, fit_ensemble
 
     slugs = list(params.backbones)
-    tables = {split: {s: read_table(Path(params.score.out) / s / f"{split}.json") for s in slugs}
-              for split in ("val", "test", "ntire")}
+    tables = {
+        split: {s: read_table(Path(params.score.out) / s / f"{split}.json") for s in slugs}
+        for split in ("val", "test", "ntire")
+    }
     train_prompts = {r.prompt_id for r in split_records(params, "train")}
     ens = fit_ensemble(tables["val"], params.stack, train_prompts=train_prompts)
     ens.save(params.stack.out)
@@ -137,11 +157,19 @@ def stack_stage(params: Params) -> dict:
     ntire = ens.combine(tables["ntire"])
     records = load_records(Path(params.validate.data) / "test.json")
     by_path = {r["img_path"]: r for r in ntire}
-    write_submission(Path("eval") / "ensemble" / "output.json", records,
-                     [by_path[r.img_path]["score"] for r in records], [by_path[r.img_path]["elements"] for r in records])
+    write_submission(
+        Path("eval") / "ensemble" / "output.json",
+        records,
+        [by_path[r.img_path]["score"] for r in records],
+        [by_path[r.img_path]["elements"] for r in records],
+    )
     test_rows = ens.combine(tables["test"])
-    summary = {"method": ens.method, "test": metrics_of(test_rows), "ntire": metrics_of(ntire),
-               "weights": dict(zip(ens.slugs, ens.weights, strict=True))}
+    summary = {
+        "method": ens.method,
+        "test": metrics_of(test_rows),
+        "ntire": metrics_of(ntire),
+        "weights": dict(zip(ens.slugs, ens.weights, strict=True)),
+    }
     write_json_atomic(Path("eval") / "ensemble" / "metrics.json", summary)
     write_json_atomic(Path("eval") / "ensemble" / "comparison.json", rows)
     from tokenfocus.plots import write_plot_data

@@ -58,8 +58,9 @@ def data_digest(dvc_file: str | Path = "data.dvc") -> str:
 def git_commit() -> str:
     """The current commit, or ``unknown`` outside a git checkout."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -77,8 +78,9 @@ def pipeline_id(params_path: str | Path = "params.yaml") -> str:
 
 
 def _find(client, experiment_id: str, query: str):
-    runs = client.search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time DESC"],
-                              max_results=1)
+    runs = client.search_runs(
+        [experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1
+    )
     return runs[0] if runs else None
 
 
@@ -97,18 +99,28 @@ def _parent_run_id(cfg: TrackingConfig, pid: str | None) -> str:
     exp = setup(cfg)
     client = MlflowClient()
     pid = pid or pipeline_id()
-    found = _find(client, exp.experiment_id, f"tags.`{PIPELINE_TAG}` = '{pid}' and tags.`{KIND_TAG}` = 'pipeline'")
+    found = _find(
+        client, exp.experiment_id, f"tags.`{PIPELINE_TAG}` = '{pid}' and tags.`{KIND_TAG}` = 'pipeline'"
+    )
     if found:
         return found.info.run_id
-    run = client.create_run(exp.experiment_id, run_name=f"pipeline-{pid[:8]}",
-                            tags={PIPELINE_TAG: pid, KIND_TAG: "pipeline", "git_commit": git_commit(),
-                                  "data_digest": data_digest()})
+    run = client.create_run(
+        exp.experiment_id,
+        run_name=f"pipeline-{pid[:8]}",
+        tags={
+            PIPELINE_TAG: pid,
+            KIND_TAG: "pipeline",
+            "git_commit": git_commit(),
+            "data_digest": data_digest(),
+        },
+    )
     return run.info.run_id
 
 
 @contextmanager
-def child_run(cfg: TrackingConfig, name: str, *, kind: str = "backbone", new: bool = False,
-              pid: str | None = None) -> Iterator:
+def child_run(
+    cfg: TrackingConfig, name: str, *, kind: str = "backbone", new: bool = False, pid: str | None = None
+) -> Iterator:
     """An active child run (per backbone, or the stacker) under this pipeline's parent.
 
     Args:
@@ -124,15 +136,27 @@ def child_run(cfg: TrackingConfig, name: str, *, kind: str = "backbone", new: bo
     parent = parent_run_id(cfg, pid)
     client = MlflowClient()
     exp_id = client.get_run(parent).info.experiment_id
-    existing = None if new else _find(
-        client, exp_id, f"tags.`mlflow.parentRunId` = '{parent}' and tags.`{BACKBONE_TAG}` = '{name}'")
+    existing = (
+        None
+        if new
+        else _find(
+            client, exp_id, f"tags.`mlflow.parentRunId` = '{parent}' and tags.`{BACKBONE_TAG}` = '{name}'"
+        )
+    )
     with mlflow.start_run(run_id=parent, experiment_id=exp_id):
         if existing is not None:
             run = mlflow.start_run(run_id=existing.info.run_id, nested=True)
         else:
-            run = mlflow.start_run(run_name=name, nested=True,
-                                   tags={BACKBONE_TAG: name, KIND_TAG: kind, PIPELINE_TAG: pid or pipeline_id(),
-                                         "git_commit": git_commit()})
+            run = mlflow.start_run(
+                run_name=name,
+                nested=True,
+                tags={
+                    BACKBONE_TAG: name,
+                    KIND_TAG: kind,
+                    PIPELINE_TAG: pid or pipeline_id(),
+                    "git_commit": git_commit(),
+                },
+            )
         with run:
             yield run
 
@@ -145,10 +169,16 @@ def log_dataset(data_root: str | Path, *, context: str = "training") -> None:
     from tokenfocus.evalmuse import read_json_list
 
     raws = read_json_list(Path(data_root) / "train_list.json")
-    df = pd.DataFrame({"prompt_id": [r.get("prompt_id") for r in raws], "img_path": [r["img_path"] for r in raws],
-                       "prompt": [r["prompt"] for r in raws]})
-    ds = mlflow.data.from_pandas(df, source=str(Path(data_root).resolve()), name=Path(data_root).name,
-                                 digest=data_digest()[:36])
+    df = pd.DataFrame(
+        {
+            "prompt_id": [r.get("prompt_id") for r in raws],
+            "img_path": [r["img_path"] for r in raws],
+            "prompt": [r["prompt"] for r in raws],
+        }
+    )
+    ds = mlflow.data.from_pandas(
+        df, source=str(Path(data_root).resolve()), name=Path(data_root).name, digest=data_digest()[:36]
+    )
     from mlflow.exceptions import MlflowException
 
     try:
@@ -164,8 +194,9 @@ def metric_logger(step_offset: int = 0):
     import mlflow
 
     def log(metrics: dict[str, float], step: int) -> None:
-        clean = {k: float(v) for k, v in metrics.items()
-                 if isinstance(v, int | float) and math.isfinite(float(v))}
+        clean = {
+            k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(float(v))
+        }
         if clean:
             mlflow.log_metrics(clean, step=step + step_offset)
 

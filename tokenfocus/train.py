@@ -26,9 +26,9 @@ from tokenfocus.evalmuse import Record, write_json_atomic
 from tokenfocus.images import load_images
 from tokenfocus.losses import element_loss, focus_loss, lm_loss
 from tokenfocus.metrics import evaluate as ntire_metrics
+from tokenfocus.predictions import split_records
 from tokenfocus.prompts import element_text, overall_text
 from tokenfocus.scoring import Scorer, distribution_stats, encode, first_answer_logits
-from tokenfocus.predictions import split_records
 
 log = logging.getLogger(__name__)
 LogFn = Callable[[dict[str, float], int], None]
@@ -52,8 +52,11 @@ def apply_lora(model, slug: str, params: Params):
 
     lc = params.backbone(slug).lora
     # Name every target module explicitly: vision towers reuse names such as q_proj.
-    names = [n for n, _ in model.named_modules()
-             if n.split(".")[-1] in lc.target_modules and (lc.include_vision or "vision" not in n)]
+    names = [
+        n
+        for n, _ in model.named_modules()
+        if n.split(".")[-1] in lc.target_modules and (lc.include_vision or "vision" not in n)
+    ]
     if not names:
         raise ValueError(f"{slug}: LoRA target modules {lc.target_modules} match nothing in the model")
     config = LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=names)
@@ -76,8 +79,15 @@ def evaluate_split(scorer: Scorer, records: list[Record], images: dict) -> dict[
 class Trainer:
     """One backbone's fine-tuning run; ``run()`` resumes from ``out/checkpoint`` if present."""
 
-    def __init__(self, slug: str, params: Params, *, out: str | Path | None = None, source: str | None = None,
-                 log_fn: LogFn | None = None):
+    def __init__(
+        self,
+        slug: str,
+        params: Params,
+        *,
+        out: str | Path | None = None,
+        source: str | None = None,
+        log_fn: LogFn | None = None,
+    ):
         self.slug, self.params = slug, params
         self.cfg = params.train_for(slug)
         self.bb = params.backbone(slug)
@@ -105,7 +115,9 @@ class Trainer:
         for r in recs:
             # Most elements are present; drawing absent ones more often makes the image matter.
             absent = [e.key for e in r.elements if (r.element_score[e.key] or 0) < 0.5]
-            pool = absent if absent and rng.random() < self.cfg.element_balance else [e.key for e in r.elements]
+            pool = (
+                absent if absent and rng.random() < self.cfg.element_balance else [e.key for e in r.elements]
+            )
             keys.append(pool[rng.integers(len(pool))])
         return recs, keys
 
@@ -126,8 +138,13 @@ class Trainer:
         b = len(recs)
         # The regression term joins after a CE-only warm-up; alone it pulls to the mean score early.
         mse_w = self.cfg.mse_weight if step >= self.cfg.mse_warmup_frac * self.cfg.steps else 0.0
-        out = focus_loss(logits[:b, tokens.score_ids], scores, ce_weight=self.cfg.ce_weight, mse_weight=mse_w,
-                         soft=self.cfg.soft_target)
+        out = focus_loss(
+            logits[:b, tokens.score_ids],
+            scores,
+            ce_weight=self.cfg.ce_weight,
+            mse_weight=mse_w,
+            soft=self.cfg.soft_target,
+        )
         out["element"] = element_loss(logits[b:, [tokens.yes_id, tokens.no_id]], labels)
         out["loss"] = out["loss"] + self.cfg.element_weight * out["element"]
         return out
@@ -156,8 +173,15 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         self.model.save_pretrained(tmp)  # safetensors; a PeftModel saves only its adapter
         self.processor.save_pretrained(tmp)
-        meta = {"slug": self.slug, "kind": "trained", "base": str(self.source), "tuning": self.bb.tuning,
-                "backbone": asdict(self.bb), "prompts": asdict(self.prompts), "loss": self.cfg.loss}
+        meta = {
+            "slug": self.slug,
+            "kind": "trained",
+            "base": str(self.source),
+            "tuning": self.bb.tuning,
+            "backbone": asdict(self.bb),
+            "prompts": asdict(self.prompts),
+            "loss": self.cfg.loss,
+        }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
         replace_dir(tmp, dest)
 
@@ -177,7 +201,9 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file(self._trainable_state(), tmp / "weights.safetensors")
-        torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}, tmp / "optim.pt")
+        torch.save(
+            {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}, tmp / "optim.pt"
+        )
         write_json_atomic(tmp / "state.json", {**asdict(state), "config": asdict(self.cfg)})
         replace_dir(tmp, ckpt)
 
@@ -215,18 +241,22 @@ class Trainer:
             self.model = apply_lora(self.model, self.slug, self.params)
         elif self.bb.tuning != "full":
             raise ValueError(f"{self.slug}: tuning must be 'full' or 'lora', not {self.bb.tuning!r}")
-        self.scorer = Scorer(self.model, self.processor, self.prompts, slug=self.slug,
-                             batch_size=self.params.score.batch_size)
+        self.scorer = Scorer(
+            self.model, self.processor, self.prompts, slug=self.slug, batch_size=self.params.score.batch_size
+        )
         self.end = self._assistant_end()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(trainable, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.sched = get_cosine_schedule_with_warmup(
-            self.opt, int(self.cfg.warmup_frac * self.cfg.steps), self.cfg.steps)
+            self.opt, int(self.cfg.warmup_frac * self.cfg.steps), self.cfg.steps
+        )
 
     def _assistant_end(self) -> str:
         """What the chat template writes after an assistant answer (its end-of-turn marker)."""
-        msgs = [{"role": "user", "content": [{"type": "text", "text": "q"}]},
-                {"role": "assistant", "content": [{"type": "text", "text": "QQANSWERQQ"}]}]
+        msgs = [
+            {"role": "user", "content": [{"type": "text", "text": "q"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "QQANSWERQQ"}]},
+        ]
         text = self.processor.apply_chat_template(msgs, tokenize=False)
         return text.split("QQANSWERQQ", 1)[1]
 
@@ -241,8 +271,13 @@ class Trainer:
         state = self._resume()
         self.out.mkdir(parents=True, exist_ok=True)
         cfg = self.cfg
-        bar = tqdm(range(state.step, cfg.steps), desc=f"train {self.slug}", disable=None, initial=state.step,
-                   total=cfg.steps)
+        bar = tqdm(
+            range(state.step, cfg.steps),
+            desc=f"train {self.slug}",
+            disable=None,
+            initial=state.step,
+            total=cfg.steps,
+        )
         cpu0 = time.process_time()
         done_here = 0
         for step in bar:
@@ -261,8 +296,9 @@ class Trainer:
             state.step = step + 1
             bar.set_postfix(loss=f"{parts['loss']:.3f}")
             if step % 10 == 0:
-                self.log_fn({**{f"train_{k}": v for k, v in parts.items()}, "lr": self.sched.get_last_lr()[0]},
-                            step)
+                self.log_fn(
+                    {**{f"train_{k}": v for k, v in parts.items()}, "lr": self.sched.get_last_lr()[0]}, step
+                )
             last = state.step == cfg.steps
             if state.step % cfg.eval_every == 0 or last:
                 self.model.eval()
@@ -282,14 +318,25 @@ class Trainer:
                 cpu0 = time.process_time()
                 self._save_checkpoint(state)
             if stopping:
-                log.info("%s: early stop at step %d (best val SRCC %.4f at %d)", self.slug, state.step,
-                         state.best_srcc, state.best_step)
+                log.info(
+                    "%s: early stop at step %d (best val SRCC %.4f at %d)",
+                    self.slug,
+                    state.step,
+                    state.best_srcc,
+                    state.best_step,
+                )
                 break
             if stop_after is not None and done_here >= stop_after:
                 return {"interrupted_at": state.step}
-        summary = {"slug": self.slug, "loss": cfg.loss, "steps": state.step, "best_step": state.best_step,
-                   "best_val_srcc": state.best_srcc, "cpu_minutes": state.cpu_seconds / 60,
-                   "trainable_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad)}
+        summary = {
+            "slug": self.slug,
+            "loss": cfg.loss,
+            "steps": state.step,
+            "best_step": state.best_step,
+            "best_val_srcc": state.best_srcc,
+            "cpu_minutes": state.cpu_seconds / 60,
+            "trainable_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+        }
         write_json_atomic(self.out / "metrics.json", summary)
         return summary
 

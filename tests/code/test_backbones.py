@@ -24,7 +24,9 @@ def test_build_save_reload_identical_logits(tiny_params, small_data, slug, tmp_p
     img = load_images(small_data / "images", [rec.img_path])[rec.img_path]
     text = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": rec.prompt}]}],
-        add_generation_prompt=True, tokenize=False)
+        add_generation_prompt=True,
+        tokenize=False,
+    )
     batch = encode(processor, [text], [img])
     model.save_pretrained(tmp_path / "m")
     processor.save_pretrained(tmp_path / "m")
@@ -38,7 +40,9 @@ def test_build_save_reload_identical_logits(tiny_params, small_data, slug, tmp_p
 
 def test_unknown_family_is_a_clear_error(tmp_path):
     with pytest.raises(BackboneError, match="unknown tiny family 'nope'"):
-        build_tiny("x", BackboneConfig(source=str(tmp_path), family="nope"), PromptConfig(), ["a"], tmp_path / "x")
+        build_tiny(
+            "x", BackboneConfig(source=str(tmp_path), family="nope"), PromptConfig(), ["a"], tmp_path / "x"
+        )
 
 
 def test_multi_token_answer_word_names_backbone_and_word(tiny_params):

@@ -45,7 +45,9 @@ def test_batching_does_not_change_scores(tiny_params, sample):
     recs, imgs = sample
     prompts = [r.prompt for r in recs]
     src = tiny_params.backbone("llava_siglip_tiny").source
-    one = [Scorer.load(src, batch_size=1)(imgs[i : i + 1], prompts[i : i + 1])[0].score for i in range(len(recs))]
+    one = [
+        Scorer.load(src, batch_size=1)(imgs[i : i + 1], prompts[i : i + 1])[0].score for i in range(len(recs))
+    ]
     many = [r.score for r in Scorer.load(src, batch_size=8)(imgs, prompts)]
     assert one == pytest.approx(many, abs=1e-4)
 

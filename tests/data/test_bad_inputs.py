@@ -30,10 +30,17 @@ def _png(img: Image.Image, fmt="PNG", **kw) -> bytes:
 
 def _bomb(w=30000, h=30000) -> bytes:
     def chunk(tag, data):
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 RGB = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
@@ -83,19 +90,28 @@ def _limits(root):
     return limits
 
 
-@pytest.mark.parametrize(("record", "needle"), [
-    ({"prompt": "", "image": "ok.png"}, "record 0: missing or empty 'prompt'"),
-    ({"image": "ok.png"}, "record 0: missing or empty 'prompt'"),
-    ({"prompt": "x", "image": "../outside.png"}, "outside the allowed root"),
-    ({"prompt": "x", "image": "/etc/passwd"}, "outside the allowed root"),
-    ({"prompt": "x", "image": "missing.png"}, "file not found"),
-    ({"prompt": "x", "image": "A" * 80 + "!!"}, "neither valid base64 nor a path"),
-    ({"prompt": "x", "image": base64.b64encode(IMAGES["text-named-png"][0] * 4).decode()}, "cannot decode"),
-    ({"prompt": "x", "image": base64.b64encode(_bomb()).decode()}, "exceeds"),
-    ({"prompt": "x", "image": "ok.png", "elements": "not json ["}, "'elements' is not a JSON list"),
-    ({"prompt": "x", "image": "ok.png", "elements": [""]}, "'elements' must be a list of non-empty strings"),
-    ({"prompt": "x", "image": 42}, "'image' must be a base64 string or a path"),
-])
+@pytest.mark.parametrize(
+    ("record", "needle"),
+    [
+        ({"prompt": "", "image": "ok.png"}, "record 0: missing or empty 'prompt'"),
+        ({"image": "ok.png"}, "record 0: missing or empty 'prompt'"),
+        ({"prompt": "x", "image": "../outside.png"}, "outside the allowed root"),
+        ({"prompt": "x", "image": "/etc/passwd"}, "outside the allowed root"),
+        ({"prompt": "x", "image": "missing.png"}, "file not found"),
+        ({"prompt": "x", "image": "A" * 80 + "!!"}, "neither valid base64 nor a path"),
+        (
+            {"prompt": "x", "image": base64.b64encode(IMAGES["text-named-png"][0] * 4).decode()},
+            "cannot decode",
+        ),
+        ({"prompt": "x", "image": base64.b64encode(_bomb()).decode()}, "exceeds"),
+        ({"prompt": "x", "image": "ok.png", "elements": "not json ["}, "'elements' is not a JSON list"),
+        (
+            {"prompt": "x", "image": "ok.png", "elements": [""]},
+            "'elements' must be a list of non-empty strings",
+        ),
+        ({"prompt": "x", "image": 42}, "'image' must be a base64 string or a path"),
+    ],
+)
 def test_served_record_errors_name_the_record(tmp_path, record, needle):
     (tmp_path / "ok.png").write_bytes(_png(RGB))
     (tmp_path.parent / "outside.png").write_bytes(_png(RGB))
@@ -108,19 +124,25 @@ def test_served_records_accepted_cases(tmp_path):
     records = [
         {"prompt": "два красных круга", "image": "ok.png"},  # non-Latin prompt
         {"prompt": "x" * 5000, "image": base64.b64encode(_png(RGB.convert("RGBA"))).decode()},
-        {"prompt": "a cat", "image": "data:image/png;base64," + base64.b64encode(_png(RGB)).decode(),
-         "elements": ["cat (hat) (object)", "cat (hat) (object)", "no category"]},
+        {
+            "prompt": "a cat",
+            "image": "data:image/png;base64," + base64.b64encode(_png(RGB)).decode(),
+            "elements": ["cat (hat) (object)", "cat (hat) (object)", "no category"],
+        },
     ]
     images, prompts, elements = parse_records(records, _limits(tmp_path))
     assert [im.mode for im in images] == ["RGB"] * 3
     assert elements[2] == ["cat (hat) (object)", "no category"]  # duplicates scored once
 
 
-@pytest.mark.parametrize(("content", "needle"), [
-    (b'{"not": "a list"}', "expected a JSON list"),
-    (b'[{"prompt": "a"', "invalid JSON"),
-    (b"[\xff]", "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b'{"not": "a list"}', "expected a JSON list"),
+        (b'[{"prompt": "a"', "invalid JSON"),
+        (b"[\xff]", "not UTF-8"),
+    ],
+)
 def test_json_cases(tmp_path, content, needle):
     p = tmp_path / "test.json"
     p.write_bytes(content)
@@ -150,16 +172,25 @@ def test_batch_predict_reports_bad_items_and_scores_the_rest(tiny_params, tiny_s
     (images / "bad.png").write_bytes(IMAGES["truncated-png"][0])
     (images / "gray.png").write_bytes(IMAGES["grayscale"][0])
     (tmp_path / "secret.png").write_bytes(_png(RGB))
-    recs = [{"prompt_id": str(i), "prompt": "two red circles", "img_path": p,
-             "element_score": {"red circles (color)": None, "a (b) (object)": None}}
-            for i, p in enumerate(["good.png", "bad.png", "gray.png", "../secret.png", "nope.png"])]
+    recs = [
+        {
+            "prompt_id": str(i),
+            "prompt": "two red circles",
+            "img_path": p,
+            "element_score": {"red circles (color)": None, "a (b) (object)": None},
+        }
+        for i, p in enumerate(["good.png", "bad.png", "gray.png", "../secret.png", "nope.png"])
+    ]
     recs.append({"prompt_id": "9", "img_path": "good.png"})  # no prompt
     (tmp_path / "test.json").write_text(json.dumps(recs))
     out = tmp_path / "output.json"
     out.write_text("[]")  # an earlier result: replaced whole, never half-written
 
     def ensemble_like(imgs, prompts, elements):  # a real tiny model, in the ensemble's output form
-        return [{"total_score": r.score, "element_scores": r.elements} for r in tiny_scorer(imgs, prompts, elements)]
+        return [
+            {"total_score": r.score, "element_scores": r.elements}
+            for r in tiny_scorer(imgs, prompts, elements)
+        ]
 
     summary = predict_file(tiny_params, tmp_path / "test.json", images, out, scorer=ensemble_like)
     assert summary["scored"] == 2 and summary["failed"] == 4
@@ -172,24 +203,44 @@ def test_batch_predict_reports_bad_items_and_scores_the_rest(tiny_params, tiny_s
     assert "nope.png: file not found" in text and "test.json[5].prompt" in text
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["--image", "missing.png", "--prompt", "x"], "missing.png: file not found"),
-    (["--image", "bad.png", "--prompt", "x"], "bad.png: cannot decode"),
-    (["--image", "ok.png", "--prompt", "  "], "empty prompt"),
-])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--image", "missing.png", "--prompt", "x"], "missing.png: file not found"),
+        (["--image", "bad.png", "--prompt", "x"], "bad.png: cannot decode"),
+        (["--image", "ok.png", "--prompt", "  "], "empty prompt"),
+    ],
+)
 def test_cli_score_one_errors_are_clear(tiny_params, tmp_path, monkeypatch, args, needle):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ok.png").write_bytes(_png(RGB))
     (tmp_path / "bad.png").write_bytes(IMAGES["zero-byte"][0] + b"GIF89a")
-    result = CliRunner().invoke(app, ["score-one", *args, "--backbone", tiny_params.backbone("idefics3_tiny").source])
+    result = CliRunner().invoke(
+        app, ["score-one", *args, "--backbone", tiny_params.backbone("idefics3_tiny").source]
+    )
     assert result.exit_code == 1
     assert needle in result.output and "Traceback" not in result.output
 
 
 def test_cli_score_one_prints_the_distribution(tiny_params, tmp_path):
     (tmp_path / "ok.png").write_bytes(_png(RGB.convert("P")))
-    result = CliRunner().invoke(app, ["score-one", "--image", str(tmp_path / "ok.png"), "--prompt", "two red circles",
-                                      "-e", "red circles (color)", "--backbone",
-                                      tiny_params.backbone("idefics3_tiny").source])
+    result = CliRunner().invoke(
+        app,
+        [
+            "score-one",
+            "--image",
+            str(tmp_path / "ok.png"),
+            "--prompt",
+            "two red circles",
+            "-e",
+            "red circles (color)",
+            "--backbone",
+            tiny_params.backbone("idefics3_tiny").source,
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert "distribution 1:" in result.output and "P(yes)" in result.output and "red circles (color)" in result.output
+    assert (
+        "distribution 1:" in result.output
+        and "P(yes)" in result.output
+        and "red circles (color)" in result.output
+    )

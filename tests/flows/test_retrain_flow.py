@@ -4,8 +4,6 @@ import pytest
 from mlflow import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 
-from tokenfocus.config import load_params
-
 
 @pytest.fixture(scope="module", autouse=True)
 def harness():

@@ -24,7 +24,9 @@ def _run(args, cwd, env):
 def repo(small_data, tmp_path_factory):
     """A git+DVC repo copied from ours, the small dataset as data/, 2 tiny backbones."""
     d = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     for f in files:
         if f.startswith(("dvc.yaml", "params.yaml", ".dvc/", "data.dvc")):
             (d / f).parent.mkdir(parents=True, exist_ok=True)
@@ -32,8 +34,11 @@ def repo(small_data, tmp_path_factory):
     shutil.copytree(ROOT / "tokenfocus", d / "tokenfocus")  # stage deps name these files
     shutil.copytree(small_data, d / "data")
     write_tiny_params(d / "params.yaml")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{d / 'mlflow.db'}",
-           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{d / 'mlflow.db'}",
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
+    }
     env.pop("MLFLOW_RUN_ID", None)
     subprocess.run(["git", "init", "-q"], cwd=d, check=True)
     _run([DVC, "add", "-q", "data"], d, env)
@@ -44,10 +49,35 @@ def _ran(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
+def _kill_during_training(d, env) -> None:
+    """Start `dvc repro`, kill -9 its whole process group once a backbone is training."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [DVC, "repro"],
+        cwd=d,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 600
+    for line in proc.stdout:
+        if line.startswith("Running stage 'train@") or time.monotonic() > deadline:
+            break
+    time.sleep(3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def test_repro_then_noop_then_partial(repo):
     d, env = repo
-    first = _ran(_run([DVC, "repro"], d, env))
-    assert {"validate", "split", "train@idefics3_tiny", "score@llava_siglip_tiny", "stack", "register"} <= first
+    _kill_during_training(d, env)
+    assert "up to date" not in _run([DVC, "status"], d, env)
+    first = _ran(_run([DVC, "repro"], d, env))  # the rerun completes after the kill
+    assert {"train@idefics3_tiny", "score@llava_siglip_tiny", "stack", "register"} <= first
     assert (d / "eval" / "registry.json").exists() and (d / "docs" / "results.md").exists()
     assert "Running stage" not in _run([DVC, "repro"], d, env)  # a second repro is a no-op
     assert "up to date" in _run([DVC, "status"], d, env)
@@ -59,5 +89,7 @@ def test_repro_then_noop_then_partial(repo):
     (d / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     third = _ran(_run([DVC, "repro"], d, env))
     assert "train@llava_siglip_tiny" in third and "score@llava_siglip_tiny" in third
-    assert not {"validate", "split", "train@idefics3_tiny", "score@idefics3_tiny", "build@idefics3_tiny"} & third
+    assert (
+        not {"validate", "split", "train@idefics3_tiny", "score@idefics3_tiny", "build@idefics3_tiny"} & third
+    )
     assert "stack" in third

@@ -20,7 +20,7 @@ from tokenfocus.registry import (
     promote,
 )
 from tokenfocus.stack import Ensemble, LeakError, fit_ensemble
-from tokenfocus.stages import stack_stage, score_stage, train_stage
+from tokenfocus.stages import score_stage, stack_stage, train_stage
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,12 @@ def trained(tiny_params, tmp_path_factory):
 
     d = tmp_path_factory.mktemp("reg")
     os.chdir(d)
-    p = dataclasses.replace(tiny_params, backbones={k: v for k, v in tiny_params.backbones.items()
-                                                    if k in ("idefics3_tiny", "llava_siglip_tiny")})
+    p = dataclasses.replace(
+        tiny_params,
+        backbones={
+            k: v for k, v in tiny_params.backbones.items() if k in ("idefics3_tiny", "llava_siglip_tiny")
+        },
+    )
     p.tracking = dataclasses.replace(p.tracking, promote_bootstrap=20)
     for slug in p.backbones:
         train_stage(slug, p, track=False)
@@ -51,8 +55,16 @@ def _request(p, n=3):
     from tokenfocus.predictions import split_records
 
     recs = split_records(p, "test")[:n]
-    return recs, pd.DataFrame([{"prompt": r.prompt, "image": str(p.validate.data) + "/images/" + r.img_path,
-                                "elements": [e.key for e in r.elements]} for r in recs])
+    return recs, pd.DataFrame(
+        [
+            {
+                "prompt": r.prompt,
+                "image": str(p.validate.data) + "/images/" + r.img_path,
+                "elements": [e.key for e in r.elements],
+            }
+            for r in recs
+        ]
+    )
 
 
 def test_pyfunc_round_trip_matches_in_process_ensemble(trained, store, tmp_path):
@@ -65,7 +77,9 @@ def test_pyfunc_round_trip_matches_in_process_ensemble(trained, store, tmp_path)
     limits = limits_from(p.serve)
     limits.allowed_root = Path(p.validate.data).resolve()
     model.unwrap_python_model().limits.allowed_root = limits.allowed_root
-    expected = EnsembleScorer(bundle(p, tmp_path / "bundle"))(*parse_records(frame.to_dict(orient="records"), limits))
+    expected = EnsembleScorer(bundle(p, tmp_path / "bundle"))(
+        *parse_records(frame.to_dict(orient="records"), limits)
+    )
     got = model.predict(frame)
     assert len(got) == len(expected) == len(frame)
     for a, b in zip(got, expected, strict=True):
@@ -92,12 +106,29 @@ def test_served_model_answers_http_and_rejects_bad_records(trained, store, tmp_p
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "TOKENFOCUS_ALLOWED_ROOT": str(Path(p.validate.data).resolve()),
-           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
-    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m",
-                               f"models:/{p.tracking.model_name}@{CHAMPION}", "--env-manager", "local",
-                               "--host", "127.0.0.1", "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "TOKENFOCUS_ALLOWED_ROOT": str(Path(p.validate.data).resolve()),
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
+    }
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("mlflow")),
+            "models",
+            "serve",
+            "-m",
+            f"models:/{p.tracking.model_name}@{CHAMPION}",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
@@ -109,16 +140,23 @@ def test_served_model_answers_http_and_rejects_bad_records(trained, store, tmp_p
         else:
             pytest.fail("server did not start: " + server.stderr.read1().decode(errors="replace")[-2000:])
         recs, frame = _request(p, 2)
-        img_b64 = base64.b64encode((Path(p.validate.data) / "images" / recs[0].img_path).read_bytes()).decode()
-        good = [{"prompt": recs[0].prompt, "image": img_b64, "elements": [e.key for e in recs[0].elements]},
-                {"prompt": recs[1].prompt, "image": "images/" + recs[1].img_path, "elements": []}]
+        img_b64 = base64.b64encode(
+            (Path(p.validate.data) / "images" / recs[0].img_path).read_bytes()
+        ).decode()
+        good = [
+            {"prompt": recs[0].prompt, "image": img_b64, "elements": [e.key for e in recs[0].elements]},
+            {"prompt": recs[1].prompt, "image": "images/" + recs[1].img_path, "elements": []},
+        ]
         r = requests.post(f"{url}/invocations", json={"dataframe_records": good}, timeout=60)
         assert r.status_code == 200, r.text
         preds = r.json()["predictions"]
         assert len(preds) == 2 and 1 <= preds[0]["total_score"] <= 5
         assert list(preds[0]["element_scores"]) == [e.key for e in recs[0].elements]
         bad_cases = {
-            "record 1: 'image' is neither valid base64 nor a path": [good[0], {"prompt": "x", "image": "@" * 100, "elements": []}],
+            "record 1: 'image' is neither valid base64 nor a path": [
+                good[0],
+                {"prompt": "x", "image": "@" * 100, "elements": []},
+            ],
             "record 0: missing or empty 'prompt'": [{"prompt": "", "image": img_b64}],
             "outside the allowed root": [{"prompt": "x", "image": "../../etc/passwd"}],
             "cannot decode image": [{"prompt": "x", "image": base64.b64encode(b"not a png" * 20).decode()}],
@@ -127,7 +165,10 @@ def test_served_model_answers_http_and_rejects_bad_records(trained, store, tmp_p
             r = requests.post(f"{url}/invocations", json={"dataframe_records": records}, timeout=60)
             assert r.status_code == 400, (needle, r.status_code, r.text)
             assert needle in r.json()["message"], r.text
-        assert requests.post(f"{url}/invocations", json={"dataframe_records": good[:1]}, timeout=60).status_code == 200
+        assert (
+            requests.post(f"{url}/invocations", json={"dataframe_records": good[:1]}, timeout=60).status_code
+            == 200
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -143,9 +184,20 @@ def _fixed_rows(quality: dict):
 
     def rows_of(tc, version, params):
         q = quality[str(version.version)]
-        scores = [t if q == "good" else (6 - t if q == "bad" else 3.0 + 0.1 * ((i * 7) % 5)) for i, t in enumerate(truth)]
-        return [{"img_path": str(i), "score": s, "elements": {"e (object)": 0.9}, "gt_score": t,
-                 "gt_elements": {"e (object)": 1.0}} for i, (s, t) in enumerate(zip(scores, truth, strict=True))]
+        scores = [
+            t if q == "good" else (6 - t if q == "bad" else 3.0 + 0.1 * ((i * 7) % 5))
+            for i, t in enumerate(truth)
+        ]
+        return [
+            {
+                "img_path": str(i),
+                "score": s,
+                "elements": {"e (object)": 0.9},
+                "gt_score": t,
+                "gt_elements": {"e (object)": 1.0},
+            }
+            for i, (s, t) in enumerate(zip(scores, truth, strict=True))
+        ]
 
     return rows_of
 
