@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,15 +19,9 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tokenfocus.config import load_params  # noqa: E402
 from tokenfocus.env import apply_offline_env  # noqa: E402
-from tokenfocus.tracking import tracking_uri  # noqa: E402
+from tokenfocus.serve import free_port, start  # noqa: E402
 
 N, CONCURRENCY = 50, 8
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def payloads(params) -> list[tuple[str, dict]]:
@@ -70,43 +61,8 @@ def payloads(params) -> list[tuple[str, dict]]:
 def main() -> int:
     apply_offline_env()
     params = load_params()
-    port = free_port()
-    bin_dir = Path(sys.executable).parent
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": tracking_uri(params.tracking),
-        "TOKENFOCUS_ALLOWED_ROOT": str(Path(params.serve.allowed_root).resolve()),
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-    }
-    server = subprocess.Popen(
-        [
-            str(bin_dir / "mlflow"),
-            "models",
-            "serve",
-            "-m",
-            f"models:/{params.tracking.model_name}@champion",
-            "--env-manager",
-            "local",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server, url = start(params, port=free_port())
     try:
-        for _ in range(120):
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(1)
-        else:
-            print("server did not start")
-            return 1
         jobs = payloads(params)
 
         def send(job):

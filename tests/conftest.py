@@ -19,6 +19,20 @@ def pytest_configure(config):
     os.environ.pop("MLFLOW_RUN_ID", None)
 
 
+def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
+    """A tiny PNG whose header claims width x height: a decompression bomb."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(tag + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
 SMALL = SynthConfig(seed=5, n_prompts=24, n_test_prompts=4, image_size=64)
 
 

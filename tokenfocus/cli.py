@@ -264,30 +264,9 @@ def serve(
     """Serve the champion with `mlflow models serve` on 127.0.0.1."""
     import os
 
-    from tokenfocus.tracking import tracking_uri
+    from tokenfocus.serve import serve_command
 
-    p = _params(params)
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": tracking_uri(p.tracking),
-        "TOKENFOCUS_ALLOWED_ROOT": str(Path(p.serve.allowed_root).resolve()),
-    }
-    bin_dir = str(Path(sys.executable).parent)
-    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")  # mlflow execs uvicorn from here
-    uri = model or f"models:/{p.tracking.model_name}@champion"
-    cmd = [
-        str(Path(bin_dir) / "mlflow"),
-        "models",
-        "serve",
-        "-m",
-        uri,
-        "--env-manager",
-        "local",
-        "--host",
-        host or p.serve.host,
-        "--port",
-        str(port or p.serve.port),
-    ]
+    cmd, env = serve_command(_params(params), model_uri=model, host=host, port=port)
     typer.echo(" ".join(cmd))
     os.execvpe(cmd[0], cmd, env)
 

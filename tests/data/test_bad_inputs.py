@@ -7,14 +7,13 @@ a clear error naming the item and the problem; never a traceback, never a sunk b
 import base64
 import io
 import json
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from tests.conftest import bomb_png
 from tokenfocus.cli import app
 from tokenfocus.config import ServeConfig
 from tokenfocus.evalmuse import EvalMuseError, read_json_list
@@ -28,19 +27,7 @@ def _png(img: Image.Image, fmt="PNG", **kw) -> bytes:
     return buf.getvalue()
 
 
-def _bomb(w=30000, h=30000) -> bytes:
-    def chunk(tag, data):
-        return (
-            struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-        )
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
+_bomb = bomb_png
 
 
 RGB = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))

@@ -1,14 +1,13 @@
 """The Great Expectations gate: passes on SynthMuse, names the offender on bad input."""
 
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import bomb_png
 from tokenfocus.config import ValidateConfig
 from tokenfocus.images import open_image
 from tokenfocus.validate import main, validate_root
@@ -22,23 +21,6 @@ def _records(root: Path) -> list[dict]:
 
 def _save(root: Path, records: list[dict]) -> None:
     (root / "train_list.json").write_text(json.dumps(records))
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims width x height (a decompression bomb)."""
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 def test_suite_passes_on_synthmuse(small_data, tmp_path):

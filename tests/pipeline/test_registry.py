@@ -92,53 +92,18 @@ def test_pyfunc_round_trip_matches_in_process_ensemble(trained, store, tmp_path)
 def test_served_model_answers_http_and_rejects_bad_records(trained, store, tmp_path):
     """A real `mlflow models serve` on a free loopback port."""
     import base64
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
 
     import requests
+
+    from tokenfocus.serve import free_port, start
 
     p, _ = trained
     log_and_register(p)
     promote(p)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "TOKENFOCUS_ALLOWED_ROOT": str(Path(p.validate.data).resolve()),
-        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
-    }
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("mlflow")),
-            "models",
-            "serve",
-            "-m",
-            f"models:/{p.tracking.model_name}@{CHAMPION}",
-            "--env-manager",
-            "local",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
+    # paths in requests resolve under the data root, as `serve.allowed_root` says
+    served = dataclasses.replace(p, serve=dataclasses.replace(p.serve, allowed_root=p.validate.data))
+    server, url = start(served, port=free_port())
     try:
-        for _ in range(120):
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(1)
-        else:
-            pytest.fail("server did not start: " + server.stderr.read1().decode(errors="replace")[-2000:])
         recs, frame = _request(p, 2)
         img_b64 = base64.b64encode(
             (Path(p.validate.data) / "images" / recs[0].img_path).read_bytes()
