@@ -77,8 +77,9 @@ ui: setup
 loadtest: setup
 	$(PY) scripts/loadtest.py
 
-offline-run:
-	unshare -rn bash -c 'ip link set lo up 2>/dev/null || true; make run'
+# The whole pipeline in a network namespace with loopback only (set-up, which installs, runs first).
+offline-run: setup
+	unshare -rn bash -c 'ip link set lo up 2>/dev/null || true; $(MAKE) run'
 
 clean:
 	rm -rf work eval models mlruns mlflow.db .prefect

@@ -220,6 +220,10 @@ def load_model_and_processor(source: str | Path, cfg: BackboneConfig, *, slug: s
     if adapter.exists():
         meta = json.loads((path / META_FILE).read_text())
         base_source = meta["base"]
+        # A bundled base is stored relative to the adapter folder (the bundle can move);
+        # a base in the project is relative to the working directory; else it is a hub id.
+        if (path / base_source).exists():
+            base_source = str((path / base_source).resolve())
     try:
         with _LOAD_LOCK:
             processor = AutoProcessor.from_pretrained(str(source), trust_remote_code=cfg.trust_remote_code)

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 DEFAULT_PARAMS = Path("params.yaml")
 
 
@@ -255,7 +253,10 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"params file not found: {path}")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    # YAML 1.2, as DVC writes it (`dvc exp run -S` rewrites params.yaml): `yes` stays a string.
+    from ruamel.yaml import YAML
+
+    raw = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8")) or {}
     return _build(Params, raw, path.name)
 
 

@@ -62,15 +62,6 @@ def bundle(params: Params, out: str | Path) -> Path:
     return out
 
 
-def _resolve_bases(root: Path) -> None:
-    """Make bundled relative base paths absolute for this machine."""
-    for meta_path in (root / "backbones").glob(f"*/{META_FILE}"):
-        meta = json.loads(meta_path.read_text())
-        if str(meta.get("base", "")).startswith("../"):
-            meta["base"] = str((meta_path.parent / meta["base"]).resolve())
-            meta_path.write_text(json.dumps(meta, indent=1))
-
-
 # -- request parsing --------------------------------------------------------------------------
 @dataclass
 class Limits:
@@ -161,7 +152,6 @@ class EnsembleScorer:
         from tokenfocus.stack import Ensemble
 
         root = Path(root)
-        _resolve_bases(root)
         self.ensemble = Ensemble.load(root / "ensemble")
         self.scorers = {
             s: Scorer.load(root / "backbones" / s, batch_size=batch_size, threads=threads)

@@ -33,7 +33,9 @@ def trained(tiny_params, tmp_path_factory):
     p = dataclasses.replace(
         tiny_params,
         backbones={
-            k: v for k, v in tiny_params.backbones.items() if k in ("idefics3_tiny", "llava_siglip_tiny")
+            k: v
+            for k, v in tiny_params.backbones.items()
+            if k in ("idefics3_tiny", "gemma3_tiny")  # full and LoRA
         },
     )
     p.tracking = dataclasses.replace(p.tracking, promote_bootstrap=20)
@@ -85,7 +87,7 @@ def test_pyfunc_round_trip_matches_in_process_ensemble(trained, store, tmp_path)
     for a, b in zip(got, expected, strict=True):
         assert a["total_score"] == pytest.approx(b["total_score"], abs=1e-5)
         assert a["element_scores"] == pytest.approx(b["element_scores"], abs=1e-5)
-        assert set(a["backbone_scores"]) == {"idefics3_tiny", "llava_siglip_tiny"}
+        assert set(a["backbone_scores"]) == {"idefics3_tiny", "gemma3_tiny"}
         assert sum(a["distribution"]) == pytest.approx(1.0, abs=1e-5)
 
 
