@@ -218,8 +218,10 @@ def register(params: str = PARAMS) -> None:
 
     try:
         out = _tracking_guard(lambda: register_stage(_params(params)))
-    except (FileNotFoundError, ValueError) as exc:
+    except FileNotFoundError as exc:
         fail(f"{exc} (run `tokenfocus stack` first)")
+    except (ValueError, RuntimeError) as exc:  # BackboneError included
+        fail(str(exc))
     typer.echo(json.dumps(out, indent=1, default=str))
 
 
@@ -230,7 +232,7 @@ def promote(params: str = PARAMS) -> None:
 
     try:
         out = _tracking_guard(lambda: do_promote(_params(params)))
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:
         fail(str(exc))
     typer.echo(json.dumps(out, indent=1, default=str))
 

@@ -406,8 +406,14 @@ def promote(params: Params, *, min_delta: float = 0.0, rows_of=None) -> dict[str
     elif champion.version == challenger.version:
         decision.update(promoted=False, reason="challenger is already champion")
     else:
+        try:
+            champion_rows = rows_of(tc, champion, params)
+        except Exception as exc:  # a champion that cannot even be loaded cannot serve either
+            champion_rows = None
+            decision.update(promoted=True, reason=f"champion v{champion.version} cannot be loaded: {exc}")
+    if "promoted" not in decision:
         figs = paired_bootstrap(
-            rows_of(tc, champion, params),
+            champion_rows,
             rows_of(tc, challenger, params),
             n=tc.promote_bootstrap,
             seed=tc.promote_seed,
