@@ -24,6 +24,9 @@ def split_records(params: Params, split: str) -> list[Record]:
     """Records of a split: ``train``/``val``/``test`` of train_list.json, or ``ntire`` (test.json
     with labels from eval.json when it exists)."""
     root = Path(params.validate.data)
+    if split.startswith("train-fold"):  # one stacking fold of the train split
+        fold = int(split.removeprefix("train-fold"))
+        return load_split(load_records(root / "train_list.json"), params.split.out, "train", fold=fold)
     if split != "ntire":
         return load_split(load_records(root / "train_list.json"), params.split.out, split)
     records = load_records(root / "test.json")

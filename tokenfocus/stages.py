@@ -34,12 +34,23 @@ def _members(slug: str, params: Params) -> list[tuple[Params, Path]]:
     return out
 
 
+def fold_models(slug: str, params: Params) -> list[tuple[int, Path]]:
+    """(fold, output folder) of the out-of-fold models, when the stacker is fitted out of fold."""
+    if params.stack.fit_on == "val":
+        return []
+    if params.stack.fit_on != "oof":
+        raise ValueError(f"stack.fit_on must be 'val' or 'oof', not {params.stack.fit_on!r}")
+    return [(k, Path(params.train.out) / slug / f"fold{k}") for k in range(params.split.folds)]
+
+
 def train_stage(slug: str, params: Params, *, track: bool = True, pid: str | None = None) -> dict:
     """Train one backbone (and its bagging members), logging params, curves and summary to its child run."""
     from tokenfocus.train import Trainer
 
     def run_all(log_fn=None) -> dict:
         summaries = [Trainer(slug, p, out=out, log_fn=log_fn).run() for p, out in _members(slug, params)]
+        for k, out in fold_models(slug, params):  # for an out-of-fold stacker: K more models
+            Trainer(slug, params, out=out, exclude_fold=k).run()
         return {**summaries[0], "members": len(summaries)}
 
     if not track:
@@ -95,6 +106,14 @@ def score_stage(
                 [by_path[r.img_path]["score"] for r in records],
                 [by_path[r.img_path]["elements"] for r in records],
             )
+    oof = []
+    for k, out in fold_models(slug, params):  # each train fold scored by the model that never saw it
+        score_backbone(
+            slug, params, splits=(f"train-fold{k}",), model_dir=out / "model", out=scores_dir / f"fold{k}"
+        )
+        oof += read_table(scores_dir / f"fold{k}" / f"train-fold{k}.json")
+    if oof:
+        write_json_atomic(scores_dir / "oof.json", oof)
     out_dir = Path("eval") / slug
     table = Path(params.score.out) / slug / "test.json"
     rows = read_table(table) if table.exists() else []
@@ -134,18 +153,22 @@ def read_metrics(path: str | Path) -> dict:
 
 
 def stack_stage(params: Params) -> dict:
-    """Fit the ensemble on val predictions, compare it on test, write output.json and metrics."""
+    """Fit the ensemble on held-out predictions (val, or out-of-fold), compare it on test, write
+    output.json and metrics."""
     from tokenfocus.evalmuse import load_records, write_submission
     from tokenfocus.predictions import metrics_of, read_table, split_records
     from tokenfocus.stack import comparison, fit_ensemble
 
     slugs = list(params.backbones)
+    fit_split = "oof" if fold_models(slugs[0], params) else "val"
     tables = {
         split: {s: read_table(Path(params.score.out) / s / f"{split}.json") for s in slugs}
-        for split in ("val", "test", "ntire")
+        for split in (fit_split, "test", "ntire")
     }
-    train_prompts = {r.prompt_id for r in split_records(params, "train")}
-    ens = fit_ensemble(tables["val"], params.stack, train_prompts=train_prompts)
+    # val rows: no backbone trained on them. oof rows: each came from the fold model that excluded
+    # its fold (fold_models, Trainer.exclude_fold), so the full-train check does not apply there.
+    train_prompts = set() if fit_split == "oof" else {r.prompt_id for r in split_records(params, "train")}
+    ens = fit_ensemble(tables[fit_split], params.stack, train_prompts=train_prompts)
     ens.save(params.stack.out)
     bagged = {}
     if params.stack.bagging_seeds > 1:

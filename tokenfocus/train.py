@@ -87,6 +87,7 @@ class Trainer:
         out: str | Path | None = None,
         source: str | None = None,
         log_fn: LogFn | None = None,
+        exclude_fold: int | None = None,
     ):
         self.slug, self.params = slug, params
         self.cfg = params.train_for(slug)
@@ -95,10 +96,14 @@ class Trainer:
         self.out = Path(out or Path(self.cfg.out) / slug)
         self.source = source or self.bb.source
         self.log_fn = log_fn or (lambda metrics, step: None)
+        self.exclude_fold = exclude_fold  # out-of-fold member: never sees this stacking fold
 
     # -- data -------------------------------------------------------------------------------------
     def _load_data(self) -> None:
         self.train_records = split_records(self.params, "train")
+        if self.exclude_fold is not None:
+            held = {r.prompt_id for r in split_records(self.params, f"train-fold{self.exclude_fold}")}
+            self.train_records = [r for r in self.train_records if r.prompt_id not in held]
         self.val_records = split_records(self.params, "val")
         if not self.train_records:
             raise ValueError(f"{self.slug}: the train split is empty")
