@@ -43,7 +43,7 @@ def plcc(pred: Sequence[float], gt: Sequence[float]) -> float:
                 logistic4, g, p, p0=[p.max(), p.min(), g.mean(), g.std() or 1.0], maxfev=100000
             )
         fitted = logistic4(g, *beta)
-    except (RuntimeError, ValueError) as exc:
+    except (RuntimeError, ValueError, TypeError) as exc:  # TypeError: fewer points than parameters
         log.warning("4PL fit failed (%s); PLCC without it", exc)
         fitted = g
     if np.std(fitted) == 0 or np.std(p) == 0:
