@@ -58,7 +58,9 @@ def test_kill_9_during_training_then_rerun_matches_uninterrupted(project_dir):
 
 @pytest.mark.parametrize("command", [["register"], ["promote"]])
 def test_unavailable_tracking_store_is_a_clear_error(project_dir, command):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": "sqlite:////nonexistent-dir/sub/mlflow.db"}
+    blocker = project_dir / "not-a-dir"
+    blocker.write_text("a file where the store's folder should be")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{blocker}/mlflow.db"}
     out = _cli(command, project_dir, env=env)
     assert out.returncode == 1
     assert "MLflow tracking store" in out.stderr and "unavailable" in out.stderr
