@@ -26,13 +26,17 @@ def main() -> None:
     ap.add_argument("--backbone", action="append")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int)
+    ap.add_argument("--losses", nargs="+", default=["focus", "lm"])
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--append", action="store_true", help="add to eval/loss_study.json's runs")
     args = ap.parse_args()
     apply_offline_env()
     params = load_params()
-    runs = []
+    study = Path("eval/loss_study.json")
+    runs = json.loads(study.read_text())["runs"] if args.append and study.exists() else []
     for slug in args.backbone or [next(iter(params.backbones))]:
-        for loss in ("focus", "lm"):
-            for seed in range(args.seeds):
+        for loss in args.losses:
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 train = dataclasses.replace(
                     params.train, loss=loss, seed=seed, steps=args.steps or params.train.steps
                 )
@@ -53,10 +57,19 @@ def main() -> None:
                     }
                 )
                 print(json.dumps(runs[-1]), flush=True)
+                write(runs, params, args)  # after every run: a killed study keeps what it measured
+    write(runs, params, args)
+
+
+def write(runs: list[dict], params, args) -> None:
+    """eval/loss_study.json: the runs and, per backbone and loss, their mean and spread."""
+    study = Path("eval/loss_study.json")
     summary = []
-    for slug in {r["backbone"] for r in runs}:
+    for slug in sorted({r["backbone"] for r in runs}):
         for loss in ("focus", "lm"):
             rs = [r for r in runs if r["backbone"] == slug and r["loss"] == loss]
+            if not rs:
+                continue
             srcc = [r["test"]["srcc"] or 0.0 for r in rs]
             summary.append(
                 {
@@ -71,9 +84,7 @@ def main() -> None:
             )
     note = f"Budget: {params.train.steps if not args.steps else args.steps} steps of batch {params.train.batch_size} per run."
     Path("eval").mkdir(exist_ok=True)
-    Path("eval/loss_study.json").write_text(
-        json.dumps({"runs": runs, "summary": summary, "note": note}, indent=1)
-    )
+    study.write_text(json.dumps({"runs": runs, "summary": summary, "note": note}, indent=1))
 
 
 if __name__ == "__main__":
