@@ -197,6 +197,23 @@ class Trainer:
             return get_peft_model_state_dict(self.model)
         return {k: v.detach().clone().contiguous() for k, v in self.model.state_dict().items()}
 
+    def _identity(self) -> dict:
+        """What must match for a checkpoint to be resumed: configs, base, and the training code."""
+        import hashlib
+
+        import tokenfocus
+
+        code = hashlib.sha1()
+        for name in ("train.py", "losses.py", "scoring.py", "prompts.py"):
+            code.update((Path(tokenfocus.__file__).parent / name).read_bytes())
+        return {
+            "train": asdict(self.cfg),
+            "backbone": asdict(self.bb),
+            "source": str(self.source),
+            "exclude_fold": self.exclude_fold,
+            "code": code.hexdigest(),
+        }
+
     def _save_checkpoint(self, state: TrainState) -> None:
         """Weights (or adapter), optimizer, scheduler and state, swapped in atomically."""
         from safetensors.torch import save_file
@@ -209,7 +226,7 @@ class Trainer:
         torch.save(
             {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}, tmp / "optim.pt"
         )
-        write_json_atomic(tmp / "state.json", {**asdict(state), "config": asdict(self.cfg)})
+        write_json_atomic(tmp / "state.json", {**asdict(state), "config": self._identity()})
         replace_dir(tmp, ckpt)
 
     def _resume(self) -> TrainState:
@@ -217,8 +234,8 @@ class Trainer:
         if not (ckpt / "state.json").exists():
             return TrainState()
         saved = json.loads((ckpt / "state.json").read_text())
-        if saved.pop("config") != json.loads(json.dumps(asdict(self.cfg))):
-            log.warning("%s: checkpoint was made with another train config; starting afresh", self.slug)
+        if saved.pop("config") != json.loads(json.dumps(self._identity())):
+            log.warning("%s: checkpoint was made by another config or code; starting afresh", self.slug)
             return TrainState()
         from safetensors.torch import load_file
 

@@ -57,3 +57,20 @@ def test_both_losses_run_and_save_a_scorable_model(tiny_params, tmp_path, loss):
     assert summary["loss"] == loss and summary["steps"] == 2
     scorer = Scorer.load(tmp_path / loss / "model")
     assert scorer.slug == "llava_siglip_tiny"
+
+
+def test_checkpoint_of_another_config_is_not_resumed(tiny_params, tmp_path):
+    p = _params(tiny_params, "idefics3_tiny", steps=2, checkpoint_every=2, eval_every=2)
+    Trainer("idefics3_tiny", p, out=tmp_path / "a").run()
+    same = Trainer("idefics3_tiny", p, out=tmp_path / "a")
+    same._load_data()
+    same.setup()
+    assert same._resume().step == 2
+    other = Trainer(
+        "idefics3_tiny",
+        _params(tiny_params, "idefics3_tiny", steps=2, checkpoint_every=2, eval_every=2, lr=0.0001),
+        out=tmp_path / "a",
+    )
+    other._load_data()
+    other.setup()
+    assert other._resume().step == 0
