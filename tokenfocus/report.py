@@ -85,12 +85,6 @@ def main(params: Params, *, write: bool = True) -> str:
         + "\n## Loss study: focus vs lm\n\n"
         + loss_study_table()
     )
-    reg = _load(Path("eval") / "registry.json")
-    if reg:
-        text += (
-            f"\n## Registry\n\nVersion {reg.get('version')} registered as challenger; promoted: "
-            f"{reg.get('promoted')} ({reg.get('reason')}).\n"
-        )
     if write:
         Path("docs").mkdir(exist_ok=True)
         Path("docs/results.md").write_text(text)
