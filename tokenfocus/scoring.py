@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,6 +52,21 @@ def distribution_stats(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return (probs * values).sum(-1), entropy
 
 
+def select_cache(cache, rows: torch.Tensor):
+    """A new cache holding ``rows`` of ``cache`` (repeats allowed), leaving ``cache`` untouched.
+
+    Cheaper than a deep copy followed by a selection: only the selected rows are copied.
+    """
+    sub = copy.copy(cache)
+    sub.layers = []
+    for layer in cache.layers:
+        new = copy.copy(layer)
+        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            new.keys, new.values = layer.keys[rows], layer.values[rows]
+        sub.layers.append(new)
+    return sub
+
+
 def encode(processor, texts: list[str], images: list[Image.Image]):
     """One padded batch through the processor (left padding: every row ends at the answer)."""
     return processor(text=texts, images=[[im] for im in images], padding=True, return_tensors="pt")
@@ -88,6 +102,7 @@ class Scorer:
         self.tokens = answer_tokens(processor.tokenizer, prompts, slug=slug or "backbone")
         self._warned_fallback = False
         self.max_prompt_chars = 600  # keeps question + element list inside small context windows
+        self.suffix_chunk_factor = 4
 
     @classmethod
     def load(
@@ -192,23 +207,26 @@ class Scorer:
             batch = encode(self.processor, [prefixes[i] for i in idx], [images[i] for i in idx])
             cache = self.model(**batch, use_cache=True, logits_to_keep=1).past_key_values
             rows = [(b, elements[i][j]) for b, i in enumerate(idx) for j in range(len(elements[i]))]
-            for start in range(0, len(rows), self.batch_size):
-                chunk = rows[start : start + self.batch_size]
-                suffix = tok(
-                    [element_suffix(self.parts, self.prompts, k) for _, k in chunk],
-                    add_special_tokens=False,
-                    padding=True,
-                    padding_side="right",
-                    return_tensors="pt",
-                )
+            # Every question suffix is tokenised once per image batch (tokenizers are per call slow).
+            suffix_ids = tok(
+                [element_suffix(self.parts, self.prompts, k) for _, k in rows], add_special_tokens=False
+            )["input_ids"]
+            # Suffixes are short: a larger chunk than the image batch costs little memory.
+            step = self.batch_size * self.suffix_chunk_factor
+            for start in range(0, len(rows), step):
+                chunk = rows[start : start + step]
+                ids = suffix_ids[start : start + step]
+                width = max(len(x) for x in ids)
+                pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+                input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
+                suffix_mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
                 owner = torch.tensor([b for b, _ in chunk])
-                sub = copy.deepcopy(cache)
-                sub.batch_select_indices(owner)
-                mask = torch.cat([batch["attention_mask"][owner], suffix["attention_mask"]], dim=1)
-                last = suffix["attention_mask"].sum(1) - 1
+                sub = select_cache(cache, owner)
+                mask = torch.cat([batch["attention_mask"][owner], suffix_mask], dim=1)
+                last = suffix_mask.sum(1) - 1
                 keep = torch.unique(last)
                 logits = self.model(
-                    input_ids=suffix["input_ids"], attention_mask=mask, cache=sub, logits_to_keep=keep
+                    input_ids=input_ids, attention_mask=mask, cache=sub, logits_to_keep=keep
                 ).logits
                 picked = logits[torch.arange(len(chunk)), torch.searchsorted(keep, last)]
                 for (b, k), p in zip(chunk, self._yes_prob(picked).tolist(), strict=True):
@@ -270,8 +288,3 @@ class Scorer:
             ScoreResult(float(s), [float(x) for x in d], float(h), probs[i])
             for i, (s, d, h) in enumerate(zip(scores, dists, entropy, strict=True))
         ]
-
-
-def max_entropy(k: int = 5) -> float:
-    """The entropy of a uniform distribution over ``k`` score tokens."""
-    return math.log(k)
