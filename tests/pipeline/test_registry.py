@@ -29,7 +29,8 @@ def trained(tiny_params, tmp_path_factory):
     import os
 
     d = tmp_path_factory.mktemp("reg")
-    os.chdir(d)
+    before = os.getcwd()
+    os.chdir(d)  # stage functions write eval/ and work/ under the working directory
     p = dataclasses.replace(
         tiny_params,
         backbones={
@@ -43,7 +44,8 @@ def trained(tiny_params, tmp_path_factory):
         train_stage(slug, p, track=False)
         score_stage(slug, p, track=False)
     stack_stage(p)
-    return p, d
+    yield p, d
+    os.chdir(before)
 
 
 @pytest.fixture
