@@ -13,10 +13,11 @@ import pytest
 from tokenfocus.config import SplitConfig
 from tokenfocus.synth import COLORS, Group, Scene, elements_of, make_prompt, render
 
-# Measured: after 400 steps the tiny from-scratch Idefics3 scores right and wrong
-# colour words alike (3.44 vs 3.46): it learns image-only cues (brightness: val SRCC 0.99 in 100
-# steps) but not yet text-image binding. Strict xfail: the day a change makes these pass, the
-# suite says so and the marker must go. See the note on issue 3.
+# Measured: after 400 steps the tiny from-scratch Idefics3 scores right and wrong colour words
+# alike (3.44 vs 3.46). Image-only targets (brightness) and text-only targets (which colour word)
+# are each learned in 100 steps; the word-image match, which has no main effect at random init,
+# is not. Strict xfail: the day a change (e.g. a captioning pre-training stage) makes these pass,
+# the suite says so and the marker must go. See the note on issue 3.
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.xfail(
