@@ -67,11 +67,6 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def words(texts: Iterable[str]) -> list[str]:
-    """The lower-cased words and punctuation the tiny tokenizers are trained on."""
-    return [t.lower() for t in texts]
-
-
 def train_tokenizer(
     corpus: Iterable[str], prompts: PromptConfig, extra_special: list[str], named: dict[str, str]
 ):

@@ -60,6 +60,18 @@ def prediction_rows(records: list[Record], results) -> list[dict]:
     ]
 
 
+def write_table_submission(path: str | Path, params: Params, rows: list[dict]) -> Path:
+    """The NTIRE ``output.json`` of a prediction table of ``test.json`` (in that file's order)."""
+    records = load_records(Path(params.validate.data) / "test.json")
+    by_path = {r["img_path"]: r for r in rows}
+    return write_submission(
+        path,
+        records,
+        [by_path[r.img_path]["score"] for r in records],
+        [by_path[r.img_path]["elements"] for r in records],
+    )
+
+
 def metrics_of(rows: list[dict]) -> dict[str, float]:
     """NTIRE metrics of a prediction table with ground truth."""
     rows = [r for r in rows if r["gt_score"] is not None]

@@ -77,9 +77,15 @@ def score_stage(
     pid: str | None = None,
 ) -> dict:
     """Score splits with a trained backbone; write eval/<slug>/ metrics and plot data; log them."""
-    from tokenfocus.evalmuse import load_records, write_submission
+
     from tokenfocus.plots import figures, write_plot_data
-    from tokenfocus.predictions import SCORED_SPLITS, metrics_of, read_table, score_backbone
+    from tokenfocus.predictions import (
+        SCORED_SPLITS,
+        metrics_of,
+        read_table,
+        score_backbone,
+        write_table_submission,
+    )
     from tokenfocus.stack import bag_tables
     from tokenfocus.synth import ceiling
 
@@ -98,14 +104,7 @@ def score_stage(
         write_json_atomic(scores_dir / f"{split}.json", rows)
         metrics[split] = metrics_of(rows)
         if split == "ntire":
-            records = load_records(Path(params.validate.data) / "test.json")
-            by_path = {r["img_path"]: r for r in rows}
-            write_submission(
-                scores_dir / "output.json",
-                records,
-                [by_path[r.img_path]["score"] for r in records],
-                [by_path[r.img_path]["elements"] for r in records],
-            )
+            write_table_submission(scores_dir / "output.json", params, rows)
     oof = []
     for k, out in fold_models(slug, params):  # each train fold scored by the model that never saw it
         score_backbone(
@@ -155,8 +154,8 @@ def read_metrics(path: str | Path) -> dict:
 def stack_stage(params: Params) -> dict:
     """Fit the ensemble on held-out predictions (val, or out-of-fold), compare it on test, write
     output.json and metrics."""
-    from tokenfocus.evalmuse import load_records, write_submission
-    from tokenfocus.predictions import metrics_of, read_table, split_records
+
+    from tokenfocus.predictions import metrics_of, read_table, split_records, write_table_submission
     from tokenfocus.stack import comparison, fit_ensemble
 
     slugs = list(params.backbones)
@@ -178,14 +177,7 @@ def stack_stage(params: Params) -> dict:
     else:
         rows = comparison(tables["test"], ens)
     ntire = ens.combine(tables["ntire"])
-    records = load_records(Path(params.validate.data) / "test.json")
-    by_path = {r["img_path"]: r for r in ntire}
-    write_submission(
-        Path("eval") / "ensemble" / "output.json",
-        records,
-        [by_path[r.img_path]["score"] for r in records],
-        [by_path[r.img_path]["elements"] for r in records],
-    )
+    write_table_submission(Path("eval") / "ensemble" / "output.json", params, ntire)
     test_rows = ens.combine(tables["test"])
     summary = {
         "method": ens.method,

@@ -187,7 +187,7 @@ def log_dataset(data_root: str | Path, *, context: str = "training") -> None:
         mlflow.log_input(ds, context=context)
 
 
-def metric_logger(step_offset: int = 0):
+def metric_logger():
     """A ``(metrics, step)`` callback that logs finite numbers to the active run."""
     import math
 
@@ -198,6 +198,6 @@ def metric_logger(step_offset: int = 0):
             k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(float(v))
         }
         if clean:
-            mlflow.log_metrics(clean, step=step + step_offset)
+            mlflow.log_metrics(clean, step=step)
 
     return log

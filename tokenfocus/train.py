@@ -157,7 +157,6 @@ class Trainer:
     def _lm_loss(self, texts: list[str], imgs, scores, labels) -> dict[str, torch.Tensor]:
         """Baseline: full-vocabulary next-token CE on the answer text (digit or yes/no + end)."""
         tok = self.processor.tokenizer
-        b = len(scores)
         answers = [self.prompts.score_tokens[int(round(float(s))) - 1] for s in scores]
         answers += [self.prompts.yes_token if float(y) >= 0.5 else self.prompts.no_token for y in labels]
         full = [t + a + self.end for t, a in zip(texts, answers, strict=True)]
@@ -169,7 +168,7 @@ class Trainer:
         for i, n in enumerate(n_ans):  # left padding: every answer ends at the last position
             ids[i, : t - n] = -100
         loss = lm_loss(logits, ids)
-        return {"loss": loss, "lm": loss, "overall_rows": torch.tensor(float(b))}
+        return {"loss": loss, "lm": loss}
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _save_model(self, dest: Path) -> None:
