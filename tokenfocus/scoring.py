@@ -200,6 +200,11 @@ class Scorer:
         tok = self.processor.tokenizer
         out: list[dict[str, float]] = [{} for _ in images]
         prefixes = [element_prefix(self.parts, self.prompts, p) for p in prompts]
+        # Each distinct question suffix is tokenised once per call (elements repeat across
+        # images, and a tokenizer call costs as much as a small forward pass here).
+        suffix_of = {k: element_suffix(self.parts, self.prompts, k) for ks in elements for k in ks}
+        distinct = sorted(set(suffix_of.values()))
+        token_ids = dict(zip(distinct, tok(distinct, add_special_tokens=False)["input_ids"], strict=True))
         for idx in self._batches(len(images), [len(t) for t in prefixes], "elements"):
             idx = [i for i in idx if elements[i]]
             if not idx:
@@ -207,10 +212,7 @@ class Scorer:
             batch = encode(self.processor, [prefixes[i] for i in idx], [images[i] for i in idx])
             cache = self.model(**batch, use_cache=True, logits_to_keep=1).past_key_values
             rows = [(b, elements[i][j]) for b, i in enumerate(idx) for j in range(len(elements[i]))]
-            # Every question suffix is tokenised once per image batch (tokenizers are per call slow).
-            suffix_ids = tok(
-                [element_suffix(self.parts, self.prompts, k) for _, k in rows], add_special_tokens=False
-            )["input_ids"]
+            suffix_ids = [token_ids[suffix_of[k]] for _, k in rows]
             # Suffixes are short: a larger chunk than the image batch costs little memory.
             step = self.batch_size * self.suffix_chunk_factor
             for start in range(0, len(rows), step):

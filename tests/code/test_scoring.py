@@ -66,3 +66,32 @@ def test_distribution_stats_by_hand():
     mean, ent = distribution_stats(probs)
     assert mean.tolist() == pytest.approx([3.0, 3.0])
     assert ent.tolist() == pytest.approx([0.0, torch.log(torch.tensor(5.0)).item()], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("template", "shared"),
+    [
+        ("Does the image show {element} ? Answer yes or no .", " Does the image show"),
+        ("{element} ? yes or no", ""),
+        ("Is '{element}' visible ?", " Is"),
+    ],
+)
+def test_element_prefix_takes_the_words_before_the_element(template, shared):
+    """Prefix + suffix is exactly the plain question, and the cached prefix ends before the element."""
+    from tokenfocus.backbones import TemplateParts
+    from tokenfocus.config import PromptConfig
+    from tokenfocus.prompts import element_prefix, element_suffix, element_text
+
+    parts, prompts = TemplateParts("<H>", "<T>"), PromptConfig(element=template)
+    key = "red circle (color)"
+    plain = (
+        "<H>"
+        + prompts.element_context.format(prompt="p")
+        + " "
+        + template.format(element="red circle")
+        + "<T>"
+    )
+    assert element_text(parts, prompts, "p", key) == plain
+    assert element_prefix(parts, prompts, "p").endswith(prompts.element_context.format(prompt="p") + shared)
+    assert "red" not in element_prefix(parts, prompts, "p")
+    assert element_suffix(parts, prompts, key).startswith(" ")
