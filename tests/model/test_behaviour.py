@@ -16,8 +16,8 @@ from tokenfocus.synth import COLORS, Group, Scene, elements_of, make_prompt, ren
 # Measured: after 400 steps the tiny from-scratch Idefics3 scores right and wrong colour words
 # alike (3.44 vs 3.46). Image-only targets (brightness) and text-only targets (which colour word)
 # are each learned in 100 steps; the word-image match, which has no main effect at random init,
-# is not. Strict xfail: the day a change (e.g. a captioning pre-training stage) makes these pass,
-# the suite says so and the marker must go. See the note on issue 3.
+# is not. Strict xfail: the day a change (e.g. a pre-training curriculum) makes these pass, the
+# suite says so and the marker must go. docs/tiny-backbones.md records what was tried.
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.xfail(
