@@ -25,6 +25,14 @@ def wait_ready(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"Prefect server not ready at {url} after {timeout}s")
 
 
+def deployment(params_path: str = "params.yaml"):
+    """The retrain flow as a deployment named ``scheduled``, on the cron of ``flows.cron``."""
+    from flows.retrain import configured_flow
+
+    cfg = load_params(params_path).flows
+    return configured_flow(params_path).to_deployment(name="scheduled", cron=cfg.cron)
+
+
 def main() -> None:
     apply_offline_env()
     api = f"http://{HOST}:{PORT}/api"
@@ -38,12 +46,12 @@ def main() -> None:
         )
         wait_ready(api)
     os.environ["PREFECT_API_URL"] = api
-    from flows.retrain import configured_flow
+    from prefect import serve
 
     cfg = load_params().flows
     print(f"Prefect UI: http://{HOST}:{PORT}  (deployment 'tokenfocus-retrain/scheduled', cron '{cfg.cron}')")
     try:
-        configured_flow().serve(name="scheduled", cron=cfg.cron, pause_on_shutdown=False)
+        serve(deployment(), pause_on_shutdown=False)
     finally:
         if server is not None:
             server.terminate()

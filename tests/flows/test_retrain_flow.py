@@ -87,3 +87,22 @@ def test_task_runner_choice_from_params(project_dir):
     assert remote.address == "tcp://127.0.0.1:8786"
     with pytest.raises(ValueError, match="dask_address is empty"):
         task_runner(FlowConfig(runner="dask-address"))
+
+
+def test_schedule_deploys_the_flow_on_the_params_cron(project_dir):
+    """`make schedule`'s deployment, applied to the harness server: named, scheduled, runnable."""
+    import yaml
+    from prefect.client.orchestration import get_client
+
+    from flows.schedule import deployment
+
+    p = yaml.safe_load((project_dir / "params.yaml").read_text())
+    p["flows"]["cron"] = "15 4 * * 1"
+    (project_dir / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    dep_id = deployment("params.yaml").apply()
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment(dep_id)
+        flow = client.read_flow(dep.flow_id)
+    assert (flow.name, dep.name) == ("tokenfocus-retrain", "scheduled")
+    assert [s.schedule.cron for s in dep.schedules] == ["15 4 * * 1"]
+    assert all(s.active for s in dep.schedules)

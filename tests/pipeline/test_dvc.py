@@ -106,3 +106,26 @@ def test_repro_then_noop_then_partial(repo):
         not {"validate", "split", "train@idefics3_tiny", "score@idefics3_tiny", "build@idefics3_tiny"} & third
     )
     assert "stack" in third
+
+
+def test_exp_run_with_set_param(repo):
+    """`dvc exp run -S` rewrites params.yaml (YAML 1.2); the stages must still read it as typed."""
+    from tokenfocus.config import load_params
+
+    d, env = repo
+    env = {
+        **env,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
+    subprocess.run(["git", "add", "-A"], cwd=d, env=env, check=True, capture_output=True)
+    subprocess.run(["git", "commit", "-qm", "base"], cwd=d, env=env, check=True, capture_output=True)
+    out = _run([DVC, "exp", "run", "-n", "lower-lr", "-S", "+backbones.idefics3_tiny.lr=0.0005"], d, env)
+    assert "train@idefics3_tiny" in _ran(out) and "train@llava_siglip_tiny" not in _ran(out)
+    p = load_params(d / "params.yaml")  # the rewritten file: yes/no stay strings, numbers numbers
+    assert p.backbones["idefics3_tiny"].lr == 0.0005
+    assert (p.prompts.yes_token, p.prompts.no_token) == ("yes", "no")
+    shown = _run([DVC, "exp", "show", "--no-pager", "--csv"], d, env)
+    assert "lower-lr" in shown and "0.0005" in shown
