@@ -282,7 +282,8 @@ def main() -> None:
         + "\n## 5. Scaling: scoring time vs dataset size\n\n"
         + table(rows["scaling"])
         + "\n## 6. bf16 vs float32 (scores and element P(yes) of 64 pairs)\n\n"
-        + "bf16 is a per-backbone `dtype` in params.yaml; the default stays float32 unless this row "
+        + "bf16 is a per-backbone `dtype` in params.yaml (it sets the training dtype too); the default "
+        + "stays float32 unless this row "
         + "shows both a speed-up and a drift well inside the tolerance (0.01 on the 1-5 score).\n\n"
         + table(rows["dtype"])
     )

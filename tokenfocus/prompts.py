@@ -57,24 +57,27 @@ def overall_text(parts: TemplateParts, prompts: PromptConfig, prompt: str, eleme
     return parts.head + overall_question(prompts, prompt, elements) + parts.tail
 
 
-def _split_element_template(template: str) -> tuple[str, str]:
-    """The element template cut at the last space before ``{element}``: (shared, per element)."""
-    cut = max(template.rfind(" ", 0, template.index("{element}")), 0)
-    return template[:cut], template[cut:]
+def _split_element_question(template: str) -> tuple[str, str]:
+    """The element question (after a space) cut at the last space before ``{element}``.
+
+    Returns ``(shared, per_element)``: the words every element question of a pair shares, and
+    the rest, still holding ``{element}``; their concatenation is the whole question.
+    """
+    question = " " + template
+    cut = question.rfind(" ", 0, question.index("{element}"))
+    return question[:cut], question[cut:]
 
 
 def element_prefix(parts: TemplateParts, prompts: PromptConfig, prompt: str) -> str:
     """The part every element question of one (image, prompt) shares: image, prompt, and the
     question's words before the element (cached once, so only the element words run per question)."""
-    shared, _ = _split_element_template(prompts.element)
-    text = parts.head + prompts.element_context.format(prompt=prompt)
-    return text + " " + shared if shared else text
+    shared, _ = _split_element_question(prompts.element)
+    return parts.head + prompts.element_context.format(prompt=prompt) + shared
 
 
 def element_suffix(parts: TemplateParts, prompts: PromptConfig, element: str) -> str:
     """What follows the shared prefix for one element, up to the generation prompt."""
-    shared, rest = _split_element_template(prompts.element)
-    rest = rest if shared else " " + rest
+    _, rest = _split_element_question(prompts.element)
     return rest.format(element=element_phrase(element)) + parts.tail
 
 

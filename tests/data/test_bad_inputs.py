@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 from tests.conftest import bomb_png
 from tokenfocus.cli import app
 from tokenfocus.config import ServeConfig
-from tokenfocus.evalmuse import EvalMuseError, read_json_list
 from tokenfocus.images import ImageError, open_image
 from tokenfocus.registry import RecordError, limits_from, parse_records
 
@@ -122,19 +121,7 @@ def test_served_records_accepted_cases(tmp_path):
     assert elements[2] == ["cat (hat) (object)", "no category"]  # duplicates scored once
 
 
-@pytest.mark.parametrize(
-    ("content", "needle"),
-    [
-        (b'{"not": "a list"}', "expected a JSON list"),
-        (b'[{"prompt": "a"', "invalid JSON"),
-        (b"[\xff]", "not UTF-8"),
-    ],
-)
-def test_json_cases(tmp_path, content, needle):
-    p = tmp_path / "test.json"
-    p.write_bytes(content)
-    with pytest.raises(EvalMuseError, match=needle):
-        read_json_list(p)
+# Unreadable JSON files (not a list, invalid, not UTF-8): tests/code/test_evalmuse.py.
 
 
 @pytest.fixture(scope="module")
