@@ -54,6 +54,10 @@ def data_copy(small_data, tmp_path) -> Path:
     return dest
 
 
+#: Tests build bases through the pre-training code path, with a few steps (the default takes
+#: 1-2 CPU-minutes per backbone; tests/model builds one base with the default).
+PRETRAIN_STEPS = 2
+
 FAMILIES = {"idefics3_tiny": "idefics3", "llava_siglip_tiny": "llava", "gemma3_tiny": "gemma3"}
 
 
@@ -80,6 +84,7 @@ def tiny_params(small_data, tmp_path_factory):
         patience=10,
     )
     p.score = dataclasses.replace(p.score, out=str(work / "scores"), batch_size=8)
+    p.pretrain = dataclasses.replace(p.pretrain, steps=PRETRAIN_STEPS, scenes=16)
     p.stack = dataclasses.replace(p.stack, out=str(work / "ensemble"))
     for slug in p.backbones:
         p.backbones[slug].source = str(work / "base" / slug)
@@ -99,6 +104,7 @@ def write_tiny_params(
     p["backbones"] = {k: v for k, v in p["backbones"].items() if k in backbones}
     p["validate"]["data"] = data
     p["train"].update(steps=steps, batch_size=4, eval_every=steps, checkpoint_every=steps)
+    p["pretrain"].update(steps=PRETRAIN_STEPS, scenes=16)
     p["tracking"]["promote_bootstrap"] = 10
     p["split"]["folds"] = 3
     dest.write_text(yaml.safe_dump(p, sort_keys=False))

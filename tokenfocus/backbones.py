@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from tokenfocus.config import BackboneConfig, PromptConfig
+from tokenfocus.config import BackboneConfig, PretrainConfig, PromptConfig
 
 log = logging.getLogger(__name__)
 # transformers resolves its classes lazily, and that is not thread-safe: concurrent Prefect
@@ -103,8 +103,9 @@ def build_tiny(
     out: str | Path,
     *,
     seed: int = 0,
+    pretrain: PretrainConfig | None = None,
 ) -> Path:
-    """Build, save and return the folder of a tiny randomly initialised backbone.
+    """Build, save and return the folder of a tiny backbone, pre-trained if asked.
 
     Args:
         slug: registry key, used in messages and metadata.
@@ -113,14 +114,35 @@ def build_tiny(
         corpus: texts (prompts, element keys) to train the tokenizer on.
         out: destination folder; written in full before it replaces any old one.
         seed: initialisation seed.
+        pretrain: vision-language pre-training on fresh scenes (see :mod:`tokenfocus.pretrain`);
+            None or 0 steps leaves the weights random.
     """
+    from tokenfocus.pretrain import corpus as pretrain_corpus
+    from tokenfocus.pretrain import pretrain as run_pretrain
+
     with _LOAD_LOCK:
-        return _build_tiny(slug, cfg, prompts, corpus, out, seed=seed)
+        model, processor, meta = _init_tiny(slug, cfg, prompts, [*corpus, *pretrain_corpus()], seed=seed)
+    if pretrain is not None and pretrain.steps > 0:
+        # Outside the lock: concurrent builds may pre-train side by side.
+        meta["pretrain"] = run_pretrain(model, processor, pretrain, cfg.image_size, slug=slug)
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+    replace_dir(tmp, out)
+    log.info("built tiny %s (%s, %d params) at %s", slug, cfg.family, meta["params"], out)
+    return out
 
 
-def _build_tiny(
-    slug: str, cfg: BackboneConfig, prompts: PromptConfig, corpus: list[str], out: str | Path, *, seed: int
-) -> Path:
+def _init_tiny(
+    slug: str, cfg: BackboneConfig, prompts: PromptConfig, corpus: list[str], *, seed: int
+) -> tuple[Any, Any, dict]:
+    """A randomly initialised model of the family's recipe, its processor and its metadata."""
     import torch
     import transformers
     from transformers import AutoConfig, AutoModelForImageTextToText
@@ -150,14 +172,6 @@ def _build_tiny(
     config = AutoConfig.for_model(r["model_type"], pad_token_id=tok.pad_token_id, **config_kwargs)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
     meta = {
         "slug": slug,
         "family": cfg.family,
@@ -165,10 +179,7 @@ def _build_tiny(
         "image_tokens": values["image_tokens"],
         "params": sum(p.numel() for p in model.parameters()),
     }
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-    replace_dir(tmp, out)
-    log.info("built tiny %s (%s, %d params) at %s", slug, cfg.family, meta["params"], out)
-    return out
+    return model, processor, meta
 
 
 def replace_dir(tmp: Path, out: Path) -> None:
@@ -260,6 +271,16 @@ def template_parts(processor) -> TemplateParts:
     return TemplateParts(head=head, tail=tail)
 
 
+def assistant_end(processor) -> str:
+    """What the chat template writes after an assistant answer (its end-of-turn marker)."""
+    sentinel = "QQANSWERQQ"
+    msgs = [
+        {"role": "user", "content": [{"type": "text", "text": "q"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": sentinel}]},
+    ]
+    return processor.apply_chat_template(msgs, tokenize=False).split(sentinel, 1)[1]
+
+
 def corpus_from(data_root: str | Path) -> list[str]:
     """Texts to train tiny tokenizers on: every prompt and element key of the dataset."""
     from tokenfocus.evalmuse import read_json_list
@@ -281,4 +302,12 @@ def build(slug: str, params, *, out: str | Path | None = None) -> Path | None:
         log.info("%s: source %s is used as is (no tiny family)", slug, bb.source)
         return None
     corpus = corpus_from(params.validate.data)
-    return build_tiny(slug, bb, params.prompts_for(slug), corpus, out or bb.source, seed=params.train.seed)
+    return build_tiny(
+        slug,
+        bb,
+        params.prompts_for(slug),
+        corpus,
+        out or bb.source,
+        seed=params.train.seed,
+        pretrain=params.pretrain,
+    )

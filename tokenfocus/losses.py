@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tokenfocus.scoring import distribution_stats
+from tokenfocus.scoring import distribution_stats, encode
 
 
 def score_target(scores: torch.Tensor, k: int = 5, *, soft: bool = True) -> torch.Tensor:
@@ -66,3 +66,23 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
     )
+
+
+def answer_lm_loss(model, processor, texts: list[str], answers: list[str], images, end: str) -> torch.Tensor:
+    """:func:`lm_loss` on the answer tokens (answer + end of turn) of chat texts.
+
+    Args:
+        texts: chat texts ending with the generation prompt.
+        answers: the answer written after each text.
+        images: one PIL image per text.
+        end: what the chat template writes after an assistant answer.
+    """
+    tok = processor.tokenizer
+    n_ans = [len(tok.encode(a + end, add_special_tokens=False)) for a in answers]
+    batch = encode(processor, [t + a + end for t, a in zip(texts, answers, strict=True)], images)
+    t = max(n_ans)
+    logits = model(**batch, logits_to_keep=t + 1).logits[:, :-1, :]  # positions predicting answers
+    ids = batch["input_ids"][:, -t:].clone()
+    for i, n in enumerate(n_ans):  # left padding: every answer ends at the last position
+        ids[i, : t - n] = -100
+    return lm_loss(logits, ids)

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tokenfocus.backbones import META_FILE, load_model_and_processor, replace_dir
+from tokenfocus.backbones import META_FILE, assistant_end, load_model_and_processor, replace_dir
 from tokenfocus.config import Params
 from tokenfocus.evalmuse import Record, write_json_atomic
 from tokenfocus.images import load_images
-from tokenfocus.losses import element_loss, focus_loss, lm_loss
+from tokenfocus.losses import answer_lm_loss, element_loss, focus_loss
 from tokenfocus.metrics import evaluate as ntire_metrics
 from tokenfocus.predictions import split_records
 from tokenfocus.prompts import element_text, overall_text
@@ -156,18 +156,9 @@ class Trainer:
 
     def _lm_loss(self, texts: list[str], imgs, scores, labels) -> dict[str, torch.Tensor]:
         """Baseline: full-vocabulary next-token CE on the answer text (digit or yes/no + end)."""
-        tok = self.processor.tokenizer
         answers = [self.prompts.score_tokens[int(round(float(s))) - 1] for s in scores]
         answers += [self.prompts.yes_token if float(y) >= 0.5 else self.prompts.no_token for y in labels]
-        full = [t + a + self.end for t, a in zip(texts, answers, strict=True)]
-        n_ans = [len(tok.encode(a + self.end, add_special_tokens=False)) for a in answers]
-        batch = encode(self.processor, full, imgs)
-        t = max(n_ans)
-        logits = self.model(**batch, logits_to_keep=t + 1).logits[:, :-1, :]  # positions predicting answers
-        ids = batch["input_ids"][:, -t:].clone()
-        for i, n in enumerate(n_ans):  # left padding: every answer ends at the last position
-            ids[i, : t - n] = -100
-        loss = lm_loss(logits, ids)
+        loss = answer_lm_loss(self.model, self.processor, texts, answers, imgs, self.end)
         return {"loss": loss, "lm": loss}
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -265,21 +256,12 @@ class Trainer:
         self.scorer = Scorer(
             self.model, self.processor, self.prompts, slug=self.slug, batch_size=self.params.score.batch_size
         )
-        self.end = self._assistant_end()
+        self.end = assistant_end(self.processor)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(trainable, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.sched = get_cosine_schedule_with_warmup(
             self.opt, int(self.cfg.warmup_frac * self.cfg.steps), self.cfg.steps
         )
-
-    def _assistant_end(self) -> str:
-        """What the chat template writes after an assistant answer (its end-of-turn marker)."""
-        msgs = [
-            {"role": "user", "content": [{"type": "text", "text": "q"}]},
-            {"role": "assistant", "content": [{"type": "text", "text": "QQANSWERQQ"}]},
-        ]
-        text = self.processor.apply_chat_template(msgs, tokenize=False)
-        return text.split("QQANSWERQQ", 1)[1]
 
     def run(self, *, stop_after: int | None = None) -> dict:
         """Train to ``steps`` (or early stop); return the final metrics.
