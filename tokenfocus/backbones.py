@@ -309,5 +309,5 @@ def build(slug: str, params, *, out: str | Path | None = None) -> Path | None:
         corpus,
         out or bb.source,
         seed=params.train.seed,
-        pretrain=params.pretrain,
+        pretrain=params.pretrain_for(slug),
     )

@@ -85,6 +85,7 @@ class BackboneConfig:
     trust_remote_code: bool = False
     prompts: dict[str, Any] = field(default_factory=dict)  # overrides of the global templates
     tiny: dict[str, Any] = field(default_factory=dict)  # size overrides for the tiny build
+    pretrain: dict[str, Any] = field(default_factory=dict)  # overrides of the pretrain block
     lr: float | None = None  # overrides train.lr
     steps: int | None = None  # overrides train.steps
 
@@ -202,6 +203,11 @@ class Params:
         return _build(
             PromptConfig, {**dataclasses.asdict(self.prompts), **self.backbone(slug).prompts}, "prompts"
         )
+
+    def pretrain_for(self, slug: str) -> PretrainConfig:
+        """The pretrain block with the backbone's overrides applied (type-checked)."""
+        merged = {**dataclasses.asdict(self.pretrain), **self.backbone(slug).pretrain}
+        return _build(PretrainConfig, merged, f"backbones.{slug}.pretrain")
 
     def train_for(self, slug: str) -> TrainConfig:
         """The train block with the backbone's lr/steps overrides applied."""
