@@ -84,7 +84,7 @@ def tiny_params(small_data, tmp_path_factory):
         patience=10,
     )
     p.score = dataclasses.replace(p.score, out=str(work / "scores"), batch_size=8)
-    p.pretrain = dataclasses.replace(p.pretrain, steps=PRETRAIN_STEPS, scenes=16)
+    p.pretrain = dataclasses.replace(p.pretrain, steps=PRETRAIN_STEPS, scenes=16, check_scenes=16)
     p.stack = dataclasses.replace(p.stack, out=str(work / "ensemble"))
     for slug in p.backbones:
         p.backbones[slug].source = str(work / "base" / slug)
@@ -104,7 +104,7 @@ def write_tiny_params(
     p["backbones"] = {k: v for k, v in p["backbones"].items() if k in backbones}
     p["validate"]["data"] = data
     p["train"].update(steps=steps, batch_size=4, eval_every=steps, checkpoint_every=steps)
-    p["pretrain"].update(steps=PRETRAIN_STEPS, scenes=16)
+    p["pretrain"].update(steps=PRETRAIN_STEPS, scenes=16, check_scenes=16)
     p["tracking"]["promote_bootstrap"] = 10
     p["split"]["folds"] = 3
     dest.write_text(yaml.safe_dump(p, sort_keys=False))

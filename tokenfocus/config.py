@@ -105,6 +105,7 @@ class PretrainConfig:
     lr: float = 1e-3
     seed: int = 99  # scenes are drawn from this seed alone, never from the benchmark
     scenes: int = 3000
+    check_scenes: int = 240  # other fresh scenes on which the build measures the checks
 
 
 @dataclass

@@ -184,7 +184,13 @@ def pretrain(model, processor, cfg: PretrainConfig, image_size: int, *, slug: st
         "last_loss": sum(losses[-50:]) / len(losses[-50:]),
         "cpu_minutes": (time.process_time() - cpu0) / 60,
         "check_accuracy": check_accuracy(
-            model, processor, image_size, cfg.attributes, max_groups=cfg.max_groups, seed=cfg.seed + 2
+            model,
+            processor,
+            image_size,
+            cfg.attributes,
+            max_groups=cfg.max_groups,
+            n=cfg.check_scenes,
+            seed=cfg.seed + 2,
         ),
     }
     log.info(
