@@ -88,6 +88,7 @@ def tiny_params(small_data, tmp_path_factory):
     p.stack = dataclasses.replace(p.stack, out=str(work / "ensemble"))
     for slug in p.backbones:
         p.backbones[slug].source = str(work / "base" / slug)
+        p.backbones[slug].pretrain = {}  # the short test pre-training for every backbone
     split_main(p.split, small_data)
     for slug in p.backbones:
         build(slug, p)
@@ -102,6 +103,8 @@ def write_tiny_params(
 
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
     p["backbones"] = {k: v for k, v in p["backbones"].items() if k in backbones}
+    for entry in p["backbones"].values():
+        entry.pop("pretrain", None)  # the short test pre-training for every backbone
     p["validate"]["data"] = data
     p["train"].update(steps=steps, batch_size=4, eval_every=steps, checkpoint_every=steps)
     p["pretrain"].update(steps=PRETRAIN_STEPS, scenes=16, check_scenes=16)
