@@ -210,7 +210,7 @@ class Scorer:
             if not idx:
                 continue
             batch = encode(self.processor, [prefixes[i] for i in idx], [images[i] for i in idx])
-            cache = self.model(**batch, use_cache=True, logits_to_keep=1).past_key_values
+            cache = self.model(**batch, use_cache=True, logits_to_keep=1).cache
             rows = [(b, elements[i][j]) for b, i in enumerate(idx) for j in range(len(elements[i]))]
             suffix_ids = [token_ids[suffix_of[k]] for _, k in rows]
             # Suffixes are short: a larger chunk than the image batch costs little memory.
