@@ -32,7 +32,7 @@ from tokenfocus.backbones import assistant_end, template_parts
 from tokenfocus.config import ConfigError, PretrainConfig
 from tokenfocus.losses import answer_lm_loss
 from tokenfocus.scoring import encode, first_answer_logits
-from tokenfocus.synth import COLORS, COUNTS, RELATIONS, SHAPES, Group, Scene, random_scene, render
+from tokenfocus.synth import COLORS, COUNTS, RELATIONS, SHAPES, Group, Scene, plural, random_scene, render
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ ATTRIBUTES = tuple(OPEN)
 
 
 def _noun(shape: str) -> str:
-    return shape + "es" if shape.endswith("s") else shape + "s"
+    """The plural noun a question uses for a group of ``shape``."""
+    return plural(shape, 2)
 
 
 def corpus() -> list[str]:
@@ -67,7 +68,7 @@ def corpus() -> list[str]:
 
 
 def check_config(cfg: PretrainConfig) -> None:
-    """Refuse unknown attributes and a relation curriculum without two groups, naming the key."""
+    """Refuse unknown attributes and relation questions that scenes cannot answer, naming the key."""
     unknown = [a for a in cfg.attributes if a not in ATTRIBUTES]
     if unknown:
         raise ConfigError(f"pretrain.attributes: unknown {unknown}; known: {list(ATTRIBUTES)}")
@@ -75,8 +76,10 @@ def check_config(cfg: PretrainConfig) -> None:
         raise ConfigError("pretrain.attributes: empty; name at least one of " + str(list(ATTRIBUTES)))
     if not 1 <= cfg.max_groups <= 3:
         raise ConfigError(f"pretrain.max_groups: {cfg.max_groups} is not in 1..3")
-    if cfg.attributes == ["relation"] and cfg.max_groups < 2:
+    if "relation" in cfg.attributes and cfg.max_groups < 2:
         raise ConfigError("pretrain.attributes: relation needs pretrain.max_groups >= 2")
+    if set(cfg.attributes) == {"relation"}:  # a pool always holds one-group scenes too
+        raise ConfigError("pretrain.attributes: relation alone leaves one-group scenes without a question")
 
 
 def _true_and_false(scene: Scene, kind: str, g: Group, rng: random.Random) -> tuple[str, str]:

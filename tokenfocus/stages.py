@@ -77,7 +77,6 @@ def score_stage(
     pid: str | None = None,
 ) -> dict:
     """Score splits with a trained backbone; write eval/<slug>/ metrics and plot data; log them."""
-
     from tokenfocus.plots import figures, write_plot_data
     from tokenfocus.predictions import (
         SCORED_SPLITS,
@@ -154,7 +153,6 @@ def read_metrics(path: str | Path) -> dict:
 def stack_stage(params: Params) -> dict:
     """Fit the ensemble on held-out predictions (val, or out-of-fold), compare it on test, write
     output.json and metrics."""
-
     from tokenfocus.predictions import metrics_of, read_table, split_records, write_table_submission
     from tokenfocus.stack import comparison, fit_ensemble
 

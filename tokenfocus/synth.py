@@ -117,7 +117,8 @@ class Scene:
     background: int = 0
 
 
-def _plural(shape: str, count: int) -> str:
+def plural(shape: str, count: int) -> str:
+    """The noun for ``count`` shapes: ``circle``, ``circles``, ``crosses``."""
     return shape if count == 1 else shape + "es" if shape.endswith("s") else shape + "s"
 
 
@@ -131,7 +132,7 @@ def _phrase(g: Group, rng: random.Random, real: bool) -> str:
     count = COUNTS[g.count]
     if real and g.count == 1 and rng.random() < 0.5:
         count = "a"
-    return f"{count} {size} {g.color} {_plural(g.shape, g.count)}"
+    return f"{count} {size} {g.color} {plural(g.shape, g.count)}"
 
 
 def make_prompt(scene: Scene, rng: random.Random, real: bool) -> str:
@@ -165,7 +166,7 @@ def elements_of(scene: Scene) -> list[tuple[str, str, str, int]]:
     """(key, category, kind, group index) for every element of the prompt."""
     out = []
     for i, g in enumerate(scene.groups):
-        noun = _plural(g.shape, g.count)
+        noun = plural(g.shape, g.count)
         out.append((f"{g.shape} ({'object'})", "object", "shape", i))
         out.append((f"{COUNTS[g.count]} {noun} (counting)", "counting", "count", i))
         out.append((f"{g.color} {noun} (color)", "color", "color", i))

@@ -8,7 +8,7 @@ import torch
 from tokenfocus.backbones import load_model_and_processor
 from tokenfocus.config import ConfigError, PretrainConfig
 from tokenfocus.pretrain import ATTRIBUTES, Pool, check_accuracy, check_config, corpus, pretrain, question
-from tokenfocus.synth import COUNTS
+from tokenfocus.synth import COUNTS, plural
 
 
 def test_questions_are_true_of_their_scene():
@@ -21,7 +21,7 @@ def test_questions_are_true_of_their_scene():
         for _ in range(10):
             q = question(scene, list(ATTRIBUTES), rng)
             seen.add((q.kind, q.truth is None))
-            by_noun = {g.shape + ("es" if g.shape.endswith("s") else "s"): g for g in scene.groups}
+            by_noun = {plural(g.shape, 2): g for g in scene.groups}
             if q.kind == "color" and q.truth is None:  # "what color are the circles ?"
                 assert q.answer == by_noun[q.text.split()[4]].color
             elif q.kind == "color":  # "are the circles red ?"
@@ -52,7 +52,8 @@ def test_one_group_pool_has_no_relation_questions():
         ({"attributes": ["colour"]}, r"pretrain.attributes: unknown \['colour'\]"),
         ({"attributes": []}, "pretrain.attributes: empty"),
         ({"max_groups": 4}, "pretrain.max_groups: 4 is not in 1..3"),
-        ({"attributes": ["relation"], "max_groups": 1}, "relation needs pretrain.max_groups >= 2"),
+        ({"attributes": ["color", "relation"], "max_groups": 1}, "relation needs pretrain.max_groups >= 2"),
+        ({"attributes": ["relation"], "max_groups": 3}, "relation alone leaves one-group scenes"),
     ],
 )
 def test_bad_pretrain_config_names_the_key(change, message):
