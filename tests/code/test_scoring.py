@@ -33,6 +33,29 @@ def test_distributions_and_prefix_reuse(tiny_params, sample, slug):
     assert max(diffs) < 1e-4
 
 
+def test_suffix_ids_are_reused_across_calls_and_bounded(tiny_params, sample, monkeypatch):
+    import tokenfocus.scoring as scoring
+
+    recs, imgs = sample
+    scorer = Scorer.load(tiny_params.backbone("idefics3_tiny").source, batch_size=4)
+    prompts = [r.prompt for r in recs]
+    els = [[e.key for e in r.elements] for r in recs]
+    first = scorer.elements_prefix(imgs, prompts, els)
+    assert set(scorer._suffix_cache) == {k for ks in els for k in ks}
+    # the cached ids are what the tokenizer gives for each element's question suffix
+    key = els[0][0]
+    suffix = scoring.element_suffix(scorer.parts, scorer.prompts, key)
+    assert scorer._suffix_cache[key] == scorer.processor.tokenizer.encode(suffix, add_special_tokens=False)
+    assert scorer.elements_prefix(imgs, prompts, els) == first
+    # past the bound, the cache starts over instead of growing, and results do not change
+    monkeypatch.setattr(scoring, "SUFFIX_CACHE_MAX", 1)
+    other = [["blue star (color)"] for _ in recs]
+    plain = scorer.elements_plain(imgs, prompts, other)
+    again = scorer.elements_prefix(imgs, prompts, other)
+    assert set(scorer._suffix_cache) == {"blue star (color)"}
+    assert max(abs(plain[i][k] - again[i][k]) for i in range(len(recs)) for k in other[i]) < 1e-4
+
+
 def test_paths_and_pil_give_the_same_scores(tiny_params, small_data, sample):
     recs, imgs = sample
     scorer = Scorer.load(tiny_params.backbone("idefics3_tiny").source)
