@@ -205,6 +205,11 @@ def _dtype(name: str):
         raise BackboneError(f"unknown dtype {name!r}") from None
 
 
+def _looks_local(source: str) -> bool:
+    """A path that cannot be a hub id (``namespace/name``): absolute, relative, or deeper."""
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
+
+
 def load_model_and_processor(source: str | Path, cfg: BackboneConfig, *, slug: str = ""):
     """Load a processor and model through the Auto classes (plus a LoRA adapter if the folder has one).
 
@@ -230,6 +235,12 @@ def load_model_and_processor(source: str | Path, cfg: BackboneConfig, *, slug: s
         # a base in the project is relative to the working directory; else it is a hub id.
         if (path / base_source).exists():
             base_source = str((path / base_source).resolve())
+    for where in {str(source), str(base_source)}:
+        if _looks_local(where) and not Path(where).exists():
+            raise BackboneError(
+                f"{slug or source}: no folder {where}; build the tiny bases with "
+                "`tokenfocus backbones build` (or `make run`), or set `source` to a hub id"
+            )
     try:
         with _LOAD_LOCK:
             processor = AutoProcessor.from_pretrained(str(source), trust_remote_code=cfg.trust_remote_code)

@@ -45,6 +45,19 @@ def test_unknown_family_is_a_clear_error(tmp_path):
         )
 
 
+@pytest.mark.parametrize("source", ["models/base/not_built", "./not_built", "/nowhere/at/all"])
+def test_missing_local_folder_says_how_to_build_it(source):
+    with pytest.raises(BackboneError, match=rf"x_tiny: no folder {source}; build the tiny bases"):
+        load_model_and_processor(source, BackboneConfig(source=source), slug="x_tiny")
+
+
+def test_hub_ids_are_not_taken_for_missing_folders():
+    from tokenfocus.backbones import _looks_local
+
+    assert not _looks_local("Qwen/Qwen2-VL-2B-Instruct") and not _looks_local("gpt2")
+    assert _looks_local("models/base/idefics3_tiny") and _looks_local("../x")
+
+
 def test_multi_token_answer_word_names_backbone_and_word(tiny_params):
     bb = tiny_params.backbone("idefics3_tiny")
     _, processor = load_model_and_processor(bb.source, bb)
