@@ -60,7 +60,7 @@ lint: setup
 	$(BIN)/ruff format --check tokenfocus flows tests scripts
 
 bench: setup data
-	$(BIN)/dvc repro build  # the tiny bases it times (a no-op once built)
+	$(BIN)/dvc repro split build  # the splits and tiny bases it times (no-ops once there)
 	$(PY) scripts/bench.py
 
 serve: setup
