@@ -54,6 +54,13 @@ def test_suffix_ids_are_reused_across_calls_and_bounded(tiny_params, sample, mon
     again = scorer.elements_prefix(imgs, prompts, other)
     assert set(scorer._suffix_cache) == {"blue star (color)"}
     assert max(abs(plain[i][k] - again[i][k]) for i in range(len(recs)) for k in other[i]) < 1e-4
+    # a call mixing a cached key with a new one, past the bound, keeps both
+    mixed = [["blue star (color)", "two squares (counting)"] for _ in recs]
+    assert scorer.elements_prefix(imgs, prompts, mixed)[0].keys() == {
+        "blue star (color)",
+        "two squares (counting)",
+    }
+    assert set(scorer._suffix_cache) == {"blue star (color)", "two squares (counting)"}
 
 
 def test_paths_and_pil_give_the_same_scores(tiny_params, small_data, sample):
