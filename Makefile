@@ -20,7 +20,7 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 # `mlflow models serve` execs uvicorn: the venv's bin must be on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup data run test test-all lint bench serve schedule ui loadtest offline-run clean
+.PHONY: setup data run test test-all lint bench learnability serve schedule ui loadtest offline-run clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,11 @@ lint: setup
 bench: setup data
 	$(BIN)/dvc repro split build  # the splits and tiny bases it times (no-ops once there)
 	$(PY) scripts/bench.py
+
+# Is the weak tiny-backbone score the backbones' fault or the task's? (docs/tiny-backbones.md)
+learnability: setup data
+	$(BIN)/dvc repro split
+	$(PY) scripts/learnability.py
 
 serve: setup
 	$(BIN)/tokenfocus serve
