@@ -46,17 +46,20 @@ NUMBER = {w: n for n, w in COUNTS.items()}
 
 def features(record, img: np.ndarray) -> tuple[list[float], list[float], list[float]]:
     """(prompt features, image totals, mismatch features) of one pair; ``img`` is HxWx3 in 0..255."""
-    keys = list(record.element_score)
-    colors = [k.split()[0] for k in keys if k.endswith("(color)")]
-    counts = [NUMBER.get(k.split()[0], 1) for k in keys if k.endswith("(counting)")]
-    sizes = [k.split()[0] for k in keys if k.endswith("(attribute)")]
+
+    def first_words(category: str) -> list[str]:  # "red circles (color)" -> "red"
+        return [e.text.split()[0] for e in record.elements if e.category == category]
+
+    colors = first_words("color")
+    counts = [NUMBER.get(w, 1) for w in first_words("counting")]
+    sizes = first_words("attribute")
     area = sum(c * SIZES.get(s, 0.1) ** 2 for c, s in zip(counts, sizes, strict=False))
     fg = np.abs(img - img[0, 0]).sum(-1) > 60  # the corner pixel is the plain background
     _, blobs = ndimage.label(fg)
     near = ((img[fg][:, None, :] - PALETTE[None]) ** 2).sum(-1).argmin(1)
     share = np.bincount(near, minlength=len(PALETTE)) / fg.size
     present = [share[list(COLORS).index(c)] > 0.002 for c in colors if c in COLORS]
-    text = [len(colors), len(keys), sum(counts), area]
+    text = [len(colors), len(record.elements), sum(counts), area]
     image = [float(fg.mean()), float(blobs)]
     mismatch = [float(np.mean(present)) if present else 1.0, blobs - sum(counts), fg.mean() - 3 * area]
     return text, image, mismatch
