@@ -54,21 +54,40 @@ def data_copy(small_data, tmp_path) -> Path:
     return dest
 
 
-#: Tests build bases through the pre-training code path, with a few steps (the default takes
-#: 1-2 CPU-minutes per backbone; tests/model builds one base with the default).
-PRETRAIN_STEPS = 2
+#: Tests build bases through the pre-training code path, with a few steps per stage (the default
+#: takes ~12 CPU-minutes per backbone and is shipped in the DVC remote, not recomputed).
+PRETRAIN_STEPS = {"tower_steps": 2, "steps": 2, "element_steps": 2, "batch_size": 8, "check_scenes": 16}
 
-FAMILIES = {"idefics3_tiny": "idefics3", "llava_siglip_tiny": "llava", "gemma3_tiny": "gemma3"}
+#: The tiny ViT-tower families stay covered by the tests (the generic path real checkpoints take),
+#: beside the default FastVLMs of params.yaml.
+VIT_BACKBONES = {
+    "idefics3_tiny": {"family": "idefics3", "tuning": "full"},
+    "llava_siglip_tiny": {"family": "llava", "tuning": "full"},
+    "gemma3_tiny": {
+        "family": "gemma3",
+        "tuning": "lora",
+        "lora": {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+    },
+}
+FAMILIES = {
+    "idefics3_tiny": "idefics3",
+    "llava_siglip_tiny": "llava",
+    "gemma3_tiny": "gemma3",
+    "fastvlm_llama": "fastvlm",
+    "fastvlm_gemma": "fastvlm_gemma",
+}
 
 
 @pytest.fixture(scope="session")
 def tiny_params(small_data, tmp_path_factory):
-    """Repo params pointed at the small dataset, with tiny backbones built once per session."""
+    """Repo params pointed at the small dataset, with tiny backbones built and briefly
+    pre-trained once per session (every family of FAMILIES)."""
     import dataclasses
 
-    from tokenfocus.backbones import build
-    from tokenfocus.config import load_params
+    from tokenfocus.config import BackboneConfig, _build, load_params
+    from tokenfocus.pretrain import pretrain_base
     from tokenfocus.split import main as split_main
+    from tokenfocus.stages import build_stage
 
     work = tmp_path_factory.mktemp("work")
     p = load_params(ROOT / "params.yaml")
@@ -84,30 +103,35 @@ def tiny_params(small_data, tmp_path_factory):
         patience=10,
     )
     p.score = dataclasses.replace(p.score, out=str(work / "scores"), batch_size=8)
-    p.pretrain = dataclasses.replace(p.pretrain, steps=PRETRAIN_STEPS, scenes=16, check_scenes=16)
+    p.pretrain = dataclasses.replace(p.pretrain, **PRETRAIN_STEPS, init_root=str(work / "init"))
     p.stack = dataclasses.replace(p.stack, out=str(work / "ensemble"))
-    for slug in p.backbones:
-        p.backbones[slug].source = str(work / "base" / slug)
-        p.backbones[slug].pretrain = {}  # the short test pre-training for every backbone
+    repo = dict(p.backbones)
+    p.backbones = {}
+    for slug in FAMILIES:
+        entry = repo.get(slug) or _build(BackboneConfig, {"source": "", **VIT_BACKBONES[slug]}, slug)
+        p.backbones[slug] = dataclasses.replace(entry, source=str(work / "base" / slug), pretrain={})
     split_main(p.split, small_data)
     for slug in p.backbones:
-        build(slug, p)
+        build_stage(slug, p)
+        pretrain_base(slug, p)
     return p
 
 
 def write_tiny_params(
     dest: Path, *, backbones=("idefics3_tiny", "llava_siglip_tiny"), steps: int = 2, data: str = "data"
 ) -> Path:
-    """A params.yaml for pipeline tests: the repo's, with 2 backbones and a few steps."""
+    """A params.yaml for pipeline tests: the repo's, with the named backbones and a few steps."""
     import yaml
 
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["backbones"] = {k: v for k, v in p["backbones"].items() if k in backbones}
+    known = {**p["backbones"], **{k: {"image_size": 64, **v} for k, v in VIT_BACKBONES.items()}}
+    p["backbones"] = {k: {"source": f"models/base/{k}", **known[k]} for k in backbones}
     for entry in p["backbones"].values():
         entry.pop("pretrain", None)  # the short test pre-training for every backbone
+        entry.pop("lr", None)
     p["validate"]["data"] = data
     p["train"].update(steps=steps, batch_size=4, eval_every=steps, checkpoint_every=steps)
-    p["pretrain"].update(steps=PRETRAIN_STEPS, scenes=16, check_scenes=16)
+    p["pretrain"].update(PRETRAIN_STEPS)
     p["tracking"]["promote_bootstrap"] = 10
     p["split"]["folds"] = 3
     dest.write_text(yaml.safe_dump(p, sort_keys=False))

@@ -100,16 +100,36 @@ def split(params: str = PARAMS, data: str = typer.Option(None, help="dataset roo
 def backbones_build(
     params: str = PARAMS, backbone: list[str] = typer.Option(None, "--backbone", "-b")
 ) -> None:
-    """Build tiny offline backbones (all of params.yaml's, or those named)."""
-    from tokenfocus.backbones import BackboneError, build
+    """Build randomly initialised tiny backbones (all of params.yaml's, or those named)."""
+    from tokenfocus.backbones import BackboneError
+    from tokenfocus.stages import build_stage
 
     p = _params(params)
     for slug in backbone or list(p.backbones):
         try:
-            path = build(slug, p)
+            path = build_stage(slug, p)
         except (BackboneError, ConfigError) as exc:
             fail(str(exc))
         typer.echo(f"{slug}: {path or 'real checkpoint, nothing to build'}")
+
+
+@backbones_app.command("pretrain")
+def backbones_pretrain(
+    params: str = PARAMS,
+    backbone: list[str] = typer.Option(None, "--backbone", "-b"),
+    track: bool = typer.Option(True, help="log to MLflow"),
+) -> None:
+    """Pre-train built tiny bases on fresh scenes (all of params.yaml's, or those named)."""
+    from tokenfocus.backbones import BackboneError
+    from tokenfocus.stages import pretrain_stage
+
+    p = _params(params)
+    for slug in backbone or list(p.backbones):
+        try:
+            path = pretrain_stage(slug, p, track=track)
+        except (BackboneError, ConfigError) as exc:
+            fail(str(exc))
+        typer.echo(f"{slug}: {path or 'real checkpoint, arrives pre-trained'}")
 
 
 @backbones_app.command("list")

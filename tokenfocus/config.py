@@ -92,20 +92,36 @@ class BackboneConfig:
 
 @dataclass
 class PretrainConfig:
-    """Vision-language pre-training of the tiny bases at build time (real checkpoints arrive
-    pre-trained). Measured: from random initialisation, fine-tuning alone never binds a colour
-    word to the drawn colour; 1,250 steps of open + yes/no colour questions on one-group scenes
-    do (docs/tiny-backbones.md). Shapes, counts and sizes did not become learnable this way
-    within a CPU budget, so the default curriculum holds colour only."""
+    """Vision-language pre-training of the tiny bases (real checkpoints arrive pre-trained).
 
-    steps: int = 1250  # 0 builds a randomly initialised base
-    attributes: list[str] = field(default_factory=lambda: ["color"])  # of pretrain.ATTRIBUTES
-    max_groups: int = 1  # groups of shapes per pre-training scene (1..3)
-    batch_size: int = 32  # 1,250 x 32 learned on every init tried; 1,500 x 16 on some (docs)
+    A curriculum of three stages on freshly drawn scenes, never the benchmark's (measured in
+    shared/reference/pretraining-study and docs/tiny-backbones.md):
+
+    1. ``tower_steps``: the vision tower alone as an attribute classifier (thrown-away heads), as
+       a real LVLM's vision encoder arrives pre-trained.
+    2. ``steps``: open questions and balanced yes/no checks (each image asked with a true and a
+       false value) about ``attributes`` on 1..``max_groups`` group scenes, with the tower frozen
+       and an auxiliary loss tying the image tokens to the words of the attribute values.
+    3. ``element_steps``: the same mix, with ``element_frac`` of the rows asked as element
+       questions in the scoring wording (params ``prompts``), so pre-training teaches what
+       scoring asks.
+    """
+
+    steps: int = 6000  # stage 2; 0 builds a randomly initialised base (all stages skipped)
+    tower_steps: int = 1500  # stage 1
+    element_steps: int = 2000  # stage 3
+    attributes: list[str] = field(default_factory=lambda: ["shape", "color", "count", "size"])
+    max_groups: int = 3  # groups of shapes per pre-training scene (1..3)
+    batch_size: int = 32
     lr: float = 1e-3
+    open_frac: float = 0.5  # share of open questions in stages 2 and 3 (the rest: checks, elements)
+    element_frac: float = 0.5  # share of element questions in stage 3
+    aux_weight: float = 1.0  # image-token / word-embedding presence loss (0 turns it off)
+    freeze_tower: bool = True  # after stage 1; measured: a trainable tower forgets colour
     seed: int = 99  # scenes are drawn from this seed alone, never from the benchmark
-    scenes: int = 3000
-    check_scenes: int = 240  # other fresh scenes on which the build measures the checks
+    threads: int = 1  # torch threads: fixed, so a rerun reproduces the base exactly
+    check_scenes: int = 240  # other fresh scenes on which the checks are measured
+    init_root: str = "models/init"  # build@<slug> writes the random base to <init_root>/<slug>
 
 
 @dataclass

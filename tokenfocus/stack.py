@@ -43,13 +43,26 @@ def bag_tables(tables: list[list[dict]]) -> list[dict]:
 
 
 def feature_row(row: dict, features: list[str]) -> list[float]:
-    """One backbone's features for one pair."""
-    vals = {
-        "score": row["score"],
-        "entropy": row["entropy"],
-        "element_mean": float(np.mean(list(row["elements"].values()))) if row["elements"] else 0.5,
-    }
-    return [vals[f] for f in features]
+    """One backbone's features for one pair.
+
+    ``score``, ``entropy``, ``element_mean`` (mean element P(yes)), and ``category:<name>``: the
+    mean P(yes) of the pair's elements of that category (the element mean when it has none).
+    Measured with the tiny bases: the pair's score lies mostly in its elements, and the
+    categories weigh differently (objects most).
+    """
+    from tokenfocus.evalmuse import parse_element_key
+
+    probs = row["elements"]
+    mean = float(np.mean(list(probs.values()))) if probs else 0.5
+    out = []
+    for f in features:
+        if f.startswith("category:"):
+            cat = f.removeprefix("category:")
+            own = [p for k, p in probs.items() if parse_element_key(k).category == cat]
+            out.append(float(np.mean(own)) if own else mean)
+        else:
+            out.append({"score": row["score"], "entropy": row["entropy"], "element_mean": mean}[f])
+    return out
 
 
 def design(tables: dict[str, list[dict]], features: list[str]) -> np.ndarray:
@@ -176,9 +189,9 @@ def fit_ensemble(
     leaked = {r["prompt_id"] for s in slugs for r in val[s]} & set(train_prompts)
     if leaked:
         raise LeakError(f"stacker rows include {len(leaked)} training prompt(s), e.g. {sorted(leaked)[:3]}")
-    bad = [f for f in cfg.features if f not in FEATURES]
+    bad = [f for f in cfg.features if f not in FEATURES and not (f.startswith("category:") and f[9:])]
     if bad:
-        raise ValueError(f"unknown stacking feature(s) {bad}; choose from {FEATURES}")
+        raise ValueError(f"unknown stacking feature(s) {bad}; choose from {FEATURES} or category:<name>")
     y = np.array([r["gt_score"] for r in val[slugs[0]]], dtype=float)
     stacker = make_pipeline(StandardScaler(), RidgeCV(alphas=cfg.alphas))
     stacker.fit(design(val, list(cfg.features)), y)

@@ -43,6 +43,40 @@ def fold_models(slug: str, params: Params) -> list[tuple[int, Path]]:
     return [(k, Path(params.train.out) / slug / f"fold{k}") for k in range(params.split.folds)]
 
 
+def build_stage(slug: str, params: Params) -> Path | None:
+    """``build@<slug>``: the random tiny base, its tokenizer trained on the data's prompts and
+    the pre-training questions' words."""
+    from tokenfocus.pretrain import corpus
+    from tokenfocus.tiny import build
+
+    return build(slug, params, extra_corpus=corpus())
+
+
+def pretrain_stage(slug: str, params: Params, *, track: bool = True, pid: str | None = None) -> Path | None:
+    """``pretrain@<slug>``: the curriculum on the random base; its checks go to the base's
+    metadata and to an MLflow run ``pretrain-<slug>``."""
+    from tokenfocus.backbones import META_FILE
+    from tokenfocus.pretrain import pretrain_base
+
+    out = pretrain_base(slug, params)
+    if out is None or not track:
+        return out
+    import mlflow
+
+    from tokenfocus.tracking import child_run
+
+    report = json.loads((out / META_FILE).read_text()).get("pretrain", {})
+    with child_run(params.tracking, f"pretrain-{slug}", kind="pretrain", new=True, pid=pid):
+        mlflow.log_params(_flat("pretrain.", to_dict(params.pretrain_for(slug))))
+        metrics = {f"check_{k}": v for k, v in report.get("check_accuracy", {}).items()}
+        metrics |= {f"element_{k}": v for k, v in report.get("element_accuracy", {}).items()}
+        metrics |= {f"{st}_{k}": v for st, r in report.get("stages", {}).items() for k, v in r.items()}
+        metrics["cpu_minutes"] = report.get("cpu_minutes", 0.0)
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        mlflow.log_dict(report, "pretrain.json")
+    return out
+
+
 def train_stage(slug: str, params: Params, *, track: bool = True, pid: str | None = None) -> dict:
     """Train one backbone (and its bagging members), logging params, curves and summary to its child run."""
     from tokenfocus.train import Trainer

@@ -20,7 +20,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tokenfocus.backbones import META_FILE, assistant_end, load_model_and_processor, replace_dir
+from tokenfocus.backbones import (
+    META_FILE,
+    assistant_end,
+    load_model_and_processor,
+    replace_dir,
+    train_mode,
+)
 from tokenfocus.config import Params
 from tokenfocus.evalmuse import Record, write_json_atomic
 from tokenfocus.images import load_images
@@ -284,7 +290,7 @@ class Trainer:
         cpu0 = time.process_time()
         done_here = 0
         for step in bar:
-            self.model.train()
+            train_mode(self.model)  # frozen BatchNorm keeps its statistics (LoRA)
             torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout identical after a resume
             parts: dict[str, float] = {}
             for micro in range(cfg.grad_accum):

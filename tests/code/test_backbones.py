@@ -3,19 +3,21 @@ import dataclasses
 import pytest
 import torch
 
-from tokenfocus.backbones import BackboneError, build_tiny, families, load_model_and_processor
+from tests.conftest import FAMILIES
+from tokenfocus.backbones import BackboneError, load_model_and_processor
 from tokenfocus.config import BackboneConfig, PromptConfig
 from tokenfocus.evalmuse import load_records
 from tokenfocus.images import load_images
 from tokenfocus.prompts import answer_tokens
 from tokenfocus.scoring import encode
+from tokenfocus.tiny import build_tiny, families
 
 
 def test_at_least_three_families():
-    assert {"idefics3", "llava", "gemma3"} <= set(families())
+    assert {"idefics3", "llava", "gemma3", "fastvlm", "fastvlm_qwen2", "fastvlm_gemma"} <= set(families())
 
 
-@pytest.mark.parametrize("slug", ["idefics3_tiny", "llava_siglip_tiny", "gemma3_tiny"])
+@pytest.mark.parametrize("slug", list(FAMILIES))
 def test_build_save_reload_identical_logits(tiny_params, small_data, slug, tmp_path):
     bb = tiny_params.backbone(slug)
     model, processor = load_model_and_processor(bb.source, bb)

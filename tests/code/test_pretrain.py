@@ -54,6 +54,9 @@ def test_one_group_pool_has_no_relation_questions():
         ({"max_groups": 4}, "pretrain.max_groups: 4 is not in 1..3"),
         ({"attributes": ["color", "relation"], "max_groups": 1}, "relation needs pretrain.max_groups >= 2"),
         ({"attributes": ["relation"], "max_groups": 3}, "relation alone leaves one-group scenes"),
+        ({"open_frac": 0.6, "element_frac": 0.6}, "open_frac \\+ pretrain.element_frac: more than 1"),
+        ({"batch_size": 0}, "pretrain.batch_size: 0 is out of range"),
+        ({"element_frac": 1.5}, "pretrain.element_frac: 1.5 is not in 0..1"),
     ],
 )
 def test_bad_pretrain_config_names_the_key(change, message):
@@ -72,33 +75,85 @@ def test_tokenizer_has_every_pretraining_word(tiny_params):
 
 
 def test_pretraining_is_deterministic_changes_the_weights_and_reports(tiny_params):
-    bb = tiny_params.backbone("idefics3_tiny")
-    cfg = PretrainConfig(steps=3, batch_size=4, scenes=8, attributes=["color", "size"])
+    bb = tiny_params.backbone("fastvlm_llama")
+    cfg = PretrainConfig(tower_steps=2, steps=2, element_steps=2, batch_size=8, check_scenes=16)
     states = []
     for _ in range(2):
         model, processor = load_model_and_processor(bb.source, bb)
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        report = pretrain(model, processor, cfg, bb.image_size, slug="idefics3_tiny")
+        report = pretrain(model, processor, cfg, bb.image_size, family=bb.family, slug="fastvlm_llama")
         states.append(model.state_dict())
-    assert any(not torch.equal(before[k], states[0][k]) for k in before)
-    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
-    assert report["steps"] == 3 and report["cpu_minutes"] > 0
-    assert set(report["check_accuracy"]) == {"color", "size", "all"}
-    assert all(0.0 <= v <= 1.0 for v in report["check_accuracy"].values())
+    changed = {k for k in before if not torch.equal(before[k], states[0][k])}
+    assert any("vision_tower" in k for k in changed)  # stage 1 trains the tower
+    assert any("language_model" in k for k in changed)  # stages 2 and 3 the language model
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])  # same seed, same weights
+    assert list(report["stages"]) == ["tower", "pairs", "elements"]
+    assert all(r["steps"] == 2 for r in report["stages"].values()) and report["cpu_minutes"] >= 0
+    assert set(report["check_accuracy"]) == {*cfg.attributes, "all"}
+    assert set(report["element_accuracy"]) <= {"object", "counting", "color", "attribute", "spatial", "all"}
 
 
-def test_check_accuracy_scores_each_attribute_against_the_truth(tiny_params):
+def test_frozen_tower_keeps_its_weights_and_batchnorm_statistics(tiny_params):
+    bb = tiny_params.backbone("fastvlm_llama")
+    model, processor = load_model_and_processor(bb.source, bb)
+    tower = {k: v.clone() for k, v in model.model.vision_tower.state_dict().items()}
+    cfg = PretrainConfig(tower_steps=0, steps=3, element_steps=0, batch_size=8, check_scenes=8)
+    pretrain(model, processor, cfg, bb.image_size, family=bb.family)
+    after = model.model.vision_tower.state_dict()
+    assert any("running_mean" in k for k in tower)
+    assert all(torch.equal(tower[k], after[k]) for k in tower)
+    assert all(p.requires_grad for p in model.parameters())  # unfrozen again for fine-tuning
+
+
+def test_checks_ask_the_claimed_truth_and_pairs_share_the_false_value():
+    pool = Pool.draw(30, 64, seed=4, max_groups=3)
+    for scene in pool.scenes:
+        for kind in ("shape", "color", "count", "size"):
+            state = random.Random(1).getstate()
+            r1, r2 = random.Random(), random.Random()
+            r1.setstate(state)
+            r2.setstate(state)
+            yes = question(scene, [kind], r1, mode="check", truth=True)
+            no = question(scene, [kind], r2, mode="check", truth=False)
+            assert (yes.kind, yes.answer, no.answer) == (kind, "yes", "no")
+            assert yes.text.split()[:2] == no.text.split()[:2] and yes.text != no.text
+
+
+def test_element_questions_use_the_scoring_wording_and_the_drawn_truth(tiny_params):
+    from tokenfocus.backbones import template_parts
+    from tokenfocus.pretrain import element_question
+    from tokenfocus.synth import elements_of, realised
+
+    bb = tiny_params.backbone("fastvlm_llama")
+    _, processor = load_model_and_processor(bb.source, bb)
+    parts, prompts = template_parts(processor), tiny_params.prompts
+    rng = random.Random(0)
+    for i in range(40):
+        q = element_question(rng, parts, prompts, 64, want=i % 2 == 0)
+        assert q.text.startswith(parts.head + prompts.element_context.split("{")[0])
+        assert "Does the image show" in q.text and q.text.endswith(parts.tail)
+        assert q.answer == ("yes" if i % 2 == 0 else "no")
+        assert q.category in {"object", "counting", "color", "attribute", "spatial"}
+        assert q.image.size == (64, 64)
+
+
+def test_check_and_element_accuracy_count_true_and_false_claims_equally(tiny_params):
+    from tokenfocus.pretrain import element_accuracy
+
     bb = tiny_params.backbone("idefics3_tiny")
     model, processor = load_model_and_processor(bb.source, bb)
-    with torch.no_grad():  # every logit 0: yes never beats no, so the model always says "no"
-        model.get_output_embeddings().weight.zero_()
-    attrs, n, seed = ["color", "count"], 48, 1
-    acc = check_accuracy(model, processor, bb.image_size, attrs, n=n, seed=seed)
-    rng = random.Random(seed)
-    qs = [
-        question(s, attrs, rng, mode="check") for s in Pool.draw(n, bb.image_size, seed, max_groups=1).scenes
-    ]
-    for kind in attrs:
-        truths = [q.truth for q in qs if q.kind == kind]
-        assert acc[kind] == round(truths.count(False) / len(truths), 3)
-    assert acc["all"] == round([q.truth for q in qs].count(False) / n, 3)
+    tok = processor.tokenizer
+    for word in ("yes", "no"):  # a model that always says `word`
+        wid = tok.convert_tokens_to_ids(word)
+
+        def always(m, i, o, wid=wid):
+            out = torch.zeros_like(o)
+            out[..., wid] = 1.0
+            return out
+
+        hook = model.get_output_embeddings().register_forward_hook(always)
+        acc = check_accuracy(model, processor, bb.image_size, ["color", "count"], n=40, seed=1)
+        assert acc == {"color": 0.5, "count": 0.5, "all": 0.5}  # half of the claims are true
+        el = element_accuracy(model, processor, tiny_params.prompts, bb.image_size, n=40, seed=2)
+        assert el["all"] == 0.5
+        hook.remove()
