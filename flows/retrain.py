@@ -1,5 +1,5 @@
-"""The retrain flow: validate -> split -> per-backbone build/train/score (concurrent) -> stack ->
-register -> promote. Tasks call the same ``tokenfocus`` stage functions as the DVC pipeline and
+"""The retrain flow: validate -> split -> the pre-trained bases (reused) -> per-backbone
+train/score (concurrent) -> stack -> register -> promote. Tasks call the same ``tokenfocus`` stage functions as the DVC pipeline and
 pass only paths and small values between them, never models."""
 
 from __future__ import annotations
@@ -44,11 +44,38 @@ def split_task(params_path: str, root: str, report: str) -> str:
 
 
 @task(retries=2, retry_delay_seconds=5, persist_result=True)
-def build_task(params_path: str, root: str, slug: str) -> str:
-    from tokenfocus.backbones import build
+def bases_task(params_path: str, root: str, slugs: list[str]) -> list[str]:
+    """The pre-trained bases, reused: pre-training runs again only where a base is missing or its
+    inputs changed. In a DVC project that is exactly `dvc repro`'s decision (after pulling the
+    shipped bases); elsewhere, a base folder that exists is reused as it is."""
+    import shutil
+    import subprocess
+    import sys
 
     p = _load(params_path, root)
-    return str(build(slug, p) or p.backbone(slug).source)
+    tiny = [s for s in slugs if p.backbone(s).family]
+    if tiny and (Path(root) / "dvc.yaml").exists():
+        dvc = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
+        for cmd in (
+            [
+                "pull",
+                "-q",
+                "--allow-missing",
+                *(f"{stage}@{s}" for stage in ("build", "pretrain") for s in tiny),
+            ],
+            ["repro", *(f"pretrain@{s}" for s in tiny)],
+        ):
+            done = subprocess.run([dvc, *cmd], cwd=root, capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"dvc {' '.join(cmd)} failed: {done.stderr.strip()[-2000:]}")
+    else:
+        from tokenfocus.stages import build_stage, pretrain_stage
+
+        for s in tiny:
+            if not Path(p.backbone(s).source).exists():
+                build_stage(s, p)
+                pretrain_stage(s, p, track=False)
+    return [p.backbone(s).source for s in slugs]
 
 
 @task(persist_result=True)
@@ -107,9 +134,9 @@ def retrain(
     parent_run_id(p.tracking, pid)  # created once, before concurrent tasks look it up
     report = validate_task(params_path, root)
     splits = split_task(params_path, root, report)
+    bases = bases_task(params_path, root, slugs)
     scored, trained = [], []
-    for slug in slugs:  # submitted together: the task runner runs backbones in parallel
-        base = build_task.submit(params_path, root, slug)
+    for slug, base in zip(slugs, bases, strict=True):  # submitted together: run in parallel
         trained.append(
             train_task.with_options(**with_retries).submit(params_path, root, slug, pid, base, splits)
         )

@@ -127,7 +127,7 @@ def write_tiny_params(
     known = {**p["backbones"], **{k: {"image_size": 64, **v} for k, v in VIT_BACKBONES.items()}}
     p["backbones"] = {k: {"source": f"models/base/{k}", **known[k]} for k in backbones}
     for entry in p["backbones"].values():
-        entry.pop("pretrain", None)  # the short test pre-training for every backbone
+        entry["pretrain"] = {}  # the short test pre-training for every backbone
         entry.pop("lr", None)
     p["validate"]["data"] = data
     p["train"].update(steps=steps, batch_size=4, eval_every=steps, checkpoint_every=steps)

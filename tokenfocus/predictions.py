@@ -79,7 +79,12 @@ def metrics_of(rows: list[dict]) -> dict[str, float]:
         return {}
     pe = [r["elements"][k] for r in rows for k, v in r["gt_elements"].items() if v is not None]
     ge = [v for r in rows for v in r["gt_elements"].values() if v is not None]
-    return evaluate([r["score"] for r in rows], [r["gt_score"] for r in rows], pe, ge)
+    out = evaluate([r["score"] for r in rows], [r["gt_score"] for r in rows], pe, ge)
+    if any(r["elements"] for r in rows):
+        # how well the mean element P(yes) alone ranks the pairs: what the stacker builds on
+        means = [sum(r["elements"].values()) / len(r["elements"]) if r["elements"] else 0.5 for r in rows]
+        out["element_mean_srcc"] = evaluate(means, [r["gt_score"] for r in rows])["srcc"]
+    return out
 
 
 def read_table(path: str | Path) -> list[dict]:

@@ -27,20 +27,21 @@ def _row(name: str, m: dict) -> str:
 def backbone_table(params: Params) -> str:
     """Per backbone: training CPU-minutes, steps and test metrics, with the ceiling."""
     lines = [
-        "| backbone | tuning | loss | train CPU-min | steps | test SRCC | PLCC | element acc | NTIRE | ceiling SRCC |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| backbone | tuning | loss | train CPU-min | steps | test SRCC | PLCC | element acc | NTIRE | "
+        "element-mean SRCC | ceiling SRCC |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for slug, bb in params.backbones.items():
         t = _load(Path(params.train.out) / slug / "metrics.json")
         e = _load(Path("eval") / slug / "metrics.json")
         m = e.get("test", {}) if e else {}
         if not m:
-            lines.append(f"| {slug} | {bb.tuning} | - | - | - | - | - | - | - | - |")
+            lines.append(f"| {slug} | {bb.tuning} | - | - | - | - | - | - | - | - | - |")
             continue
         lines.append(
             f"| {slug} | {bb.tuning} | {t.get('loss', '-')} | {_f(t.get('cpu_minutes'), 1)} | "
             f"{t.get('steps', '-')} | {_f(m['srcc'])} | {_f(m['plcc'])} | {_f(m['element_acc'])} | "
-            f"{_f(m['final'])} | {_f(e.get('ceiling_srcc'), 3)} |"
+            f"{_f(m['final'])} | {_f(m.get('element_mean_srcc'))} | {_f(e.get('ceiling_srcc'), 3)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -50,26 +51,65 @@ def ensemble_table() -> str:
     return HEADER + "".join(_row(r["model"], r) for r in rows)
 
 
-def loss_study_table() -> str:
-    study = _load(Path("eval") / "loss_study.json")
-    if not study:
-        return "_Not run yet: `python scripts/loss_study.py`._\n"
+def bases_table(params: Params) -> str:
+    """Per tiny backbone: its pre-training cost and checks on fresh scenes (from the base's metadata)."""
+    from tokenfocus.backbones import META_FILE
+
+    rows = []
+    for slug, bb in params.backbones.items():
+        meta = _load(Path(bb.source) / META_FILE) if bb.family else {}
+        pt = meta.get("pretrain") if meta else None
+        if pt:
+            rows.append((slug, pt))
+    if not rows:
+        return "_No pre-trained tiny base found._\n"
+    attrs = sorted({k for _, pt in rows for k in pt["check_accuracy"] if k != "all"})
+    cats = sorted({k for _, pt in rows for k in pt["element_accuracy"] if k != "all"})
     lines = [
-        "| backbone | loss | seed | train CPU-min | test SRCC | PLCC | element acc | NTIRE |",
-        "|---|---|---|---|---|---|---|---|",
+        "| base | CPU-min | "
+        + " | ".join(f"check {a}" for a in attrs)
+        + " | "
+        + " | ".join(f"element {c}" for c in cats)
+        + " |",
+        "|---|---|" + "---|" * (len(attrs) + len(cats)),
     ]
-    for r in study["runs"]:
-        m = r["test"]
+    for slug, pt in rows:
+        ca, ea = pt["check_accuracy"], pt["element_accuracy"]
         lines.append(
-            f"| {r['backbone']} | {r['loss']} | {r['seed']} | {_f(r['cpu_minutes'], 1)} | {_f(m['srcc'])} | "
-            f"{_f(m['plcc'])} | {_f(m['element_acc'])} | {_f(m['final'])} |"
+            f"| {slug} | {_f(pt['cpu_minutes'], 1)} | "
+            + " | ".join(_f(ca.get(a), 3) for a in attrs)
+            + " | "
+            + " | ".join(_f(ea.get(c), 3) for c in cats)
+            + " |"
         )
-    for s in study.get("summary", []):
-        lines.append(
-            f"| **{s['backbone']}** | **{s['loss']} mean** | {s['n']} seeds | | {s['srcc_mean']:.4f} ± "
-            f"{s['srcc_sd']:.4f} | | {s['acc_mean']:.4f} | {s['final_mean']:.4f} |"
-        )
-    return "\n".join(lines) + "\n" + study.get("note", "") + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def category_table() -> str:
+    """Test element accuracy per category, per backbone and for the ensemble."""
+    cats = _load(Path("eval") / "ensemble" / "metrics.json").get("category_accuracy", {})
+    if not cats:
+        return "_Not available._\n"
+    names = sorted({c for v in cats.values() for c in v})
+    lines = ["| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for model, acc in cats.items():
+        lines.append(f"| {model} | " + " | ".join(_f(acc.get(c), 3) for c in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def ensemble_gain() -> str:
+    """The ensemble's NTIRE score minus the best single backbone's, with its bootstrap 95% CI."""
+    g = _load(Path("eval") / "ensemble" / "metrics.json").get("vs_best_single")
+    if not g:
+        return ""
+    verdict = (
+        "beats" if g["ci_low"] > 0 else ("is below" if g["ci_high"] < 0 else "is not distinguishable from")
+    )
+    return (
+        f"\nEnsemble NTIRE {g['ensemble_final']:.4f} vs best single ({g['backbone']}) "
+        f"{g['best_single_final']:.4f}: difference {g['diff']:+.4f}, paired bootstrap 95% CI "
+        f"[{g['ci_low']:+.4f}, {g['ci_high']:+.4f}] ({g['bootstrap']} resamples): the ensemble {verdict} it.\n"
+    )
 
 
 def main(params: Params, *, write: bool = True) -> str:
@@ -82,8 +122,12 @@ def main(params: Params, *, write: bool = True) -> str:
         + backbone_table(params)
         + "\n## Ensembles (fitted on val, measured on test)\n\n"
         + ensemble_table()
-        + "\n## Loss study: focus vs lm\n\n"
-        + loss_study_table()
+        + ensemble_gain()
+        + "\n## Element accuracy per category (test)\n\n"
+        + category_table()
+        + "\n## Pre-trained tiny bases (checks on fresh scenes, never the benchmark's; 0.5 is chance)\n\n"
+        + bases_table(params)
+        + "\nThe focus-vs-lm loss study is in docs/loss-study.md (`scripts/loss_study.py`).\n"
     )
     if write:
         Path("docs").mkdir(exist_ok=True)

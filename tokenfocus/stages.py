@@ -96,6 +96,14 @@ def train_stage(slug: str, params: Params, *, track: bool = True, pid: str | Non
     with child_run(params.tracking, slug, new=True, pid=pid):
         mlflow.log_params(_flat("train.", to_dict(params.train_for(slug))))
         mlflow.log_params(_flat("backbone.", dataclasses.asdict(params.backbone(slug))))
+        base_meta = Path(params.backbone(slug).source) / "tokenfocus.json"
+        pre = json.loads(base_meta.read_text()).get("pretrain") if base_meta.exists() else None
+        if pre:  # what the (shipped) base had learned before fine-tuning
+            checks = {
+                **pre.get("check_accuracy", {}),
+                **{f"element_{k}": v for k, v in pre.get("element_accuracy", {}).items()},
+            }
+            mlflow.log_metrics({f"base_check_{k}": float(v) for k, v in checks.items()})
         log_dataset(params.validate.data)
         summary = run_all(metric_logger())
         mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, int | float)})
@@ -211,11 +219,35 @@ def stack_stage(params: Params) -> dict:
     ntire = ens.combine(tables["ntire"])
     write_table_submission(Path("eval") / "ensemble" / "output.json", params, ntire)
     test_rows = ens.combine(tables["test"])
+    from tokenfocus.plots import category_accuracy
+    from tokenfocus.registry import paired_bootstrap
+
+    best = max(slugs, key=lambda s: metrics_of(tables["test"][s]).get("final") or -1.0)
+    boot = paired_bootstrap(
+        tables["test"][best],
+        test_rows,
+        n=params.tracking.promote_bootstrap,
+        seed=params.tracking.promote_seed,
+    )
     summary = {
         "method": ens.method,
         "test": metrics_of(test_rows),
         "ntire": metrics_of(ntire),
         "weights": dict(zip(ens.slugs, ens.weights, strict=True)),
+        # the ensemble's NTIRE score minus the best single backbone's, with a paired bootstrap CI
+        "vs_best_single": {
+            "backbone": best,
+            "best_single_final": boot["champion_final"],
+            "ensemble_final": boot["challenger_final"],
+            "diff": boot["diff"],
+            "ci_low": boot["ci_low"],
+            "ci_high": boot["ci_high"],
+            "bootstrap": params.tracking.promote_bootstrap,
+        },
+        "category_accuracy": {
+            "ensemble": category_accuracy(test_rows),
+            **{s: category_accuracy(tables["test"][s]) for s in slugs},
+        },
     }
     write_json_atomic(Path("eval") / "ensemble" / "metrics.json", summary)
     write_json_atomic(Path("eval") / "ensemble" / "comparison.json", rows)

@@ -122,7 +122,6 @@ def test_checks_ask_the_claimed_truth_and_pairs_share_the_false_value():
 def test_element_questions_use_the_scoring_wording_and_the_drawn_truth(tiny_params):
     from tokenfocus.backbones import template_parts
     from tokenfocus.pretrain import element_question
-    from tokenfocus.synth import elements_of, realised
 
     bb = tiny_params.backbone("fastvlm_llama")
     _, processor = load_model_and_processor(bb.source, bb)

@@ -78,7 +78,9 @@ def test_checkpoint_of_another_config_is_not_resumed(tiny_params, tmp_path):
 
 
 @pytest.mark.parametrize(("slug", "tuning"), [("fastvlm_llama", "full"), ("fastvlm_gemma", "lora")])
-def test_scoring_the_saved_model_reproduces_the_trainers_validation_metrics(tiny_params, tmp_path, slug, tuning):
+def test_scoring_the_saved_model_reproduces_the_trainers_validation_metrics(
+    tiny_params, tmp_path, slug, tuning
+):
     """The saved model (weights, or adapter on its base) scores val as the trainer measured it.
 
     Regression: under LoRA the frozen convolutional tower's BatchNorm kept updating its running
