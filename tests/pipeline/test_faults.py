@@ -24,6 +24,7 @@ def test_kill_9_during_training_then_rerun_matches_uninterrupted(project_dir):
     (project_dir / "params.yaml").write_text(yaml.safe_dump(p))
     assert _cli(["split"], project_dir).returncode == 0
     assert _cli(["backbones", "build", "-b", "idefics3_tiny"], project_dir).returncode == 0
+    assert _cli(["backbones", "pretrain", "-b", "idefics3_tiny", "--no-track"], project_dir).returncode == 0
     state = project_dir / "models" / "trained" / "idefics3_tiny" / "checkpoint" / "state.json"
     proc = subprocess.Popen(
         [TF, "train", "-b", "idefics3_tiny", "--no-track"],
