@@ -23,9 +23,9 @@ def _blob(md5: str) -> Path:
     return STORE / "files" / "md5" / md5[:2] / md5[2:]
 
 
-def _locked_outs() -> dict[str, str]:
+def _locked_outs(root: Path = ROOT) -> dict[str, str]:
     """stage -> md5 of its one folder output, for every build@ and pretrain@ stage in dvc.lock."""
-    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     out = {}
     for name, stage in lock.items():
         if name.split("@")[0] in SHIPPED_STAGES:
@@ -70,3 +70,28 @@ def test_a_fresh_clone_pulls_the_bases_and_finds_pretraining_up_to_date(tmp_path
         [DVC, "status", *(f"pretrain@{s}" for s in tiny)], cwd=clone, capture_output=True, text=True
     )
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr
+
+
+def test_the_retrain_flow_reuses_the_shipped_bases(tmp_path, monkeypatch):
+    """The flow's bases task asks DVC: after the pull, pretrain@* is up to date, nothing re-trains."""
+    import os
+
+    from flows.retrain import bases_task
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+    tf = str(Path(sys.executable).with_name("tokenfocus"))
+    subprocess.run([tf, "synth"], cwd=clone, check=True, capture_output=True)  # what `make data` makes
+    subprocess.run([DVC, "pull", "-q", *SHIPPED_STAGES], cwd=clone, check=True)
+    tiny = [s for s, bb in load_params(clone / "params.yaml").backbones.items() if bb.family]
+    weights = [clone / "models" / "base" / s / "model.safetensors" for s in tiny]
+    before = [os.stat(w).st_ino for w in weights]
+    monkeypatch.chdir(clone)
+    assert bases_task.fn("params.yaml", str(clone), tiny) == [f"models/base/{s}" for s in tiny]
+    assert [os.stat(w).st_ino for w in weights] == before  # not rewritten: nothing was pre-trained
+    assert _locked_outs(clone) == _locked_outs()  # dvc.lock untouched
+    status = subprocess.run(
+        [DVC, "status", *(f"pretrain@{s}" for s in tiny)], cwd=clone, capture_output=True, text=True
+    )
+    assert "up to date" in status.stdout, status.stdout
