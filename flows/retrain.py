@@ -104,9 +104,24 @@ def stack_task(params_path: str, root: str, scored: list[dict]) -> dict:
 
 @task(retries=2, retry_delay_seconds=5, persist_result=True)
 def register_task(params_path: str, root: str, pid: str, stacked: dict) -> dict:
+    from prefect.artifacts import create_markdown_artifact
+
+    from tokenfocus.report import ensemble_gain, ensemble_table
     from tokenfocus.stages import register_stage
 
-    return register_stage(_load(params_path, root), pid=pid)
+    p = _load(params_path, root)
+    decision = register_stage(p, pid=pid)
+    # The same table as docs/results.md, on the flow run's Artifacts tab.
+    create_markdown_artifact(
+        key="tokenfocus-results",
+        markdown="## Ensembles on the test split\n\n"
+        + ensemble_table()
+        + ensemble_gain()
+        + f"\n**Promotion:** {'promoted' if decision['promoted'] else 'not promoted'}: {decision['reason']}"
+        + f" (challenger v{decision['challenger']}, champion v{decision['champion_after']}).\n",
+        description="TokenFocus retrain: results and promotion decision",
+    )
+    return decision
 
 
 def _mark_parent_failed(params_path: str, root: str, pid: str) -> None:

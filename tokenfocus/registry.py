@@ -296,6 +296,79 @@ def log_and_register(params: Params, *, metrics: dict[str, float] | None = None,
     return version
 
 
+def describe(
+    params: Params, version: str, summary: dict, decision: dict, *, pid: str | None, headline: dict
+) -> str:
+    """Descriptions of the registered model and the new version, the parent run's headline
+    metrics and results table, and the ensemble run's plots. Returns the version description."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from tokenfocus.report import main as report
+    from tokenfocus.tracking import child_run, data_digest, parent_run_id
+
+    tc = params.tracking
+    client = MlflowClient()
+    ens = summary.get("test", {})
+    gain = summary.get("vs_best_single", {})
+    what = (
+        f"TokenFocus ensemble ({summary.get('method', '?')} stack) of "
+        f"{', '.join(params.backbones)}: each backbone scores the first answer token of a 1..5 "
+        "question and of one yes/no question per element; the stacker combines their scores "
+        "and element probabilities."
+    )
+    lines = [
+        what,
+        f"Data: data.dvc digest {data_digest()}.",
+        "Test (SynthMuse test split): "
+        + ", ".join(
+            f"{k} {ens[k]:.4f}" for k in ("final", "srcc", "plcc", "element_acc") if ens.get(k) is not None
+        )
+        + ".",
+    ]
+    if gain:
+        lines.append(
+            f"vs best single ({gain['backbone']}): NTIRE {gain['diff']:+.4f}, "
+            f"95% CI [{gain['ci_low']:+.4f}, {gain['ci_high']:+.4f}]."
+        )
+    lines.append(
+        f"Promotion: {'promoted to champion' if decision.get('promoted') else 'not promoted'} "
+        f"({decision.get('reason', '')})."
+    )
+    text = "\n".join(lines)
+    client.update_model_version(tc.model_name, version, description=text)
+    client.update_registered_model(
+        tc.model_name,
+        description=what + f" Aliases: '{CHALLENGER}' is the latest registered, '{CHAMPION}' the "
+        "served one, moved only when a challenger beats it on the test split (paired bootstrap).",
+    )
+    parent = parent_run_id(tc, pid)
+    client.log_batch(parent, metrics=[mlflow.entities.Metric(k, v, 0, 0) for k, v in headline.items()])
+    client.log_text(parent, report(params, write=False), "results.md")
+    rows_path = Path(params.stack.out) / "test_predictions.json"
+    if rows_path.exists():
+        from tokenfocus.plots import figures
+
+        rows = json.loads(rows_path.read_text())
+        figs = figures(rows, "ensemble")
+        import matplotlib.pyplot as plt
+
+        fitted = json.loads((Path(params.stack.out) / "ensemble.json").read_text())
+        coef = fitted.get("ridge")
+        if coef:
+            names = [f"{s}:{f}" for s in fitted["slugs"] for f in fitted["features"]]
+            fig, ax = plt.subplots(figsize=(6, 0.25 * len(names) + 1))
+            ax.barh(names, coef["coef"])
+            ax.set(xlabel="ridge coefficient (standardised features)", title="stacker")
+            fig.tight_layout()
+            figs["stacker_coefficients.png"] = fig
+        with child_run(tc, "ensemble", kind="stack", pid=pid):
+            for name, fig in figs.items():
+                mlflow.log_figure(fig, f"plots/{name}")
+                plt.close(fig)
+    return text
+
+
 def _alias(client, name: str, alias: str):
     from mlflow.exceptions import MlflowException
 

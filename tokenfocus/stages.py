@@ -251,6 +251,7 @@ def stack_stage(params: Params) -> dict:
     }
     write_json_atomic(Path("eval") / "ensemble" / "metrics.json", summary)
     write_json_atomic(Path("eval") / "ensemble" / "comparison.json", rows)
+    write_json_atomic(Path(params.stack.out) / "test_predictions.json", test_rows)  # for the plots
     from tokenfocus.plots import write_plot_data
 
     write_plot_data(test_rows, Path("eval") / "ensemble")
@@ -258,12 +259,29 @@ def stack_stage(params: Params) -> dict:
 
 
 def register_stage(params: Params, *, pid: str | None = None) -> dict:
-    """Register the ensemble (alias challenger), then promote it if it beats the champion."""
-    from tokenfocus.registry import log_and_register, promote
+    """Register the ensemble (alias challenger), promote it if it beats the champion, and put the
+    results where people look: the parent run's headline metrics and results table, the
+    ensemble run's plots, and the registered model's and version's descriptions."""
+    from tokenfocus.registry import describe, log_and_register, promote
 
-    metrics = read_metrics(Path("eval") / "ensemble" / "metrics.json").get("test", {})
+    summary = read_metrics(Path("eval") / "ensemble" / "metrics.json")
+    metrics = summary.get("test", {})
     version = log_and_register(params, metrics={f"test_{k}": v for k, v in metrics.items()}, pid=pid)
     decision = promote(params)
     out = {"version": version.version, **decision}
+    headline = headline_metrics(params, summary)
+    describe(params, version.version, summary, decision, pid=pid, headline=headline)
     write_json_atomic(Path("eval") / "registry.json", out)
     return out
+
+
+def headline_metrics(params: Params, summary: dict) -> dict[str, float]:
+    """Ensemble and best-single test metrics, and the label-noise ceiling, flat for MLflow."""
+    out = {f"ensemble_test_{k}": v for k, v in summary.get("test", {}).items() if k != "n"}
+    best = summary.get("vs_best_single", {}).get("backbone")
+    if best:
+        m = read_metrics(Path("eval") / best / "metrics.json")
+        out |= {f"best_single_test_{k}": v for k, v in m.get("test", {}).items() if k != "n"}
+        if m.get("ceiling_srcc") is not None:
+            out["ceiling_srcc"] = m["ceiling_srcc"]
+    return {k: float(v) for k, v in out.items() if isinstance(v, int | float)}

@@ -104,3 +104,19 @@ def test_scoring_the_saved_model_reproduces_the_trainers_validation_metrics(
         assert again[key] == pytest.approx(logged[key], abs=1e-6), key
     base = Scorer.load(p.backbone(slug).source, batch_size=p.score.batch_size)
     assert evaluate_split(base, tr.val_records, images) != again  # training changed the model
+
+
+def test_training_twice_gives_the_same_metrics_and_weights(tiny_params, tmp_path):
+    """Same commit, same params, same numbers: seeded batches, dropout and initialisation."""
+    p = _params(tiny_params, "fastvlm_llama", steps=4, eval_every=2, checkpoint_every=4)
+    runs = [Trainer("fastvlm_llama", p, out=tmp_path / f"run{k}").run() for k in range(2)]
+    for r in runs:
+        r.pop("cpu_minutes")
+    assert runs[0] == runs[1]
+    hist = [
+        json.loads((tmp_path / f"run{k}" / "checkpoint" / "state.json").read_text())["history"]
+        for k in range(2)
+    ]
+    assert hist[0] == hist[1] and len(hist[0]) == 2
+    a, b = (load_file(tmp_path / f"run{k}" / "model" / "model.safetensors") for k in range(2))
+    assert all(torch.equal(a[k], b[k]) for k in a)

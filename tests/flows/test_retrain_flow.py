@@ -37,6 +37,30 @@ def test_retrain_flow_registers_and_promotes(project_dir):
     assert all(r.info.status == "FINISHED" for r in children)
     backbone_run = next(r for r in children if r.data.tags.get("tokenfocus.kind") == "backbone")
     assert "test_srcc" in backbone_run.data.metrics and "train.lr" in backbone_run.data.params
+    # results where people look: the parent's headline metrics and table, the ensemble's plots
+    assert {"ensemble_test_final", "ensemble_test_srcc", "best_single_test_final", "ceiling_srcc"} <= set(
+        parent.data.metrics
+    )
+    table = client.download_artifacts(parent.info.run_id, "results.md")
+    assert "## Ensembles" in open(table).read()
+    ens_run = next(r for r in children if r.data.tags.get("tokenfocus.kind") == "stack")
+    plots = {a.path for a in client.list_artifacts(ens_run.info.run_id, "plots")}
+    assert {"plots/scatter.png", "plots/category_accuracy.png", "plots/stacker_coefficients.png"} <= plots
+    model = client.get_registered_model("tokenfocus-ensemble")
+    version = client.get_model_version("tokenfocus-ensemble", decision["version"])
+    assert "champion" in model.description and "TokenFocus ensemble" in model.description
+    assert "data.dvc digest" in version.description and "Promotion: promoted" in version.description
+    assert "95% CI" in version.description
+    # and the Prefect flow run's Artifacts tab: the same table and the decision
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as pc:
+        arts = pc.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["tokenfocus-results"]))
+        )
+    assert arts and arts[0].type == "markdown"
+    assert "ridge stack" in arts[0].data and "Promotion:** promoted" in arts[0].data
 
 
 def test_failing_backbone_leaves_champion_and_marks_runs_failed(project_dir):
