@@ -15,6 +15,20 @@ from tokenfocus.config import FlowConfig, load_params
 from tokenfocus.env import apply_offline_env
 
 
+def _share(p, threads: int | None):
+    """Params with torch's thread count capped at this task's share of the cores: backbones
+    trained side by side must not each ask for every core (oversubscribed, all of them crawl)."""
+    import dataclasses
+
+    if not threads:
+        return p
+    return dataclasses.replace(
+        p,
+        train=dataclasses.replace(p.train, threads=min(p.train.threads, threads)),
+        score=dataclasses.replace(p.score, threads=min(p.score.threads, threads)),
+    )
+
+
 def _load(params_path: str, root: str):
     """Each task (maybe on another Dask worker) reads params itself from the project root."""
     apply_offline_env()
@@ -79,20 +93,24 @@ def bases_task(params_path: str, root: str, slugs: list[str]) -> list[str]:
 
 
 @task(persist_result=True)
-def train_task(params_path: str, root: str, slug: str, pid: str, base: str, splits: str) -> str:
+def train_task(
+    params_path: str, root: str, slug: str, pid: str, base: str, splits: str, threads: int | None = None
+) -> str:
     from tokenfocus.stages import train_stage
 
     p = _load(params_path, root)
-    train_stage(slug, p, pid=pid)
+    train_stage(slug, _share(p, threads), pid=pid)
     return str(Path(p.train.out) / slug / "model")
 
 
 @task(persist_result=True)
-def score_task(params_path: str, root: str, slug: str, pid: str, model_dir: str) -> dict:
+def score_task(
+    params_path: str, root: str, slug: str, pid: str, model_dir: str, threads: int | None = None
+) -> dict:
     from tokenfocus.stages import score_stage
 
     p = _load(params_path, root)
-    return score_stage(slug, p, pid=pid)
+    return score_stage(slug, _share(p, threads), pid=pid)
 
 
 @task(retries=2, retry_delay_seconds=5, persist_result=True)
@@ -150,13 +168,19 @@ def retrain(
     report = validate_task(params_path, root)
     splits = split_task(params_path, root, report)
     bases = bases_task(params_path, root, slugs)
+    # threads share one torch thread pool; Dask workers have their own cores
+    share = max(1, (os.cpu_count() or 1) // len(slugs)) if p.flows.runner == "threads" else None
     scored, trained = [], []
     for slug, base in zip(slugs, bases, strict=True):  # submitted together: run in parallel
         trained.append(
-            train_task.with_options(**with_retries).submit(params_path, root, slug, pid, base, splits)
+            train_task.with_options(**with_retries).submit(
+                params_path, root, slug, pid, base, splits, threads=share
+            )
         )
         scored.append(
-            score_task.with_options(**with_retries).submit(params_path, root, slug, pid, trained[-1])
+            score_task.with_options(**with_retries).submit(
+                params_path, root, slug, pid, trained[-1], threads=share
+            )
         )
     wait(trained + scored)
     # A score task whose training failed never runs: anything not completed counts as failed.

@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--losses", nargs="+", default=["focus", "lm"])
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--append", action="store_true", help="add to eval/loss_study.json's runs")
+    ap.add_argument("--threads", type=int, help="torch threads per run (default train.threads)")
     args = ap.parse_args()
     apply_offline_env()
     params = load_params()
@@ -39,7 +40,11 @@ def main() -> None:
         for loss in args.losses:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 train = dataclasses.replace(
-                    params.train, loss=loss, seed=seed, steps=args.steps or params.train.steps
+                    params.train,
+                    loss=loss,
+                    seed=seed,
+                    steps=args.steps or params.train.steps,
+                    threads=args.threads or params.train.threads,
                 )
                 p = dataclasses.replace(params, train=train)
                 out = Path("models/loss_study") / f"{slug}-{loss}-{seed}"
