@@ -20,7 +20,7 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 # `mlflow models serve` execs uvicorn: the venv's bin must be on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup data bases run test test-all lint bench learnability serve schedule ui loadtest offline-run clean
+.PHONY: setup data bases run test test-all lint bench learnability serve schedule ui ui-check loadtest offline-run clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -80,11 +80,15 @@ serve: setup
 schedule: setup
 	$(PY) -m flows.schedule
 
+# The MLflow UI on :5000 and the Prefect UI on :4200 with the retrain deployment served;
+# Ctrl-C stops everything it started.
 ui: setup
-	@echo "MLflow:  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1"
-	@echo "         then open http://127.0.0.1:5000"
-	@echo "Prefect: $(BIN)/prefect server start --host 127.0.0.1 --port 4200 (or 'make schedule')"
-	@echo "         then open http://127.0.0.1:4200"
+	$(PY) scripts/ui.py
+
+# Renders the registered-model and deployment pages in headless Chromium (Debian's `chromium`),
+# screenshots under eval/ui/; fails if the champion alias or the cron schedule is missing.
+ui-check: setup
+	$(PY) scripts/ui_check.py
 
 loadtest: setup
 	$(PY) scripts/loadtest.py
