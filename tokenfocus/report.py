@@ -51,6 +51,30 @@ def ensemble_table() -> str:
     return HEADER + "".join(_row(r["model"], r) for r in rows)
 
 
+def loss_study_table() -> str:
+    """The focus-vs-lm study's runs and per-loss means (docs/loss-study.md)."""
+    study = _load(Path("eval") / "loss_study.json")
+    if not study:
+        return "_Not run yet: `python scripts/loss_study.py`._\n"
+    lines = [
+        "| backbone | loss | seed | train CPU-min | test SRCC | PLCC | element acc | NTIRE | element-mean SRCC |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in study["runs"]:
+        m = r["test"]
+        lines.append(
+            f"| {r['backbone']} | {r['loss']} | {r['seed']} | {_f(r['cpu_minutes'], 1)} | {_f(m['srcc'])} | "
+            f"{_f(m['plcc'])} | {_f(m['element_acc'])} | {_f(m['final'])} | {_f(m.get('element_mean_srcc'))} |"
+        )
+    for s in study.get("summary", []):
+        lines.append(
+            f"| **{s['backbone']}** | **{s['loss']} mean** | {s['n']} seeds | | {s['srcc_mean']:.4f} ± "
+            f"{s['srcc_sd']:.4f} | | {s['acc_mean']:.4f} | {s['final_mean']:.4f} | "
+            f"{_f(s.get('element_mean_srcc_mean'))} |"
+        )
+    return "\n".join(lines) + "\n" + study.get("note", "") + "\n"
+
+
 def bases_table(params: Params) -> str:
     """Per tiny backbone: its pre-training cost and checks on fresh scenes (from the base's metadata)."""
     from tokenfocus.backbones import META_FILE
