@@ -27,19 +27,19 @@ def _row(name: str, m: dict) -> str:
 def backbone_table(params: Params) -> str:
     """Per backbone: training CPU-minutes, steps and test metrics, with the ceiling."""
     lines = [
-        "| backbone | tuning | loss | train CPU-min | steps | test SRCC | PLCC | element acc | NTIRE | "
+        "| backbone | tuning | loss | steps | test SRCC | PLCC | element acc | NTIRE | "
         "element-mean SRCC | ceiling SRCC |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for slug, bb in params.backbones.items():
         t = _load(Path(params.train.out) / slug / "metrics.json")
         e = _load(Path("eval") / slug / "metrics.json")
         m = e.get("test", {}) if e else {}
         if not m:
-            lines.append(f"| {slug} | {bb.tuning} | - | - | - | - | - | - | - | - | - |")
+            lines.append(f"| {slug} | {bb.tuning} | - | - | - | - | - | - | - | - |")
             continue
         lines.append(
-            f"| {slug} | {bb.tuning} | {t.get('loss', '-')} | {_f(t.get('cpu_minutes'), 1)} | "
+            f"| {slug} | {bb.tuning} | {t.get('loss', '-')} | "
             f"{t.get('steps', '-')} | {_f(m['srcc'])} | {_f(m['plcc'])} | {_f(m['element_acc'])} | "
             f"{_f(m['final'])} | {_f(m.get('element_mean_srcc'))} | {_f(e.get('ceiling_srcc'), 3)} |"
         )

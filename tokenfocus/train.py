@@ -48,7 +48,6 @@ class TrainState:
     best_srcc: float = -1.0
     best_step: int = -1
     evals_without_gain: int = 0
-    cpu_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
 
 
@@ -323,7 +322,7 @@ class Trainer:
             stopping = state.evals_without_gain >= cfg.patience
             done_here += 1
             if state.step % cfg.checkpoint_every == 0 or last or stopping:
-                state.cpu_seconds += time.process_time() - cpu0
+                self._add_cpu_seconds(time.process_time() - cpu0)
                 cpu0 = time.process_time()
                 self._save_checkpoint(state)
             if stopping:
@@ -343,11 +342,23 @@ class Trainer:
             "steps": state.step,
             "best_step": state.best_step,
             "best_val_srcc": state.best_srcc,
-            "cpu_minutes": state.cpu_seconds / 60,
             "trainable_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
         }
         write_json_atomic(self.out / "metrics.json", summary)
-        return summary
+        return {**summary, "cpu_minutes": self._cpu_seconds() / 60}
+
+    # -- timing: beside the output folder, never in it --------------------------------------------
+    # What the run writes into its folder (a DVC output) must be the same bytes on every rerun of
+    # the same commit and params; CPU time is not, so it lives in a sidecar file.
+    def _timing_path(self) -> Path:
+        return self.out.with_name(self.out.name + ".timing.json")
+
+    def _cpu_seconds(self) -> float:
+        path = self._timing_path()
+        return json.loads(path.read_text())["cpu_seconds"] if path.exists() else 0.0
+
+    def _add_cpu_seconds(self, seconds: float) -> None:
+        write_json_atomic(self._timing_path(), {"cpu_seconds": self._cpu_seconds() + seconds})
 
 
 def train(slug: str, params: Params, **kwargs) -> dict:

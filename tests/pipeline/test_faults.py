@@ -51,10 +51,7 @@ def test_kill_9_during_training_then_rerun_matches_uninterrupted(project_dir):
     assert all((a[k] == b[k]).all() for k in a)
     ma = (project_dir / "models/trained/idefics3_tiny/metrics.json").read_text()
     mb = (project_dir / "models/clean/idefics3_tiny/metrics.json").read_text()
-    import json
-
-    strip = lambda m: {k: v for k, v in json.loads(m).items() if k != "cpu_minutes"}  # noqa: E731
-    assert strip(ma) == strip(mb)
+    assert ma == mb  # byte for byte: CPU time lives beside the output folder, not in it
 
 
 @pytest.mark.parametrize("command", [["register"], ["promote"]])
