@@ -68,13 +68,18 @@ def pretrain_stage(slug: str, params: Params, *, track: bool = True, pid: str | 
     report = json.loads((out / META_FILE).read_text()).get("pretrain", {})
     with child_run(params.tracking, f"pretrain-{slug}", kind="pretrain", new=True, pid=pid):
         mlflow.log_params(_flat("pretrain.", to_dict(params.pretrain_for(slug))))
-        metrics = {f"check_{k}": v for k, v in report.get("check_accuracy", {}).items()}
-        metrics |= {f"element_{k}": v for k, v in report.get("element_accuracy", {}).items()}
+        metrics = pretrain_checks(report)
         metrics |= {f"{st}_{k}": v for st, r in report.get("stages", {}).items() for k, v in r.items()}
         metrics["cpu_minutes"] = report.get("cpu_minutes", 0.0)
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         mlflow.log_dict(report, "pretrain.json")
     return out
+
+
+def pretrain_checks(report: dict) -> dict[str, float]:
+    """A pre-training report's check accuracies, flat: ``check_<attribute>``, ``element_<category>``."""
+    out = {f"check_{k}": float(v) for k, v in report.get("check_accuracy", {}).items()}
+    return out | {f"element_{k}": float(v) for k, v in report.get("element_accuracy", {}).items()}
 
 
 def train_stage(slug: str, params: Params, *, track: bool = True, pid: str | None = None) -> dict:
@@ -99,11 +104,7 @@ def train_stage(slug: str, params: Params, *, track: bool = True, pid: str | Non
         base_meta = Path(params.backbone(slug).source) / "tokenfocus.json"
         pre = json.loads(base_meta.read_text()).get("pretrain") if base_meta.exists() else None
         if pre:  # what the (shipped) base had learned before fine-tuning
-            checks = {
-                **pre.get("check_accuracy", {}),
-                **{f"element_{k}": v for k, v in pre.get("element_accuracy", {}).items()},
-            }
-            mlflow.log_metrics({f"base_check_{k}": float(v) for k, v in checks.items()})
+            mlflow.log_metrics({f"base_{k}": v for k, v in pretrain_checks(pre).items()})
         log_dataset(params.validate.data)
         summary = run_all(metric_logger())
         mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, int | float)})

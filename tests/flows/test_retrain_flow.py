@@ -37,6 +37,7 @@ def test_retrain_flow_registers_and_promotes(project_dir):
     assert all(r.info.status == "FINISHED" for r in children)
     backbone_run = next(r for r in children if r.data.tags.get("tokenfocus.kind") == "backbone")
     assert "test_srcc" in backbone_run.data.metrics and "train.lr" in backbone_run.data.params
+    assert {"base_check_all", "base_element_all"} <= set(backbone_run.data.metrics)  # the base's checks
     # results where people look: the parent's headline metrics and table, the ensemble's plots
     assert {"ensemble_test_final", "ensemble_test_srcc", "best_single_test_final", "ceiling_srcc"} <= set(
         parent.data.metrics
