@@ -134,13 +134,12 @@ class Ensemble:
 
     # -- persistence: skops for sklearn objects, JSON for the rest (no pickle) ------------------
     def save(self, out: str | Path) -> Path:
-        import skops.io as sio
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         meta = {k: v for k, v in asdict(self).items() if k not in ("stacker", "element_stacker")}
         if self.stacker is not None:
-            sio.dump(self.stacker, out / "stacker.skops")
+            _dump_stable(self.stacker, out / "stacker.skops")
             ridge = self.stacker[-1]
             meta["ridge"] = {
                 "alpha": float(ridge.alpha_),
@@ -148,7 +147,7 @@ class Ensemble:
                 "intercept": float(ridge.intercept_),
             }
         if self.element_stacker is not None:
-            sio.dump(self.element_stacker, out / "element_stacker.skops")
+            _dump_stable(self.element_stacker, out / "element_stacker.skops")
         write_json_atomic(out / "ensemble.json", meta)
         return out
 
@@ -169,6 +168,38 @@ class Ensemble:
                     raise ValueError(f"{path / name}: unexpected types {bad}")
                 setattr(ens, attr, sio.load(path / name, trusted=trusted))
         return ens
+
+
+def _dump_stable(obj, path: Path) -> None:
+    """skops' file, made the same bytes for the same fitted object: skops names the arrays it
+    stores by ``id()`` (a memory address) and stamps the zip with the time, so a rerun of the same
+    commit would otherwise change the DVC output. Arrays and object references are renumbered in
+    order of appearance and every entry gets a fixed date."""
+    import io
+    import re
+    import zipfile
+
+    import skops.io as sio
+
+    src = zipfile.ZipFile(io.BytesIO(sio.dumps(obj)))
+    schema = src.read("schema.json").decode()
+    names = {}
+    for m in re.finditer(r'"(\d+\.npy)"', schema):
+        names.setdefault(m.group(1), f"{len(names)}.npy")
+    for old, new in names.items():
+        schema = schema.replace(f'"{old}"', f'"{new}"')
+    ids: dict[str, str] = {}  # shared-object references are addresses too
+    schema = re.sub(
+        r'("__id__": )(\d+)', lambda m: m.group(1) + ids.setdefault(m.group(2), str(len(ids))), schema
+    )
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+        for info in sorted(src.infolist(), key=lambda i: names.get(i.filename, i.filename)):
+            data = schema.encode() if info.filename == "schema.json" else src.read(info.filename)
+            dst.writestr(
+                zipfile.ZipInfo(names.get(info.filename, info.filename), (1980, 1, 1, 0, 0, 0)), data
+            )
+    path.write_bytes(buf.getvalue())
 
 
 def fit_ensemble(

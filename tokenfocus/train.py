@@ -173,6 +173,12 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         self.model.save_pretrained(tmp)  # safetensors; a PeftModel saves only its adapter
         self.processor.save_pretrained(tmp)
+        adapter = tmp / "adapter_config.json"
+        if adapter.exists():  # peft writes target_modules from a set: in hash order, per process
+            cfg = json.loads(adapter.read_text())
+            if isinstance(cfg.get("target_modules"), list):
+                cfg["target_modules"] = sorted(cfg["target_modules"])
+                adapter.write_text(json.dumps(cfg, indent=2, sort_keys=True))
         meta = {
             "slug": self.slug,
             "kind": "trained",

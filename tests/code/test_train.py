@@ -47,6 +47,8 @@ def test_lora_trains_only_the_adapter_and_saves_only_the_adapter(tiny_params, tm
     assert not list(saved.glob("model*.safetensors"))
     keys = load_file(saved / "adapter_model.safetensors").keys()
     assert keys and all("lora_" in k for k in keys)
+    targets = json.loads((saved / "adapter_config.json").read_text())["target_modules"]
+    assert targets == sorted(targets)  # not in a process's hash order: the same bytes on a rerun
 
 
 @pytest.mark.parametrize("loss", ["focus", "lm"])
