@@ -131,6 +131,8 @@ def load_model_and_processor(source: str | Path, cfg: BackboneConfig, *, slug: s
             f"{slug or source}: AutoProcessor returned only a tokenizer; the family needs "
             "an image processor (see README, 'real checkpoints')"
         )
+    if model.dtype != _dtype("float32"):
+        _cast_pixels(model)
     if adapter.exists():
         from peft import PeftModel
 
@@ -138,6 +140,19 @@ def load_model_and_processor(source: str | Path, cfg: BackboneConfig, *, slug: s
             model = PeftModel.from_pretrained(model, str(path))
     model.eval()
     return model, processor
+
+
+def _cast_pixels(model) -> None:
+    """Feed ``pixel_values`` in the model's dtype. Processors return float32; ViT towers cast it
+    themselves, but a convolutional tower (FastVLM's ResNet) fails on a bf16 model without this."""
+
+    def hook(module, args, kwargs):
+        px = kwargs.get("pixel_values")
+        if px is not None and px.is_floating_point() and px.dtype != module.dtype:
+            kwargs["pixel_values"] = px.to(module.dtype)
+        return args, kwargs
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
 @dataclass

@@ -125,3 +125,24 @@ def test_element_prefix_takes_the_words_before_the_element(template, shared):
     assert element_prefix(parts, prompts, "p").endswith(prompts.element_context.format(prompt="p") + shared)
     assert "red" not in element_prefix(parts, prompts, "p")
     assert element_suffix(parts, prompts, key).startswith(" ")
+
+
+def test_a_convolutional_tower_scores_in_bfloat16(tiny_params, small_data):
+    """Processors return float32 pixels; FastVLM's ResNet tower does not cast them itself."""
+    import dataclasses as dc
+
+    from tokenfocus.backbones import load_model_and_processor
+    from tokenfocus.evalmuse import load_records
+    from tokenfocus.scoring import Scorer
+
+    bb = tiny_params.backbone("fastvlm_llama")
+    recs = load_records(small_data / "train_list.json")[:4]
+    imgs = [str(small_data / "images" / r.img_path) for r in recs]
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        model, processor = load_model_and_processor(bb.source, dc.replace(bb, dtype=dtype))
+        res = Scorer(model, processor, tiny_params.prompts)(
+            imgs, [r.prompt for r in recs], [[e.key for e in r.elements] for r in recs]
+        )
+        out[dtype] = [x.score for x in res]
+    assert all(abs(a - b) < 0.1 for a, b in zip(out["float32"], out["bfloat16"], strict=True)), out
