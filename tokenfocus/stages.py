@@ -223,7 +223,8 @@ def stack_stage(params: Params) -> dict:
     from tokenfocus.plots import category_accuracy
     from tokenfocus.registry import paired_bootstrap
 
-    best = max(slugs, key=lambda s: metrics_of(tables["test"][s]).get("final") or -1.0)
+    singles = {r["model"]: r for r in rows if r["model"] in slugs}  # comparison() measured them
+    best = max(slugs, key=lambda s: singles[s].get("final") or -1.0)
     boot = paired_bootstrap(
         tables["test"][best],
         test_rows,

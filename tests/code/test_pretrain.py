@@ -119,7 +119,7 @@ def test_checks_ask_the_claimed_truth_and_pairs_share_the_false_value():
             assert yes.text.split()[:2] == no.text.split()[:2] and yes.text != no.text
 
 
-def test_element_questions_use_the_scoring_wording_and_the_drawn_truth(tiny_params):
+def test_element_questions_use_the_scoring_wording_with_balanced_answers(tiny_params):
     from tokenfocus.backbones import template_parts
     from tokenfocus.pretrain import element_question
 
