@@ -182,6 +182,14 @@ class ServeConfig:
     allowed_root: str = "data"
     max_image_bytes: int = 10_000_000
     max_pixels: int = 4096 * 4096
+    workers: int = 1  # uvicorn worker processes, each with its own copy of the ensemble
+    threads: int = 0  # torch threads per worker; 0 = the machine's cores / workers
+    max_batch: int = 16  # concurrent requests scored together in one batch (1 = no batching)
+
+    def __post_init__(self):
+        for name, least in (("workers", 1), ("threads", 0), ("max_batch", 1)):
+            if getattr(self, name) < least:
+                raise ConfigError(f"serve.{name} must be >= {least}, got {getattr(self, name)}")
 
 
 @dataclass

@@ -236,6 +236,7 @@ def log_and_register(params: Params, *, metrics: dict[str, float] | None = None,
                     "allowed_root": "",
                     "max_image_bytes": params.serve.max_image_bytes,
                     "max_pixels": params.serve.max_pixels,
+                    "max_batch": params.serve.max_batch,
                 }
             )
         )

@@ -15,13 +15,22 @@ class TokenFocusEnsemble(mlflow.pyfunc.PythonModel):
     """Records in (prompt, image, optional elements), scores out; bad records raise HTTP 400."""
 
     def load_context(self, context):
-        from tokenfocus.registry import EnsembleScorer, Limits
-
-        cfg = json.loads(open(context.artifacts["serve_config"]).read())
-        self.scorer = EnsembleScorer(context.artifacts["bundle"], batch_size=cfg.get("batch_size", 32))
-        self.limits = Limits(None, cfg["max_image_bytes"], cfg["max_pixels"])
         import os
         from pathlib import Path
+
+        from tokenfocus.registry import EnsembleScorer, Limits
+        from tokenfocus.serve import MicroBatcher
+
+        cfg = json.loads(open(context.artifacts["serve_config"]).read())
+        # `tokenfocus serve` passes the serve params of the day; plain `mlflow models serve` gets
+        # the defaults baked in at registration.
+        threads = int(os.environ.get("TOKENFOCUS_SERVE_THREADS") or cfg.get("threads") or 0) or None
+        max_batch = int(os.environ.get("TOKENFOCUS_SERVE_MAX_BATCH") or cfg.get("max_batch") or 1)
+        scorer = EnsembleScorer(
+            context.artifacts["bundle"], batch_size=cfg.get("batch_size", 32), threads=threads
+        )
+        self.scorer = MicroBatcher(scorer, max_batch=max_batch)
+        self.limits = Limits(None, cfg["max_image_bytes"], cfg["max_pixels"])
 
         root = os.environ.get("TOKENFOCUS_ALLOWED_ROOT", cfg.get("allowed_root") or "")
         self.limits.allowed_root = Path(root).resolve() if root else None

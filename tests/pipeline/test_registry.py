@@ -138,6 +138,21 @@ def test_served_model_answers_http_and_rejects_bad_records(trained, store, tmp_p
             requests.post(f"{url}/invocations", json={"dataframe_records": good[:1]}, timeout=60).status_code
             == 200
         )
+        # Concurrent one-record requests are micro-batched together in the server: each still gets
+        # its own pair's scores, equal to those of the two-record request above.
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(rec):
+            return requests.post(f"{url}/invocations", json={"dataframe_records": [rec]}, timeout=60)
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(one, [good[k % 2] for k in range(8)]))
+        for k, r in enumerate(answers):
+            assert r.status_code == 200, r.text
+            got = r.json()["predictions"][0]
+            assert abs(got["total_score"] - preds[k % 2]["total_score"]) < 1e-4
+            for key, prob in preds[k % 2]["element_scores"].items():
+                assert abs(got["element_scores"][key] - prob) < 1e-4
     finally:
         server.terminate()
         server.wait(timeout=30)
