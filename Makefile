@@ -20,7 +20,7 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 # `mlflow models serve` execs uvicorn: the venv's bin must be on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup data bases run test test-all lint bench learnability serve schedule ui ui-check loadtest offline-run clean
+.PHONY: setup data bases run test test-all lint bench bench-retrain learnability serve schedule ui ui-check loadtest offline-run clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,10 @@ lint: setup
 bench: bases
 	$(BIN)/dvc repro split pretrain  # the splits and tiny bases it times (no-ops once there)
 	$(PY) scripts/bench.py
+
+# The triggered retrain deployment against `dvc repro` on the same work (after `make run`).
+bench-retrain: bases
+	$(PY) scripts/bench_retrain.py
 
 # Is the weak tiny-backbone score the backbones' fault or the task's? (docs/tiny-backbones.md)
 learnability: setup data

@@ -312,9 +312,9 @@ def main() -> None:
         + "shows both a speed-up and a drift well inside the tolerance (0.01 on the 1-5 score).\n\n"
         + table(rows["dtype"])
     )
-    extra = Path("docs/loadtest.md")
-    if extra.exists():
-        text += "\n" + extra.read_text()
+    for extra in (Path("docs/retrain-bench.md"), Path("docs/loadtest.md")):
+        if extra.exists():
+            text += "\n" + extra.read_text()
     Path("docs").mkdir(exist_ok=True)
     Path("docs/benchmarks.md").write_text(text)
     Path("eval").mkdir(exist_ok=True)

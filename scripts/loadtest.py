@@ -76,15 +76,22 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--out", default="docs/loadtest.md")
+    ap.add_argument("--model-uri", default=None, help="default: models:/<name>@champion")
     args = ap.parse_args()
     apply_offline_env()
     params = load_params()
     sc = params.serve
-    server, url = start(params, port=free_port())
+    server, url = start(params, port=free_port(), model_uri=args.model_uri)
     try:
         jobs = payloads(params, args.requests)
-        # warm-up: one good request, so the start RSS is the loaded server's, not a half-loaded one
-        requests.post(f"{url}/invocations", json=jobs[0][1], timeout=120).raise_for_status()
+        # Warm-up: a few concurrent rounds of good requests, so every worker has scored (and
+        # allocated its buffers) before the start RSS is read: growth is then what the soak adds.
+        # Same concurrency as the soak: the batches, threads and allocator arenas it will use.
+        good = [body for kind, body in jobs if kind == "good"][: args.clients]
+        with ThreadPoolExecutor(args.clients) as pool:
+            for _ in range(3):
+                for r in pool.map(lambda b: requests.post(f"{url}/invocations", json=b, timeout=120), good):
+                    r.raise_for_status()
         rss0 = tree_rss(psutil.Process(server.pid))
 
         def send(job):

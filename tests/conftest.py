@@ -69,6 +69,22 @@ VIT_BACKBONES = {
         "lora": {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
     },
 }
+#: Families that prove the code path real checkpoints take (Qwen2-VL / Qwen2.5-VL's 3-D rotary
+#: positions and dynamic resolution, InternVL): built, not pre-trained (issue 15), never in the default.
+PATH_BACKBONES = {
+    "qwen2_vl_tiny": {"family": "qwen2_vl", "tuning": "full"},
+    "qwen2_5_vl_tiny": {
+        "family": "qwen2_5_vl",
+        "tuning": "lora",
+        # gate/up/down_proj also name the MLPs of Qwen2.5-VL's tower: LoRA must not reach them
+        "lora": {
+            "r": 8,
+            "alpha": 16,
+            "target_modules": ["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"],
+        },
+    },
+    "internvl_tiny": {"family": "internvl", "tuning": "full"},
+}
 FAMILIES = {
     "idefics3_tiny": "idefics3",
     "llava_siglip_tiny": "llava",
@@ -81,13 +97,14 @@ FAMILIES = {
 @pytest.fixture(scope="session")
 def tiny_params(small_data, tmp_path_factory):
     """Repo params pointed at the small dataset, with tiny backbones built and briefly
-    pre-trained once per session (every family of FAMILIES)."""
+    pre-trained once per session (every family of FAMILIES), and those of PATH_BACKBONES built."""
     import dataclasses
 
     from tokenfocus.config import BackboneConfig, _build, load_params
     from tokenfocus.pretrain import pretrain_base
     from tokenfocus.split import main as split_main
     from tokenfocus.stages import build_stage
+    from tokenfocus.tiny import build
 
     work = tmp_path_factory.mktemp("work")
     p = load_params(ROOT / "params.yaml")
@@ -110,10 +127,14 @@ def tiny_params(small_data, tmp_path_factory):
     for slug in FAMILIES:
         entry = repo.get(slug) or _build(BackboneConfig, {"source": "", **VIT_BACKBONES[slug]}, slug)
         p.backbones[slug] = dataclasses.replace(entry, source=str(work / "base" / slug), pretrain={})
+    for slug, entry in PATH_BACKBONES.items():
+        p.backbones[slug] = _build(BackboneConfig, {"source": str(work / "base" / slug), **entry}, slug)
     split_main(p.split, small_data)
-    for slug in p.backbones:
+    for slug in FAMILIES:
         build_stage(slug, p)
         pretrain_base(slug, p)
+    for slug in PATH_BACKBONES:
+        build(slug, p, out=p.backbone(slug).source)
     return p
 
 

@@ -82,6 +82,21 @@ def _dtype(name: str):
         raise BackboneError(f"unknown dtype {name!r}") from None
 
 
+def resolve_device(name: str):
+    """The torch device a backbone runs on: ``auto`` is CUDA when there is one, else the CPU."""
+    import torch
+
+    if name in ("", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BackboneError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BackboneError(f"device {name!r} asked for, but torch sees no CUDA device here")
+    return device
+
+
 def _looks_local(source: str) -> bool:
     """A path that cannot be a hub id (``namespace/name``): absolute, relative, or deeper."""
     return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
@@ -92,11 +107,12 @@ def load_model_and_processor(source: str | Path, cfg: BackboneConfig, *, slug: s
 
     Args:
         source: a local folder (base or trained) or a hub id.
-        cfg: the backbone's params (dtype, trust_remote_code).
+        cfg: the backbone's params (dtype, device, attn_implementation, max_pixels,
+            trust_remote_code).
         slug: for messages.
 
     Returns:
-        ``(model, processor)``, the model in eval mode.
+        ``(model, processor)``, the model in eval mode on its device.
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -118,11 +134,25 @@ def load_model_and_processor(source: str | Path, cfg: BackboneConfig, *, slug: s
                 f"{slug or source}: no folder {where}; build the tiny bases with "
                 "`tokenfocus backbones build` (or `make run`), or set `source` to a hub id"
             )
+    from tokenfocus import processors
+
     try:
         with _LOAD_LOCK:
-            processor = AutoProcessor.from_pretrained(str(source), trust_remote_code=cfg.trust_remote_code)
+            processors.register()  # saved image-only processors (Qwen2-VL, InternVL, ...) load by name
+            processor_cls = processors.processor_class(source) or AutoProcessor
+            extra = {"max_pixels": cfg.max_pixels} if cfg.max_pixels else {}
+            processor = processor_cls.from_pretrained(
+                str(source), trust_remote_code=cfg.trust_remote_code, **extra
+            )
+            device = resolve_device(cfg.device)
+            model_kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+            if device.type != "cpu":  # straight onto the accelerator, never a full copy in RAM first
+                model_kwargs["device_map"] = {"": str(device)}
             model = AutoModelForImageTextToText.from_pretrained(
-                str(base_source), dtype=_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code
+                str(base_source),
+                dtype=_dtype(cfg.dtype),
+                trust_remote_code=cfg.trust_remote_code,
+                **model_kwargs,
             )
     except OSError as exc:
         raise BackboneError(f"{slug or source}: cannot load {base_source}: {exc}") from None

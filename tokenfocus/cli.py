@@ -132,6 +132,33 @@ def backbones_pretrain(
         typer.echo(f"{slug}: {path or 'real checkpoint, arrives pre-trained'}")
 
 
+@backbones_app.command("plan")
+def backbones_plan(
+    params: str = PARAMS,
+    backbone: list[str] = typer.Option(None, "--backbone", "-b"),
+    config: str = typer.Option(None, help="a config.json to read instead of the backbone's source"),
+    seq_len: int = typer.Option(None, help="tokens per row (default: the config's image tokens + text)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Memory estimate from each backbone's config alone (never its weights): training and scoring."""
+    from tokenfocus.plan import as_dict, load_config, plan
+
+    p = _params(params)
+    out = {}
+    for slug in backbone or list(p.backbones):
+        try:
+            bb = p.backbone(slug)
+            cfg = load_config(bb.source, config)
+        except (ConfigError, FileNotFoundError, ValueError) as exc:
+            fail(str(exc))
+        result = plan(cfg, bb, p.train_for(slug), seq_len=seq_len)
+        out[slug] = as_dict(result)
+        if not as_json:
+            typer.echo(result.table(f"{slug} ({bb.source}, {bb.tuning})"))
+    if as_json:
+        typer.echo(json.dumps(out, indent=1))
+
+
 @backbones_app.command("list")
 def backbones_list(params: str = PARAMS) -> None:
     """List the registry: slug, source, family, tuning."""

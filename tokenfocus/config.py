@@ -82,6 +82,10 @@ class BackboneConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     image_size: int = 64
     dtype: str = "float32"
+    device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps
+    attn_implementation: str = ""  # "" = the model's default; eager | sdpa | flash_attention_2
+    gradient_checkpointing: bool = False  # recompute activations in training: less memory, more time
+    max_pixels: int = 0  # dynamic-resolution processors (Qwen2-VL): image area cap; 0 = processor's
     trust_remote_code: bool = False
     prompts: dict[str, Any] = field(default_factory=dict)  # overrides of the global templates
     tiny: dict[str, Any] = field(default_factory=dict)  # size overrides for the tiny build

@@ -80,6 +80,7 @@ def answer_lm_loss(model, processor, texts: list[str], answers: list[str], image
     tok = processor.tokenizer
     n_ans = [len(tok.encode(a + end, add_special_tokens=False)) for a in answers]
     batch = encode(processor, [t + a + end for t, a in zip(texts, answers, strict=True)], images)
+    batch = batch.to(model.device)
     t = max(n_ans)
     logits = model(**batch, logits_to_keep=t + 1).logits[:, :-1, :]  # positions predicting answers
     ids = batch["input_ids"][:, -t:].clone()

@@ -75,7 +75,7 @@ def encode(processor, texts: list[str], images: list[Image.Image]):
 
 def first_answer_logits(model, batch) -> torch.Tensor:
     """Logits of the first answer token, (B, V): the last position of each left-padded row."""
-    return model(**batch, logits_to_keep=1).logits[:, -1, :]
+    return model(**batch.to(model.device), logits_to_keep=1).logits[:, -1, :]
 
 
 class Scorer:
@@ -102,6 +102,8 @@ class Scorer:
         self.parts = template_parts(processor)
         self.tokens = answer_tokens(processor.tokenizer, prompts, slug=slug or "backbone")
         self._warned_fallback = False
+        # the module that keeps M-RoPE offsets from the prefill (Qwen2-VL family), if any
+        self._rope_state = next((m for m in model.modules() if hasattr(m, "rope_deltas")), None)
         self._suffix_cache: dict[str, list[int]] = {}
         self.max_prompt_chars = 600  # keeps question + element list inside small context windows
         self.suffix_chunk_factor = 4
@@ -165,7 +167,7 @@ class Scorer:
         for idx in self._batches(len(texts), [len(t) for t in texts], "overall"):
             batch = encode(self.processor, [texts[i] for i in idx], [images[i] for i in idx])
             logits = first_answer_logits(self.model, batch)[:, self.tokens.score_ids]
-            out[idx] = torch.softmax(logits.float(), dim=-1)
+            out[idx] = torch.softmax(logits.float(), dim=-1).cpu()
         return out
 
     # -- elements -------------------------------------------------------------------------------
@@ -183,7 +185,7 @@ class Scorer:
         probs = torch.empty(len(rows))
         for idx in self._batches(len(rows), [len(t) for t in texts], "elements"):
             batch = encode(self.processor, [texts[j] for j in idx], [images[rows[j][0]] for j in idx])
-            probs[idx] = self._yes_prob(first_answer_logits(self.model, batch))
+            probs[idx] = self._yes_prob(first_answer_logits(self.model, batch)).cpu()
         out: list[dict[str, float]] = [{} for _ in images]
         for (i, k), p in zip(rows, probs.tolist(), strict=True):
             out[i][k] = p
@@ -200,6 +202,7 @@ class Scorer:
         Suffixes are right-padded, so each row's answer position is its own last real token.
         """
         tok = self.processor.tokenizer
+        device = self.model.device
         out: list[dict[str, float]] = [{} for _ in images]
         prefixes = [element_prefix(self.parts, self.prompts, p) for p in prompts]
         token_ids = self._suffix_ids({k for ks in elements for k in ks})
@@ -208,7 +211,9 @@ class Scorer:
             if not idx:
                 continue
             batch = encode(self.processor, [prefixes[i] for i in idx], [images[i] for i in idx])
+            batch = batch.to(device)
             cache = self.model(**batch, use_cache=True, logits_to_keep=1).cache
+            starts = self._next_positions(batch["attention_mask"])
             rows = [(b, elements[i][j]) for b, i in enumerate(idx) for j in range(len(elements[i]))]
             suffix_ids = [token_ids[k] for _, k in rows]
             # Suffixes are short: a larger chunk than the image batch costs little memory.
@@ -218,20 +223,44 @@ class Scorer:
                 ids = suffix_ids[start : start + step]
                 width = max(len(x) for x in ids)
                 pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-                input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
-                suffix_mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
-                owner = torch.tensor([b for b, _ in chunk])
+                input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
+                suffix_mask = torch.tensor(
+                    [[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device
+                )
+                owner = torch.tensor([b for b, _ in chunk], device=device)
                 sub = select_cache(cache, owner)
                 mask = torch.cat([batch["attention_mask"][owner], suffix_mask], dim=1)
                 last = suffix_mask.sum(1) - 1
                 keep = torch.unique(last)
+                positions = starts[owner, None] + torch.arange(width, device=device)
                 logits = self.model(
-                    input_ids=input_ids, attention_mask=mask, cache=sub, logits_to_keep=keep
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    cache=sub,
+                    logits_to_keep=keep,
                 ).logits
-                picked = logits[torch.arange(len(chunk)), torch.searchsorted(keep, last)]
-                for (b, k), p in zip(chunk, self._yes_prob(picked).tolist(), strict=True):
+                picked = logits[torch.arange(len(chunk), device=device), torch.searchsorted(keep, last)]
+                for (b, k), p in zip(chunk, self._yes_prob(picked).cpu().tolist(), strict=True):
                     out[idx[b]][k] = p
         return out
+
+    def _next_positions(self, prefix_mask: torch.Tensor) -> torch.Tensor:
+        """Each prefix row's next rotary position, where its question suffix starts.
+
+        Why explicit: a family with 1-D positions numbers the left-padded prefix 0..L-1, so the
+        suffix starts at L (what the model would assume). A family with multimodal 3-D positions
+        (Qwen2-VL's M-RoPE) numbers the image by its grid and keeps a per-row offset from the
+        prefill (``rope_deltas``); left to itself, it would apply the prefill batch's offsets to
+        the suffix rows by count, not by owner, and shift or fail. Its suffix starts at the row's
+        real length plus its offset, and the suffix rows are then selected by owner like the cache.
+        """
+        deltas = getattr(self._rope_state, "rope_deltas", None) if self._rope_state is not None else None
+        if deltas is None:
+            return torch.full(
+                (prefix_mask.shape[0],), prefix_mask.shape[1], dtype=torch.long, device=prefix_mask.device
+            )
+        return prefix_mask.long().sum(1) + deltas.view(-1).long().to(prefix_mask.device)
 
     def _suffix_ids(self, keys: set[str]) -> dict[str, list[int]]:
         """Token ids of each element's question suffix, tokenised once per scorer.

@@ -21,6 +21,7 @@ import yaml
 
 from tokenfocus.backbones import _LOAD_LOCK, BackboneError, save_model
 from tokenfocus.config import BackboneConfig, PromptConfig
+from tokenfocus.processors import stock_or_image_only
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +131,14 @@ def _init_tiny(
     patch = int(r.get("patch", 8))
     values = {
         "image_size": cfg.image_size,
+        "pixels": cfg.image_size**2,
         "patch": patch,
         "image_tokens": (cfg.image_size // patch) ** 2 // r["image_tokens_divisor"],
     }
     r = _fill(r, values)
     tok = train_tokenizer(corpus, prompts, r["special_tokens"], r["named_tokens"])
     image_processor = getattr(transformers, r["image_processor"])(**r["image_processor_kwargs"])
-    processor = getattr(transformers, r["processor"])(
+    processor = stock_or_image_only(r["processor"])(
         image_processor,
         tok,
         chat_template=CHAT_TEMPLATE.replace("IMAGE", r["image_placeholder"]),

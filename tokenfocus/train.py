@@ -56,11 +56,14 @@ def apply_lora(model, slug: str, params: Params):
     from peft import LoraConfig, get_peft_model
 
     lc = params.backbone(slug).lora
-    # Name every target module explicitly: vision towers reuse names such as q_proj.
+    # Name every target module explicitly, inside the language model only: vision towers reuse
+    # names such as q_proj or gate_proj (Qwen2.5-VL's), under names without "vision" (`visual`).
+    decoder = model.get_decoder()
+    lm = next(n for n, m in model.named_modules() if m is decoder)
     names = [
         n
         for n, _ in model.named_modules()
-        if n.split(".")[-1] in lc.target_modules and (lc.include_vision or "vision" not in n)
+        if n.split(".")[-1] in lc.target_modules and (lc.include_vision or n.startswith(lm + "."))
     ]
     if not names:
         raise ValueError(f"{slug}: LoRA target modules {lc.target_modules} match nothing in the model")
@@ -148,6 +151,7 @@ class Trainer:
         b = len(recs)
         # The regression term joins after a CE-only warm-up; alone it pulls to the mean score early.
         mse_w = self.cfg.mse_weight if step >= self.cfg.mse_warmup_frac * self.cfg.steps else 0.0
+        scores, labels = scores.to(logits.device), labels.to(logits.device)
         out = focus_loss(
             logits[:b, tokens.score_ids],
             scores,
@@ -260,6 +264,10 @@ class Trainer:
         torch.set_num_threads(self.cfg.threads)
         torch.manual_seed(self.cfg.seed)
         self.model, self.processor = load_model_and_processor(self.source, self.bb, slug=self.slug)
+        if self.bb.gradient_checkpointing:
+            # Activations are recomputed in the backward pass: a real checkpoint's batch fits in
+            # less memory. Non-reentrant, so frozen inputs (LoRA's base) still pass gradients on.
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.bb.tuning == "lora":
             self.model = apply_lora(self.model, self.slug, self.params)
         elif self.bb.tuning != "full":

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from tests.conftest import FAMILIES
+from tests.conftest import FAMILIES, PATH_BACKBONES
 from tokenfocus.backbones import BackboneError, load_model_and_processor
 from tokenfocus.config import BackboneConfig, PromptConfig
 from tokenfocus.evalmuse import load_records
@@ -17,7 +17,7 @@ def test_at_least_three_families():
     assert {"idefics3", "llava", "gemma3", "fastvlm", "fastvlm_qwen2", "fastvlm_gemma"} <= set(families())
 
 
-@pytest.mark.parametrize("slug", list(FAMILIES))
+@pytest.mark.parametrize("slug", [*FAMILIES, *PATH_BACKBONES])
 def test_build_save_reload_identical_logits(tiny_params, small_data, slug, tmp_path):
     bb = tiny_params.backbone(slug)
     model, processor = load_model_and_processor(bb.source, bb)
@@ -69,3 +69,44 @@ def test_multi_token_answer_word_names_backbone_and_word(tiny_params):
     unknown = dataclasses.replace(PromptConfig(), no_token="zebra")
     with pytest.raises(BackboneError, match="'zebra' is unknown"):
         answer_tokens(processor.tokenizer, unknown, slug="idefics3_tiny")
+
+
+def test_image_only_processors_load_by_name_through_autoprocessor(tiny_params):
+    """Qwen2-VL's stock processor needs torchvision for its video part; the saved image-only
+    variant is what AutoProcessor returns, with the image processor and no video slot."""
+    import json
+    from pathlib import Path
+
+    from tokenfocus import processors
+
+    for slug in ("qwen2_vl_tiny", "qwen2_5_vl_tiny", "internvl_tiny"):
+        bb = tiny_params.backbone(slug)
+        saved = json.loads((Path(bb.source) / "processor_config.json").read_text())["processor_class"]
+        assert (
+            saved.startswith(processors.PREFIX)
+            and saved[len(processors.PREFIX) :] in processors.image_only_names()
+        )
+        _, processor = load_model_and_processor(bb.source, bb)
+        assert type(processor).__name__ == saved and hasattr(processor, "image_processor")
+        assert "video_processor" not in type(processor).get_attributes()
+    # a family without a video slot keeps its stock processor
+    _, llava = load_model_and_processor(
+        tiny_params.backbone("llava_siglip_tiny").source, tiny_params.backbone("llava_siglip_tiny")
+    )
+    assert type(llava).__name__ == "LlavaProcessor"
+
+
+def test_a_stock_video_processor_checkpoint_gets_its_image_only_variant_without_torchvision(tmp_path):
+    """A real checkpoint's processor_config names the stock class; where torchvision does not load
+    (here), the variant is chosen by that name, from data, and elsewhere the stock one is kept."""
+    import json
+
+    from tokenfocus import processors
+
+    (tmp_path / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2_5_VLProcessor"}))
+    if processors.torchvision_works():
+        assert processors.processor_class(tmp_path) is None
+    else:
+        assert processors.processor_class(tmp_path) is processors.image_only("Qwen2_5_VLProcessor")
+    (tmp_path / "processor_config.json").write_text(json.dumps({"processor_class": "LlavaProcessor"}))
+    assert processors.processor_class(tmp_path) is None

@@ -2,6 +2,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import FAMILIES, PATH_BACKBONES
 from tokenfocus.evalmuse import load_records
 from tokenfocus.images import load_images
 from tokenfocus.scoring import Scorer, distribution_stats
@@ -14,7 +15,10 @@ def sample(small_data):
     return recs, [images[r.img_path] for r in recs]
 
 
-@pytest.mark.parametrize("slug", ["idefics3_tiny", "llava_siglip_tiny", "gemma3_tiny"])
+ALL = [*FAMILIES, *PATH_BACKBONES]
+
+
+@pytest.mark.parametrize("slug", ALL)
 def test_distributions_and_prefix_reuse(tiny_params, sample, slug):
     recs, imgs = sample
     scorer = Scorer.load(tiny_params.backbone(slug).source, batch_size=4)
@@ -31,6 +35,27 @@ def test_distributions_and_prefix_reuse(tiny_params, sample, slug):
     assert not scorer._warned_fallback
     diffs = [abs(plain[i][k] - reused[i][k]) for i in range(len(recs)) for k in els[i]]
     assert max(diffs) < 1e-4
+
+
+@pytest.mark.parametrize("slug", ALL)
+def test_a_pair_scores_the_same_alone_and_in_a_left_padded_batch(tiny_params, sample, slug):
+    """Left padding and mixed image sizes must not move a pair's scores (a classic silent drift).
+    Prompts of different lengths pad differently; images are resized to different sizes, which
+    Qwen2-VL's dynamic resolution turns into different numbers of image tokens."""
+    recs, imgs = sample
+    sizes = [(64, 64), (48, 64), (64, 40), (56, 56), (64, 64), (40, 48)]
+    imgs = [im.resize(s) for im, s in zip(imgs, sizes, strict=True)]
+    prompts = [r.prompt + " and more words" * i for i, r in enumerate(recs)]  # lengths differ
+    els = [[e.key for e in r.elements] for r in recs]
+    scorer = Scorer.load(tiny_params.backbone(slug).source, batch_size=8)
+    together = scorer(imgs, prompts, els)
+    for i in range(len(recs)):
+        alone = scorer(imgs[i : i + 1], prompts[i : i + 1], els[i : i + 1])[0]
+        assert alone.score == pytest.approx(together[i].score, abs=1e-4)
+        assert alone.distribution == pytest.approx(together[i].distribution, abs=1e-4)
+        assert alone.elements.keys() == together[i].elements.keys()
+        assert all(abs(alone.elements[k] - together[i].elements[k]) < 1e-4 for k in alone.elements)
+    assert not scorer._warned_fallback  # every family reuses the prefix, none falls back
 
 
 def test_suffix_ids_are_reused_across_calls_and_bounded(tiny_params, sample, monkeypatch):

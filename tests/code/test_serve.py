@@ -96,6 +96,7 @@ def test_serve_params_reach_the_command_line_and_environment():
     cmd, env = serve_command(p, port=5099)
     assert cmd[cmd.index("--workers") + 1] == "2"
     assert env["TOKENFOCUS_SERVE_MAX_BATCH"] == "4"
+    assert env["MALLOC_MMAP_THRESHOLD_"] == "1048576"  # flat RSS under a soak (serve_command)
     assert env["TOKENFOCUS_SERVE_THREADS"] == str(serve_threads(0, 2))
     assert serve_threads(3, 2) == 3
 

@@ -13,14 +13,15 @@ def _params(tiny_params, slug, **train):
     return p
 
 
-def test_resume_after_interruption_reaches_the_same_weights(tiny_params, tmp_path):
-    p = _params(tiny_params, "idefics3_tiny", steps=6, checkpoint_every=2, eval_every=3)
-    full = Trainer("idefics3_tiny", p, out=tmp_path / "full")
+@pytest.mark.parametrize("slug", ["idefics3_tiny", "qwen2_vl_tiny", "qwen2_5_vl_tiny"])
+def test_resume_after_interruption_reaches_the_same_weights(tiny_params, tmp_path, slug):
+    p = _params(tiny_params, slug, steps=6, checkpoint_every=2, eval_every=3)
+    full = Trainer(slug, p, out=tmp_path / "full")
     full.run()
-    Trainer("idefics3_tiny", p, out=tmp_path / "cut").run(stop_after=3)  # "killed" after step 3
+    Trainer(slug, p, out=tmp_path / "cut").run(stop_after=3)  # "killed" after step 3
     state = (tmp_path / "cut" / "checkpoint" / "state.json").read_text()
     assert '"step": 2' in state  # the last checkpoint before the kill
-    resumed = Trainer("idefics3_tiny", p, out=tmp_path / "cut")
+    resumed = Trainer(slug, p, out=tmp_path / "cut")
     summary = resumed.run()
     assert summary["steps"] == 6
     a = load_file(tmp_path / "full" / "checkpoint" / "weights.safetensors")
@@ -29,15 +30,18 @@ def test_resume_after_interruption_reaches_the_same_weights(tiny_params, tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_lora_trains_only_the_adapter_and_saves_only_the_adapter(tiny_params, tmp_path):
-    p = _params(tiny_params, "gemma3_tiny", steps=2, eval_every=2, checkpoint_every=2)
-    tr = Trainer("gemma3_tiny", p, out=tmp_path / "lora")
+@pytest.mark.parametrize("slug", ["gemma3_tiny", "qwen2_5_vl_tiny"])
+def test_lora_trains_only_the_adapter_and_saves_only_the_adapter(tiny_params, tmp_path, slug):
+    p = _params(tiny_params, slug, steps=2, eval_every=2, checkpoint_every=2)
+    tr = Trainer(slug, p, out=tmp_path / "lora")
     tr._load_data()
     tr.setup()
     before = {n: q.detach().clone() for n, q in tr.model.named_parameters()}
     trainable = {n for n, q in tr.model.named_parameters() if q.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
-    assert not any("vision" in n for n in trainable)  # vision tower excluded by default
+    # only the language model's projections: the vision tower (`vision_tower`, or Qwen's `visual`,
+    # whose MLP also has gate/up/down_proj) stays frozen
+    assert all(".language_model." in n for n in trainable)
     tr.run()
     after = dict(tr.model.named_parameters())
     changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
@@ -51,15 +55,23 @@ def test_lora_trains_only_the_adapter_and_saves_only_the_adapter(tiny_params, tm
     assert targets == sorted(targets)  # not in a process's hash order: the same bytes on a rerun
 
 
-@pytest.mark.parametrize("loss", ["focus", "lm"])
-def test_both_losses_run_and_save_a_scorable_model(tiny_params, tmp_path, loss):
+@pytest.mark.parametrize(
+    "slug,loss",
+    [
+        ("llava_siglip_tiny", "focus"),
+        ("llava_siglip_tiny", "lm"),
+        ("qwen2_vl_tiny", "focus"),
+        ("qwen2_5_vl_tiny", "focus"),
+    ],
+)
+def test_both_losses_run_and_save_a_scorable_model(tiny_params, tmp_path, slug, loss):
     from tokenfocus.scoring import Scorer
 
-    p = _params(tiny_params, "llava_siglip_tiny", steps=2, eval_every=2, checkpoint_every=2, loss=loss)
-    summary = Trainer("llava_siglip_tiny", p, out=tmp_path / loss).run()
+    p = _params(tiny_params, slug, steps=2, eval_every=2, checkpoint_every=2, loss=loss)
+    summary = Trainer(slug, p, out=tmp_path / loss).run()
     assert summary["loss"] == loss and summary["steps"] == 2
     scorer = Scorer.load(tmp_path / loss / "model")
-    assert scorer.slug == "llava_siglip_tiny"
+    assert scorer.slug == slug
 
 
 def test_checkpoint_of_another_config_is_not_resumed(tiny_params, tmp_path):
