@@ -20,7 +20,7 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 # `mlflow models serve` execs uvicorn: the venv's bin must be on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup data bases run test test-all lint bench bench-retrain learnability serve schedule ui ui-check loadtest offline-run clean
+.PHONY: setup data bases run test test-all lint bench bench-retrain gpu-check learnability serve schedule ui ui-check loadtest offline-run clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,6 +72,10 @@ bench: bases
 # The triggered retrain deployment against `dvc repro` on the same work (after `make run`).
 bench-retrain: bases
 	$(PY) scripts/bench_retrain.py
+
+# Scoring + 5 training steps of every tiny family on CUDA ("no CUDA device" and exit 0 without one).
+gpu-check: data
+	$(PY) scripts/gpu_check.py
 
 # Is the weak tiny-backbone score the backbones' fault or the task's? (docs/tiny-backbones.md)
 learnability: setup data
