@@ -15,20 +15,6 @@ from tokenfocus.config import FlowConfig, load_params
 from tokenfocus.env import apply_offline_env
 
 
-def _share(p, threads: int | None):
-    """Params with torch's thread count capped at this task's share of the cores: backbones
-    trained side by side must not each ask for every core (oversubscribed, all of them crawl)."""
-    import dataclasses
-
-    if not threads:
-        return p
-    return dataclasses.replace(
-        p,
-        train=dataclasses.replace(p.train, threads=min(p.train.threads, threads)),
-        score=dataclasses.replace(p.score, threads=min(p.score.threads, threads)),
-    )
-
-
 def _load(params_path: str, root: str):
     """Each task (maybe on another Dask worker) reads params itself from the project root."""
     apply_offline_env()
@@ -92,25 +78,42 @@ def bases_task(params_path: str, root: str, slugs: list[str]) -> list[str]:
     return [p.backbone(s).source for s in slugs]
 
 
+def _backbone_stage(name: str, params_path: str, root: str, slug: str, pid: str, threads, isolate: bool):
+    """One backbone's train or score stage: in its own process when tasks share this one."""
+    from tokenfocus.stages import _stage_entry, run_isolated
+
+    if isolate:
+        return run_isolated(name, params_path, root, slug, pid, threads)
+    _load(params_path, root)
+    return _stage_entry(name, params_path, root, slug, pid, threads)
+
+
 @task(persist_result=True)
 def train_task(
-    params_path: str, root: str, slug: str, pid: str, base: str, splits: str, threads: int | None = None
+    params_path: str,
+    root: str,
+    slug: str,
+    pid: str,
+    base: str,
+    splits: str,
+    threads: int | None = None,
+    isolate: bool = False,
 ) -> str:
-    from tokenfocus.stages import train_stage
-
-    p = _load(params_path, root)
-    train_stage(slug, _share(p, threads), pid=pid)
-    return str(Path(p.train.out) / slug / "model")
+    _backbone_stage("train", params_path, root, slug, pid, threads, isolate)
+    return str(Path(_load(params_path, root).train.out) / slug / "model")
 
 
 @task(persist_result=True)
 def score_task(
-    params_path: str, root: str, slug: str, pid: str, model_dir: str, threads: int | None = None
+    params_path: str,
+    root: str,
+    slug: str,
+    pid: str,
+    model_dir: str,
+    threads: int | None = None,
+    isolate: bool = False,
 ) -> dict:
-    from tokenfocus.stages import score_stage
-
-    p = _load(params_path, root)
-    return score_stage(slug, _share(p, threads), pid=pid)
+    return _backbone_stage("score", params_path, root, slug, pid, threads, isolate)
 
 
 @task(retries=2, retry_delay_seconds=5, persist_result=True)
@@ -168,18 +171,20 @@ def retrain(
     report = validate_task(params_path, root)
     splits = split_task(params_path, root, report)
     bases = bases_task(params_path, root, slugs)
-    # threads share one torch thread pool; Dask workers have their own cores
-    share = max(1, (os.cpu_count() or 1) // len(slugs)) if p.flows.runner == "threads" else None
+    # Tasks in this process's thread pool each run in a process of their own, with their share of
+    # the cores; Dask workers are processes already, with their own cores.
+    isolate = p.flows.runner == "threads"
+    share = max(1, (os.cpu_count() or 1) // len(slugs)) if isolate else None
     scored, trained = [], []
     for slug, base in zip(slugs, bases, strict=True):  # submitted together: run in parallel
         trained.append(
             train_task.with_options(**with_retries).submit(
-                params_path, root, slug, pid, base, splits, threads=share
+                params_path, root, slug, pid, base, splits, threads=share, isolate=isolate
             )
         )
         scored.append(
             score_task.with_options(**with_retries).submit(
-                params_path, root, slug, pid, trained[-1], threads=share
+                params_path, root, slug, pid, trained[-1], threads=share, isolate=isolate
             )
         )
     wait(trained + scored)

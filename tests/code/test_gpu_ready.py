@@ -89,7 +89,8 @@ def test_gradient_checkpointing_trains_the_same_weights(tiny_params, tmp_path, s
         )
         tr = Trainer(slug, p, out=tmp_path / str(gc))
         tr.run()
-        assert tr.model.is_gradient_checkpointing == gc
+        on = getattr(tr.model, "is_activation_checkpointing", None)  # transformers >= 5.x name
+        assert (tr.model.is_gradient_checkpointing if on is None else on) == gc
         runs[gc] = load_file(tmp_path / str(gc) / "checkpoint" / "weights.safetensors")
     assert runs[True].keys() == runs[False].keys()
     moved = max((runs[True][k].float() - runs[False][k].float()).abs().max().item() for k in runs[True])
