@@ -80,12 +80,10 @@ def bases_task(params_path: str, root: str, slugs: list[str]) -> list[str]:
 
 def _backbone_stage(name: str, params_path: str, root: str, slug: str, pid: str, threads, isolate: bool):
     """One backbone's train or score stage: in its own process when tasks share this one."""
-    from tokenfocus.stages import _stage_entry, run_isolated
+    from tokenfocus.stages import run_isolated, run_stage
 
-    if isolate:
-        return run_isolated(name, params_path, root, slug, pid, threads)
-    _load(params_path, root)
-    return _stage_entry(name, params_path, root, slug, pid, threads)
+    run = run_isolated if isolate else run_stage
+    return run(name, params_path, root, slug, pid, threads)
 
 
 @task(persist_result=True)

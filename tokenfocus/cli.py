@@ -141,7 +141,9 @@ def backbones_plan(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Memory estimate from each backbone's config alone (never its weights): training and scoring."""
-    from tokenfocus.plan import as_dict, load_config, plan
+    from dataclasses import asdict
+
+    from tokenfocus.plan import load_config, plan
 
     p = _params(params)
     out = {}
@@ -152,7 +154,7 @@ def backbones_plan(
         except (ConfigError, FileNotFoundError, ValueError) as exc:
             fail(str(exc))
         result = plan(cfg, bb, p.train_for(slug), seq_len=seq_len)
-        out[slug] = as_dict(result)
+        out[slug] = asdict(result)
         if not as_json:
             typer.echo(result.table(f"{slug} ({bb.source}, {bb.tuning})"))
     if as_json:

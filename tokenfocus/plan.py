@@ -12,7 +12,7 @@ plus one layer recomputed. It is an estimate, not a measurement: allocator overh
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenfocus.config import BackboneConfig, TrainConfig
@@ -191,8 +191,3 @@ def _image_tokens(config, bb: BackboneConfig) -> int:
         pixels = bb.max_pixels or 1280 * 28 * 28  # the Qwen2-VL processors' default cap
         return pixels // (patch * merge) ** 2
     return 256
-
-
-def as_dict(p: MemoryPlan) -> dict:
-    """The plan as plain JSON-able values."""
-    return asdict(p)

@@ -255,7 +255,7 @@ class Scorer:
         the suffix rows by count, not by owner, and shift or fail. Its suffix starts at the row's
         real length plus its offset, and the suffix rows are then selected by owner like the cache.
         """
-        deltas = getattr(self._rope_state, "rope_deltas", None) if self._rope_state is not None else None
+        deltas = getattr(self._rope_state, "rope_deltas", None)
         if deltas is None:
             return torch.full(
                 (prefix_mask.shape[0],), prefix_mask.shape[1], dtype=torch.long, device=prefix_mask.device

@@ -302,7 +302,9 @@ def with_threads(params: Params, threads: int | None) -> Params:
     )
 
 
-def _stage_entry(name: str, params_path: str, root: str, slug: str, pid: str, threads: int | None):
+def run_stage(name: str, params_path: str, root: str, slug: str, pid: str, threads: int | None):
+    """Run ``train_stage`` or ``score_stage`` (``name``) for one backbone from the project at ``root``,
+    with params read there and torch capped at ``threads``; return the stage's result."""
     import os
 
     from tokenfocus.config import load_params
@@ -325,4 +327,4 @@ def run_isolated(name: str, params_path: str, root: str, slug: str, pid: str, th
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_stage_entry, name, params_path, root, slug, pid, threads).result()
+        return pool.submit(run_stage, name, params_path, root, slug, pid, threads).result()

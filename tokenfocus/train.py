@@ -105,6 +105,8 @@ class Trainer:
         self.source = source or self.bb.source
         self.log_fn = log_fn or (lambda metrics, step: None)
         self.exclude_fold = exclude_fold  # out-of-fold member: never sees this stacking fold
+        self.model = None  # set by setup(); run() sets up only if nobody did
+        self.train_records = None  # set by _load_data()
 
     # -- data -------------------------------------------------------------------------------------
     def _load_data(self) -> None:
@@ -288,8 +290,10 @@ class Trainer:
         Args:
             stop_after: end the process-level run after this many steps (tests simulate a kill).
         """
-        self._load_data()
-        self.setup()
+        if self.train_records is None:  # a caller that looked before training already loaded them
+            self._load_data()
+        if self.model is None:
+            self.setup()
         state = self._resume()
         self.out.mkdir(parents=True, exist_ok=True)
         cfg = self.cfg
