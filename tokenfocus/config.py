@@ -113,6 +113,9 @@ class PretrainConfig:
 
     steps: int = 6000  # stage 2; 0 builds a randomly initialised base (all stages skipped)
     tower_steps: int = 1500  # stage 1
+    # stage 1's scenes: 1 = one group, heads classify its shape/colour/count/size; 2-3 = up to that
+    # many groups, heads classify per shape its count (0 = absent), colour and size
+    tower_groups: int = 1
     element_steps: int = 2000  # stage 3
     attributes: list[str] = field(default_factory=lambda: ["shape", "color", "count", "size"])
     max_groups: int = 3  # groups of shapes per pre-training scene (1..3)

@@ -123,8 +123,9 @@ def check_config(cfg: PretrainConfig) -> None:
         raise ConfigError(f"pretrain.attributes: unknown {unknown}; known: {list(ATTRIBUTES)}")
     if not cfg.attributes:
         raise ConfigError("pretrain.attributes: empty; name at least one of " + str(list(ATTRIBUTES)))
-    if not 1 <= cfg.max_groups <= 3:
-        raise ConfigError(f"pretrain.max_groups: {cfg.max_groups} is not in 1..3")
+    for name in ("max_groups", "tower_groups"):
+        if not 1 <= getattr(cfg, name) <= 3:
+            raise ConfigError(f"pretrain.{name}: {getattr(cfg, name)} is not in 1..3")
     if "relation" in cfg.attributes and cfg.max_groups < 2:
         raise ConfigError("pretrain.attributes: relation needs pretrain.max_groups >= 2")
     if set(cfg.attributes) == {"relation"}:  # a pool always holds one-group scenes too
@@ -319,8 +320,40 @@ def _stage_report(losses: list[float], cpu0: float) -> dict:
     }
 
 
+def _tower_targets(scenes: list[Scene], groups: int) -> dict[str, torch.Tensor]:
+    """Stage 1's labels. One-group scenes: the group's shape, colour, count and size. Scenes of up
+    to ``groups`` > 1 groups: per shape (one column each), its count (0 = absent), its colour and
+    its size (0 = absent), so the pooled map must keep which shape has which attributes."""
+    if groups == 1:
+        first = [s.groups[0] for s in scenes]
+        return {
+            "shape": torch.tensor([SHAPES.index(g.shape) for g in first]),
+            "color": torch.tensor([list(COLORS).index(g.color) for g in first]),
+            "count": torch.tensor([g.count - 1 for g in first]),
+            "size": torch.tensor([list(SIZES).index(g.size) for g in first]),
+        }
+    y = {k: torch.zeros(len(scenes), len(SHAPES), dtype=torch.long) for k in ("count", "color", "size")}
+    for r, sc in enumerate(scenes):
+        for g in sc.groups:
+            c = SHAPES.index(g.shape)
+            y["count"][r, c] = g.count
+            y["color"][r, c] = 1 + list(COLORS).index(g.color)
+            y["size"][r, c] = 1 + list(SIZES).index(g.size)
+    return y
+
+
+def _tower_heads(width: int, groups: int) -> torch.nn.ModuleDict:
+    """Throw-away linear heads over the pooled map, one output block per shape when ``groups`` > 1."""
+    if groups == 1:
+        sizes = {"shape": len(SHAPES), "color": len(COLORS), "count": len(COUNTS), "size": len(SIZES)}
+    else:
+        n = len(SHAPES)
+        sizes = {"count": n * (len(COUNTS) + 1), "color": n * (len(COLORS) + 1), "size": n * (len(SIZES) + 1)}
+    return torch.nn.ModuleDict({k: torch.nn.Linear(width, m) for k, m in sizes.items()})
+
+
 def tower_stage(model, processor, family: str, cfg: PretrainConfig, image_size: int, *, slug: str) -> dict:
-    """Stage 1: the vision tower as a classifier of the first group's attributes (1-group scenes)."""
+    """Stage 1: the vision tower as a classifier of what its scenes hold (``tower_groups``)."""
     tower = _part(model, family, "tower")
     cpu0 = time.process_time()
 
@@ -329,27 +362,27 @@ def tower_stage(model, processor, family: str, cfg: PretrainConfig, image_size: 
 
     with torch.no_grad():
         width = feats([Image.new("RGB", (image_size, image_size))]).shape[-1]
-    sizes = {"shape": len(SHAPES), "color": len(COLORS), "count": len(COUNTS), "size": len(SIZES)}
-    heads = torch.nn.ModuleDict({k: torch.nn.Linear(width, n) for k, n in sizes.items()})
+    heads = _tower_heads(width, cfg.tower_groups)
     params = [*tower.parameters(), *heads.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     sched = _cosine(opt, cfg.tower_steps)
     tower.train()
-    losses = []
+    losses, hits = [], {k: [] for k in heads}
     for step in tqdm(range(cfg.tower_steps), desc=f"pretrain {slug} tower", disable=None):
-        pool = Pool.draw(cfg.batch_size, image_size, cfg.seed * 1_000_003 + step, max_groups=1)
-        first = [s.groups[0] for s in pool.scenes]
-        labels = {
-            "shape": [SHAPES.index(g.shape) for g in first],
-            "color": [list(COLORS).index(g.color) for g in first],
-            "count": [g.count - 1 for g in first],
-            "size": [list(SIZES).index(g.size) for g in first],
-        }
+        pool = Pool.draw(cfg.batch_size, image_size, cfg.seed * 1_000_003 + step, max_groups=cfg.tower_groups)
         f = feats(pool.images)
-        loss = sum(F.cross_entropy(heads[k](f), torch.tensor(v)) for k, v in labels.items())
+        loss = 0.0
+        for k, y in _tower_targets(pool.scenes, cfg.tower_groups).items():
+            logits = heads[k](f).reshape(*y.shape, -1)
+            loss = loss + F.cross_entropy(logits.flatten(0, -2), y.flatten())
+            right = logits.argmax(-1) == y
+            hits[k].append(float((right.all(-1) if right.dim() > 1 else right).float().mean()))
         losses.append(_step(opt, sched, params, loss))
     model.eval()
-    return _stage_report(losses, cpu0)
+    # the heads' exact-match accuracy on the last 50 training batches (fresh scenes each step)
+    return _stage_report(losses, cpu0) | {
+        "head_accuracy": {k: round(sum(v[-50:]) / len(v[-50:]), 3) for k, v in hits.items()}
+    }
 
 
 def _rows(

@@ -69,7 +69,8 @@ def pretrain_stage(slug: str, params: Params, *, track: bool = True, pid: str | 
     with child_run(params.tracking, f"pretrain-{slug}", kind="pretrain", new=True, pid=pid):
         mlflow.log_params(_flat("pretrain.", to_dict(params.pretrain_for(slug))))
         metrics = pretrain_checks(report)
-        metrics |= {f"{st}_{k}": v for st, r in report.get("stages", {}).items() for k, v in r.items()}
+        # stage figures, nested ones flat: tower_steps, tower_head_accuracy_count, ...
+        metrics |= {k.replace(".", "_"): v for k, v in _flat("", report.get("stages", {})).items()}
         metrics["cpu_minutes"] = report.get("cpu_minutes", 0.0)
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         mlflow.log_dict(report, "pretrain.json")

@@ -52,6 +52,7 @@ def test_one_group_pool_has_no_relation_questions():
         ({"attributes": ["colour"]}, r"pretrain.attributes: unknown \['colour'\]"),
         ({"attributes": []}, "pretrain.attributes: empty"),
         ({"max_groups": 4}, "pretrain.max_groups: 4 is not in 1..3"),
+        ({"tower_groups": 0}, "pretrain.tower_groups: 0 is not in 1..3"),
         ({"attributes": ["color", "relation"], "max_groups": 1}, "relation needs pretrain.max_groups >= 2"),
         ({"attributes": ["relation"], "max_groups": 3}, "relation alone leaves one-group scenes"),
         ({"open_frac": 0.6, "element_frac": 0.6}, "open_frac \\+ pretrain.element_frac: more than 1"),
@@ -91,6 +92,37 @@ def test_pretraining_is_deterministic_changes_the_weights_and_reports(tiny_param
     assert all(r["steps"] == 2 for r in report["stages"].values()) and report["cpu_minutes"] >= 0
     assert set(report["check_accuracy"]) == {*cfg.attributes, "all"}
     assert set(report["element_accuracy"]) <= {"object", "counting", "color", "attribute", "spatial", "all"}
+
+
+def test_per_shape_tower_targets_say_which_shape_has_what():
+    from tokenfocus.pretrain import _tower_targets
+    from tokenfocus.synth import COLORS, SHAPES, SIZES
+
+    pool = Pool.draw(40, 64, seed=5, max_groups=3)
+    assert max(len(s.groups) for s in pool.scenes) == 3
+    y = _tower_targets(pool.scenes, 3)
+    assert {k: tuple(v.shape) for k, v in y.items()} == {k: (40, len(SHAPES)) for k in ("count", "color", "size")}
+    for r, scene in enumerate(pool.scenes):
+        by_shape = {g.shape: g for g in scene.groups}
+        for c, shape in enumerate(SHAPES):
+            g = by_shape.get(shape)
+            assert int(y["count"][r, c]) == (g.count if g else 0)  # 0: this shape is absent
+            assert int(y["color"][r, c]) == (1 + list(COLORS).index(g.color) if g else 0)
+            assert int(y["size"][r, c]) == (1 + list(SIZES).index(g.size) if g else 0)
+    one = _tower_targets(Pool.draw(8, 64, seed=5, max_groups=1).scenes, 1)  # the one-group stage
+    assert set(one) == {"shape", "color", "count", "size"} and all(v.shape == (8,) for v in one.values())
+
+
+def test_per_shape_tower_stage_trains_and_reports_its_heads(tiny_params):
+    bb = tiny_params.backbone("fastvlm_llama")
+    model, processor = load_model_and_processor(bb.source, bb)
+    tower = {k: v.clone() for k, v in model.model.vision_tower.state_dict().items()}
+    cfg = PretrainConfig(tower_steps=3, tower_groups=3, steps=0, element_steps=0, batch_size=8, check_scenes=8)
+    report = pretrain(model, processor, cfg, bb.image_size, family=bb.family)
+    after = model.model.vision_tower.state_dict()
+    assert any(not torch.equal(tower[k], after[k]) for k in tower if "weight" in k)
+    acc = report["stages"]["tower"]["head_accuracy"]
+    assert set(acc) == {"count", "color", "size"} and all(0.0 <= a <= 1.0 for a in acc.values())
 
 
 def test_frozen_tower_keeps_its_weights_and_batchnorm_statistics(tiny_params):
