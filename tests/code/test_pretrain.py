@@ -101,7 +101,9 @@ def test_per_shape_tower_targets_say_which_shape_has_what():
     pool = Pool.draw(40, 64, seed=5, max_groups=3)
     assert max(len(s.groups) for s in pool.scenes) == 3
     y = _tower_targets(pool.scenes, 3)
-    assert {k: tuple(v.shape) for k, v in y.items()} == {k: (40, len(SHAPES)) for k in ("count", "color", "size")}
+    assert {k: tuple(v.shape) for k, v in y.items()} == {
+        k: (40, len(SHAPES)) for k in ("count", "color", "size")
+    }
     for r, scene in enumerate(pool.scenes):
         by_shape = {g.shape: g for g in scene.groups}
         for c, shape in enumerate(SHAPES):
@@ -117,7 +119,9 @@ def test_per_shape_tower_stage_trains_and_reports_its_heads(tiny_params):
     bb = tiny_params.backbone("fastvlm_llama")
     model, processor = load_model_and_processor(bb.source, bb)
     tower = {k: v.clone() for k, v in model.model.vision_tower.state_dict().items()}
-    cfg = PretrainConfig(tower_steps=3, tower_groups=3, steps=0, element_steps=0, batch_size=8, check_scenes=8)
+    cfg = PretrainConfig(
+        tower_steps=3, tower_groups=3, steps=0, element_steps=0, batch_size=8, check_scenes=8
+    )
     report = pretrain(model, processor, cfg, bb.image_size, family=bb.family)
     after = model.model.vision_tower.state_dict()
     assert any(not torch.equal(tower[k], after[k]) for k in tower if "weight" in k)
