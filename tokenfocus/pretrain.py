@@ -9,9 +9,11 @@ alignment, element weights or annotator model: it teaches what is in an image, n
 
 The curriculum (measured in shared/reference/pretraining-study, run "D"):
 
-1. **Tower.** The vision tower alone learns to classify the shape, colour, count and size of a
-   one-group scene through throw-away linear heads, the analogue of a vision encoder that
-   arrives pre-trained. Through the language model alone, the tower learns shapes far too slowly.
+1. **Tower.** The vision tower alone learns, through throw-away linear heads, what its scenes
+   hold: per shape its count (0 = absent), colour and size on 1-3 group scenes
+   (``tower_groups``; 1 = the shape, colour, count and size of a one-group scene), the analogue
+   of a vision encoder that arrives pre-trained. Through the language model alone, the tower
+   learns shapes far too slowly.
 2. **Pairs.** With the tower frozen (a trainable one forgets colour while it learns shape),
    open questions ("what color are the stars ?") and yes/no checks on 1-3 group scenes, each
    checked image asked with its true and a false value in the same batch, attributes
