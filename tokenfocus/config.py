@@ -125,6 +125,10 @@ class PretrainConfig:
     element_frac: float = 0.5  # share of element questions in stage 3
     aux_weight: float = 1.0  # image-token / word-embedding presence loss (0 turns it off)
     freeze_tower: bool = True  # after stage 1; measured: a trainable tower forgets colour
+    # > 0: stages 2-3 keep stage 1's heads as an auxiliary loss of this weight, the tower training
+    # on at lr x tower_lr_scale (needs tower_groups >= 2)
+    tower_head_weight: float = 0.0
+    tower_lr_scale: float = 1.0  # the tower's learning rate in stages 2-3, when it trains
     seed: int = 99  # scenes are drawn from this seed alone, never from the benchmark
     threads: int = 1  # torch threads: fixed, so a rerun reproduces the base exactly
     check_scenes: int = 240  # other fresh scenes on which the checks are measured

@@ -128,6 +128,13 @@ def check_config(cfg: PretrainConfig) -> None:
     for name in ("max_groups", "tower_groups"):
         if not 1 <= getattr(cfg, name) <= 3:
             raise ConfigError(f"pretrain.{name}: {getattr(cfg, name)} is not in 1..3")
+    if cfg.tower_head_weight < 0 or cfg.tower_lr_scale < 0:
+        raise ConfigError("pretrain.tower_head_weight / tower_lr_scale: negative")
+    if cfg.tower_head_weight > 0 and cfg.tower_groups < 2:
+        raise ConfigError(
+            "pretrain.tower_head_weight: the heads of a one-group tower stage "
+            "(tower_groups 1) cannot be kept on multi-group scenes; set tower_groups >= 2"
+        )
     if "relation" in cfg.attributes and cfg.max_groups < 2:
         raise ConfigError("pretrain.attributes: relation needs pretrain.max_groups >= 2")
     if set(cfg.attributes) == {"relation"}:  # a pool always holds one-group scenes too
@@ -336,7 +343,8 @@ def _tower_targets(scenes: list[Scene], groups: int) -> dict[str, torch.Tensor]:
         }
     y = {k: torch.zeros(len(scenes), len(SHAPES), dtype=torch.long) for k in ("count", "color", "size")}
     for r, sc in enumerate(scenes):
-        for g in sc.groups:
+        # what was drawn: an element question's scene may miss a group or hold an extra one
+        for g in [g for i, g in enumerate(sc.groups) if i not in sc.missing] + sc.extras:
             c = SHAPES.index(g.shape)
             y["count"][r, c] = g.count
             y["color"][r, c] = 1 + list(COLORS).index(g.color)
@@ -354,8 +362,13 @@ def _tower_heads(width: int, groups: int) -> torch.nn.ModuleDict:
     return torch.nn.ModuleDict({k: torch.nn.Linear(width, m) for k, m in sizes.items()})
 
 
-def tower_stage(model, processor, family: str, cfg: PretrainConfig, image_size: int, *, slug: str) -> dict:
-    """Stage 1: the vision tower as a classifier of what its scenes hold (``tower_groups``)."""
+def tower_stage(
+    model, processor, family: str, cfg: PretrainConfig, image_size: int, *, slug: str
+) -> tuple[dict, torch.nn.ModuleDict]:
+    """Stage 1: the vision tower as a classifier of what its scenes hold (``tower_groups``).
+
+    Returns its report and its heads (stages 2-3 keep them as an auxiliary loss when
+    ``tower_head_weight`` > 0)."""
     tower = _part(model, family, "tower")
     cpu0 = time.process_time()
 
@@ -372,19 +385,28 @@ def tower_stage(model, processor, family: str, cfg: PretrainConfig, image_size: 
     losses, hits = [], {k: [] for k in heads}
     for step in tqdm(range(cfg.tower_steps), desc=f"pretrain {slug} tower", disable=None):
         pool = Pool.draw(cfg.batch_size, image_size, cfg.seed * 1_000_003 + step, max_groups=cfg.tower_groups)
-        f = feats(pool.images)
-        loss = 0.0
-        for k, y in _tower_targets(pool.scenes, cfg.tower_groups).items():
-            logits = heads[k](f).reshape(*y.shape, -1)
-            loss = loss + F.cross_entropy(logits.flatten(0, -2), y.flatten())
-            right = logits.argmax(-1) == y
-            hits[k].append(float((right.all(-1) if right.dim() > 1 else right).float().mean()))
+        loss = _head_loss(heads, feats(pool.images), pool.scenes, cfg.tower_groups, hits)
         losses.append(_step(opt, sched, params, loss))
     model.eval()
     # the heads' exact-match accuracy on the last 50 training batches (fresh scenes each step)
-    return _stage_report(losses, cpu0) | {
-        "head_accuracy": {k: round(sum(v[-50:]) / len(v[-50:]), 3) for k, v in hits.items()}
-    }
+    return _stage_report(losses, cpu0) | {"head_accuracy": _last50(hits)}, heads
+
+
+def _last50(hits: dict[str, list[float]]) -> dict[str, float]:
+    return {k: round(sum(v[-50:]) / len(v[-50:]), 3) for k, v in hits.items()}
+
+
+def _head_loss(
+    heads: torch.nn.ModuleDict, f: torch.Tensor, scenes: list[Scene], groups: int, hits
+) -> torch.Tensor:
+    """The tower heads' cross-entropy on pooled features ``f``; appends exact-match rates to ``hits``."""
+    loss = 0.0
+    for k, y in _tower_targets(scenes, groups).items():
+        logits = heads[k](f).reshape(*y.shape, -1)
+        loss = loss + F.cross_entropy(logits.flatten(0, -2), y.flatten())
+        right = logits.argmax(-1) == y
+        hits.setdefault(k, []).append(float((right.all(-1) if right.dim() > 1 else right).float().mean()))
+    return loss
 
 
 def _rows(
@@ -447,10 +469,13 @@ def question_stage(
     open_frac: float,
     name: str,
     slug: str,
+    heads: torch.nn.ModuleDict | None = None,
 ) -> dict:
-    """Stages 2 and 3: next-token loss on the answers, plus the auxiliary presence loss."""
+    """Stages 2 and 3: next-token loss on the answers, plus the auxiliary presence loss, and with
+    ``tower_head_weight`` > 0 stage 1's ``heads`` on the tower's pooled map (tower trainable)."""
     tower, projector = _part(model, family, "tower"), _part(model, family, "projector")
-    if cfg.freeze_tower:
+    keep_heads = cfg.tower_head_weight > 0 and heads is not None
+    if cfg.freeze_tower and not keep_heads:
         for p in tower.parameters():
             p.requires_grad_(False)
     parts, end = template_parts(processor), assistant_end(processor)
@@ -458,13 +483,23 @@ def question_stage(
     value_ids = torch.tensor([tok.convert_tokens_to_ids(w) for w in VALUE_WORDS])
     aux = _Aux(len(VALUE_WORDS))
     captured: dict[str, torch.Tensor] = {}
-    hook = projector.register_forward_hook(lambda m, i, o: captured.__setitem__("tokens", o))
-    params = [p for p in model.parameters() if p.requires_grad] + list(aux.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    hooks = [projector.register_forward_hook(lambda m, i, o: captured.__setitem__("tokens", o))]
+    if keep_heads:
+        hooks.append(
+            tower.register_forward_hook(lambda m, i, o: captured.__setitem__("map", o.last_hidden_state))
+        )
+    own = {id(p) for p in tower.parameters()}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in own]
+    rest += list(aux.parameters()) + (list(heads.parameters()) if keep_heads else [])
+    mine = [p for p in tower.parameters() if p.requires_grad]
+    params = rest + mine
+    # the tower, when it trains on, at its own (lower) rate: at the full rate it forgets colour
+    groups = [{"params": rest}] + ([{"params": mine, "lr": cfg.lr * cfg.tower_lr_scale}] if mine else [])
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.01)
     sched = _cosine(opt, steps)
     rng = random.Random(cfg.seed * 31 + steps)
     cpu0 = time.process_time()
-    losses, aux_losses = [], []
+    losses, aux_losses, hits = [], [], {}
     train_mode(model)  # a frozen tower keeps its BatchNorm statistics
     try:
         for step in tqdm(range(steps), desc=f"pretrain {slug} {name}", disable=None):
@@ -480,15 +515,21 @@ def question_stage(
                 aux_loss = F.binary_cross_entropy_with_logits(logits, _presence(scenes))
                 aux_losses.append(float(aux_loss.detach()))
                 loss = loss + cfg.aux_weight * aux_loss
+            if keep_heads:
+                head_loss = _head_loss(heads, _pool(captured["map"]), scenes, cfg.tower_groups, hits)
+                loss = loss + cfg.tower_head_weight * head_loss
             losses.append(_step(opt, sched, params, loss))
     finally:
-        hook.remove()
+        for h in hooks:
+            h.remove()
         for p in tower.parameters():
             p.requires_grad_(True)
         model.eval()
     out = _stage_report(losses, cpu0)
     if aux_losses:
         out["last_aux_loss"] = round(sum(aux_losses[-50:]) / len(aux_losses[-50:]), 4)
+    if hits:
+        out["head_accuracy"] = _last50(hits)
     return out
 
 
@@ -524,10 +565,11 @@ def pretrain(
     torch.manual_seed(cfg.seed)
     processor.tokenizer.padding_side = "left"
     cpu0 = time.process_time()
-    stages = {}
+    stages, heads = {}, None
     if cfg.tower_steps:
-        stages["tower"] = tower_stage(model, processor, family, cfg, image_size, slug=slug)
+        stages["tower"], heads = tower_stage(model, processor, family, cfg, image_size, slug=slug)
     common = {"family": family, "cfg": cfg, "prompts": prompts, "image_size": image_size, "slug": slug}
+    common["heads"] = heads
     if cfg.steps:
         stages["pairs"] = question_stage(
             model,
