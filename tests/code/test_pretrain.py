@@ -58,6 +58,11 @@ def test_one_group_pool_has_no_relation_questions():
         ({"open_frac": 0.6, "element_frac": 0.6}, "open_frac \\+ pretrain.element_frac: more than 1"),
         ({"batch_size": 0}, "pretrain.batch_size: 0 is out of range"),
         ({"element_frac": 1.5}, "pretrain.element_frac: 1.5 is not in 0..1"),
+        (
+            {"tower_head_weight": 1.0, "tower_groups": 1},
+            "pretrain.tower_head_weight: the heads of a one-group",
+        ),
+        ({"tower_lr_scale": -0.1}, "pretrain.tower_head_weight / tower_lr_scale: negative"),
     ],
 )
 def test_bad_pretrain_config_names_the_key(change, message):
@@ -127,6 +132,37 @@ def test_per_shape_tower_stage_trains_and_reports_its_heads(tiny_params):
     assert any(not torch.equal(tower[k], after[k]) for k in tower if "weight" in k)
     acc = report["stages"]["tower"]["head_accuracy"]
     assert set(acc) == {"count", "color", "size"} and all(0.0 <= a <= 1.0 for a in acc.values())
+
+
+def test_tower_targets_describe_what_was_drawn():
+    import copy
+
+    from tokenfocus.pretrain import _tower_targets
+    from tokenfocus.synth import SHAPES, Group
+
+    scene = copy.deepcopy(next(s for s in Pool.draw(40, 64, seed=5).scenes if len(s.groups) == 2))
+    gone, kept = scene.groups
+    scene.missing.add(0)  # an element question's scene: its first group was not drawn ...
+    extra = Group(next(s for s in SHAPES if s not in (gone.shape, kept.shape)), "red", "small", 2)
+    scene.extras.append(extra)  # ... and an extra group was
+    y = _tower_targets([scene], 3)["count"][0]
+    assert int(y[SHAPES.index(gone.shape)]) == 0
+    assert int(y[SHAPES.index(kept.shape)]) == kept.count and int(y[SHAPES.index(extra.shape)]) == 2
+
+
+def test_kept_tower_heads_train_the_tower_on_through_the_question_stages(tiny_params):
+    bb = tiny_params.backbone("fastvlm_llama")
+    common = {"tower_groups": 3, "steps": 2, "element_steps": 2, "batch_size": 8, "check_scenes": 8}
+    towers = {}
+    for weight in (0.0, 1.0):
+        model, processor = load_model_and_processor(bb.source, bb)
+        cfg = PretrainConfig(tower_steps=2, tower_head_weight=weight, tower_lr_scale=0.1, **common)
+        report = pretrain(model, processor, cfg, bb.image_size, family=bb.family)
+        towers[weight] = {k: v.clone() for k, v in model.model.vision_tower.state_dict().items()}
+        kept = [s for s in ("pairs", "elements") if "head_accuracy" in report["stages"][s]]
+        assert kept == (["pairs", "elements"] if weight else [])
+    # same seed and stage 1: the towers differ only because the kept heads trained the second on
+    assert any(not torch.equal(towers[0.0][k], towers[1.0][k]) for k in towers[0.0] if "weight" in k)
 
 
 def test_frozen_tower_keeps_its_weights_and_batchnorm_statistics(tiny_params):
