@@ -128,6 +128,7 @@ class PretrainConfig:
     # > 0: stages 2-3 keep stage 1's heads as an auxiliary loss of this weight, the tower training
     # on at lr x tower_lr_scale (needs tower_groups >= 2)
     tower_head_weight: float = 0.0
+    tower_readout: str = "pooled"  # what stage 1's heads read: pooled (mean+max of the map) | tokens
     tower_lr_scale: float = 1.0  # the tower's learning rate in stages 2-3, when it trains
     seed: int = 99  # scenes are drawn from this seed alone, never from the benchmark
     threads: int = 1  # torch threads: fixed, so a rerun reproduces the base exactly

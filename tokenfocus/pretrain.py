@@ -128,6 +128,8 @@ def check_config(cfg: PretrainConfig) -> None:
     for name in ("max_groups", "tower_groups"):
         if not 1 <= getattr(cfg, name) <= 3:
             raise ConfigError(f"pretrain.{name}: {getattr(cfg, name)} is not in 1..3")
+    if cfg.tower_readout not in ("pooled", "tokens"):
+        raise ConfigError(f"pretrain.tower_readout: {cfg.tower_readout!r} is not pooled or tokens")
     if cfg.tower_head_weight < 0 or cfg.tower_lr_scale < 0:
         raise ConfigError("pretrain.tower_head_weight / tower_lr_scale: negative")
     if cfg.tower_head_weight > 0 and cfg.tower_groups < 2:
@@ -269,6 +271,15 @@ def _pool(hidden: torch.Tensor) -> torch.Tensor:
     return torch.cat([hidden.mean(dims), hidden.amax(dims)], -1)
 
 
+def _readout(hidden: torch.Tensor, mode: str) -> torch.Tensor:
+    """What stage 1's heads read: the pooled map (B, 2C), or every position of it (B, T, C), so
+    that each image token must carry the whole scene (the language model's softmax attention
+    averages over tokens and cannot sum them into a count)."""
+    if mode == "pooled":
+        return _pool(hidden)
+    return hidden.flatten(2).transpose(1, 2) if hidden.dim() == 4 else hidden
+
+
 def _pixel_values(processor, images: list[Image.Image]) -> torch.Tensor:
     px = processor.image_processor(images, return_tensors="pt")["pixel_values"]
     return px.flatten(0, 1) if px.dim() == 5 else px  # families that nest images per sample
@@ -373,7 +384,9 @@ def tower_stage(
     cpu0 = time.process_time()
 
     def feats(images):
-        return _pool(tower(pixel_values=_pixel_values(processor, images)).last_hidden_state)
+        return _readout(
+            tower(pixel_values=_pixel_values(processor, images)).last_hidden_state, cfg.tower_readout
+        )
 
     with torch.no_grad():
         width = feats([Image.new("RGB", (image_size, image_size))]).shape[-1]
@@ -402,6 +415,8 @@ def _head_loss(
     """The tower heads' cross-entropy on pooled features ``f``; appends exact-match rates to ``hits``."""
     loss = 0.0
     for k, y in _tower_targets(scenes, groups).items():
+        if f.dim() == 3:  # per token: every position is asked about the whole scene
+            y = y.unsqueeze(1).expand(-1, f.shape[1], *y.shape[1:])
         logits = heads[k](f).reshape(*y.shape, -1)
         loss = loss + F.cross_entropy(logits.flatten(0, -2), y.flatten())
         right = logits.argmax(-1) == y
@@ -516,7 +531,9 @@ def question_stage(
                 aux_losses.append(float(aux_loss.detach()))
                 loss = loss + cfg.aux_weight * aux_loss
             if keep_heads:
-                head_loss = _head_loss(heads, _pool(captured["map"]), scenes, cfg.tower_groups, hits)
+                head_loss = _head_loss(
+                    heads, _readout(captured["map"], cfg.tower_readout), scenes, cfg.tower_groups, hits
+                )
                 loss = loss + cfg.tower_head_weight * head_loss
             losses.append(_step(opt, sched, params, loss))
     finally:
