@@ -4,6 +4,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tokenfocus.backbones import load_model_and_processor
 from tokenfocus.config import ConfigError, PretrainConfig
@@ -63,6 +64,7 @@ def test_one_group_pool_has_no_relation_questions():
             "pretrain.tower_head_weight: the heads of a one-group",
         ),
         ({"tower_lr_scale": -0.1}, "pretrain.tower_head_weight / tower_lr_scale: negative"),
+        ({"tower_readout": "cls"}, "pretrain.tower_readout: 'cls' is not pooled or tokens"),
     ],
 )
 def test_bad_pretrain_config_names_the_key(change, message):
@@ -163,6 +165,25 @@ def test_kept_tower_heads_train_the_tower_on_through_the_question_stages(tiny_pa
         assert kept == (["pairs", "elements"] if weight else [])
     # same seed and stage 1: the towers differ only because the kept heads trained the second on
     assert any(not torch.equal(towers[0.0][k], towers[1.0][k]) for k in towers[0.0] if "weight" in k)
+
+
+def test_token_readout_asks_every_position_about_the_whole_scene():
+    from tokenfocus.pretrain import _head_loss, _readout, _tower_heads, _tower_targets
+
+    scenes = Pool.draw(4, 64, seed=2, max_groups=3).scenes
+    hidden = torch.randn(4, 8, 2, 2)  # (B, C, H, W): four positions
+    tokens, pooled = _readout(hidden, "tokens"), _readout(hidden, "pooled")
+    assert tokens.shape == (4, 4, 8) and pooled.shape == (4, 16)
+    assert torch.equal(tokens[1, 3], hidden[1, :, 1, 1])
+    heads = _tower_heads(8, 3)
+    with torch.no_grad():  # heads that answer the truth at position 0 only
+        for k, y in _tower_targets(scenes, 3).items():
+            heads[k].weight.zero_()
+            heads[k].bias.copy_(F.one_hot(y[0], heads[k].out_features // y.shape[1]).flatten() * 50.0)
+    hits = {}
+    _head_loss(heads, tokens, scenes, 3, hits)
+    # every position of scene 0 is right, the other scenes (other targets) are not all right
+    assert all(0.25 <= v[0] < 1.0 for v in hits.values())
 
 
 def test_frozen_tower_keeps_its_weights_and_batchnorm_statistics(tiny_params):
