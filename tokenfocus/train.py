@@ -84,6 +84,23 @@ def evaluate_split(scorer: Scorer, records: list[Record], images: dict) -> dict[
     return ntire_metrics(scores.tolist(), [r.total_score for r in records], pe, ge)
 
 
+def _folder_digest(source: str | Path, whole_below: int = 64 * 1024 * 1024) -> str:
+    """What a local base folder holds: files under ``whole_below`` bytes by content, bigger ones
+    (a real checkpoint's shards) by name and size; a hub id stands for itself."""
+    import hashlib
+
+    root = Path(source)
+    if not root.is_dir():
+        return str(source)
+    h = hashlib.sha1()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(root)}:{size}".encode())
+        if size < whole_below:
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 class Trainer:
     """One backbone's fine-tuning run; ``run()`` resumes from ``out/checkpoint`` if present."""
 
@@ -217,6 +234,8 @@ class Trainer:
             "train": asdict(self.cfg),
             "backbone": asdict(self.bb),
             "source": str(self.source),
+            # the base itself: a re-built or re-pre-trained base at the same path is another start
+            "base": _folder_digest(self.source),
             "exclude_fold": self.exclude_fold,
             "code": code.hexdigest(),
         }

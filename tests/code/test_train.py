@@ -91,6 +91,29 @@ def test_checkpoint_of_another_config_is_not_resumed(tiny_params, tmp_path):
     assert other._resume().step == 0
 
 
+def test_checkpoint_of_another_base_at_the_same_path_is_not_resumed(tiny_params, tmp_path):
+    """Regression: after a base was re-pre-trained (here: 64 -> 128 wide), ``dvc repro`` resumed
+    the old base's checkpoint into the new model and crashed on a size mismatch."""
+    import shutil
+
+    slug = "idefics3_tiny"
+    base = tmp_path / "base"
+    shutil.copytree(tiny_params.backbone(slug).source, base)
+    p = _params(tiny_params, slug, steps=2, checkpoint_every=2, eval_every=2)
+    Trainer(slug, p, out=tmp_path / "a", source=base).run()
+
+    def resumed_step() -> int:
+        tr = Trainer(slug, p, out=tmp_path / "a", source=base)
+        tr._load_data()
+        tr.setup()
+        return tr._resume().step
+
+    assert resumed_step() == 2  # the same base: resumed
+    meta = json.loads((base / "tokenfocus.json").read_text())
+    (base / "tokenfocus.json").write_text(json.dumps({**meta, "pretrain": {"cpu_minutes": 1.0}}))
+    assert resumed_step() == 0  # the same path, another base: afresh
+
+
 @pytest.mark.parametrize(("slug", "tuning"), [("fastvlm_llama", "full"), ("fastvlm_gemma", "lora")])
 def test_scoring_the_saved_model_reproduces_the_trainers_validation_metrics(
     tiny_params, tmp_path, slug, tuning
