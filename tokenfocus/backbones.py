@@ -37,7 +37,9 @@ def save_model(model, processor, meta: dict, out: str | Path) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
+    # shards of at most 1 MB: the shipped bases live as blobs in the git-tracked DVC remote, and
+    # the project keeps every tracked file under 2 MiB (a real checkpoint shards on its own anyway)
+    model.save_pretrained(tmp, max_shard_size="1MB")
     processor.save_pretrained(tmp)
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
     replace_dir(tmp, out)

@@ -50,8 +50,7 @@ def test_the_remote_holds_exactly_the_locked_bases_and_stays_small():
         assert not missing, (stage, missing)
     blobs = [p for p in STORE.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in blobs) < 25_000_000
-    # each blob far below git hosting limits (GitHub warns at 50 MiB, refuses 100 MiB)
-    assert max(p.stat().st_size for p in blobs) < 8 * 1024 * 1024
+    assert max(p.stat().st_size for p in blobs) < 2 * 1024 * 1024  # each blob fits git hosting limits
     # and git carries every blob, so a clone has them
     tracked = subprocess.run(
         ["git", "ls-files", "dvc-store"], cwd=ROOT, capture_output=True, text=True, check=True
