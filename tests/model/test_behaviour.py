@@ -27,7 +27,7 @@ def scorer(request):
     from tokenfocus.scoring import Scorer
 
     source = ROOT / PARAMS.backbone(request.param).source
-    if not (source / "model.safetensors").exists():
+    if not list(source.glob("model*.safetensors")):  # weights, whole or sharded
         pytest.fail(f"{source} is missing: `make bases` (or `dvc pull pretrain`) brings the shipped bases")
     return Scorer.load(source, params=ROOT / "params.yaml")
 

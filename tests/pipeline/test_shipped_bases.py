@@ -65,7 +65,9 @@ def test_a_fresh_clone_pulls_the_bases_and_finds_pretraining_up_to_date(tmp_path
     assert pulled.returncode == 0, pulled.stderr
     tiny = [s for s, bb in load_params(clone / "params.yaml").backbones.items() if bb.family]
     for slug in tiny:
-        assert (clone / "models" / "base" / slug / "model.safetensors").exists()
+        assert list(
+            (clone / "models" / "base" / slug).glob("model*.safetensors")
+        )  # weights, whole or sharded
     status = subprocess.run(
         [DVC, "status", *(f"pretrain@{s}" for s in tiny)], cwd=clone, capture_output=True, text=True
     )
@@ -85,7 +87,8 @@ def test_the_retrain_flow_reuses_the_shipped_bases(tmp_path, monkeypatch):
     subprocess.run([tf, "synth"], cwd=clone, check=True, capture_output=True)  # what `make data` makes
     subprocess.run([DVC, "pull", "-q", *SHIPPED_STAGES], cwd=clone, check=True)
     tiny = [s for s, bb in load_params(clone / "params.yaml").backbones.items() if bb.family]
-    weights = [clone / "models" / "base" / s / "model.safetensors" for s in tiny]
+    weights = [w for s in tiny for w in sorted((clone / "models" / "base" / s).glob("model*.safetensors"))]
+    assert weights
     before = [os.stat(w).st_ino for w in weights]
     monkeypatch.chdir(clone)
     assert bases_task.fn("params.yaml", str(clone), tiny) == [f"models/base/{s}" for s in tiny]
