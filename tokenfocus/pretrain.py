@@ -412,7 +412,8 @@ def _last50(hits: dict[str, list[float]]) -> dict[str, float]:
 def _head_loss(
     heads: torch.nn.ModuleDict, f: torch.Tensor, scenes: list[Scene], groups: int, hits
 ) -> torch.Tensor:
-    """The tower heads' cross-entropy on pooled features ``f``; appends exact-match rates to ``hits``."""
+    """The tower heads' cross-entropy on ``f`` (pooled, or per position: see :func:`_readout`);
+    appends their exact-match rates to ``hits``."""
     loss = 0.0
     for k, y in _tower_targets(scenes, groups).items():
         if f.dim() == 3:  # per token: every position is asked about the whole scene
@@ -487,7 +488,7 @@ def question_stage(
     heads: torch.nn.ModuleDict | None = None,
 ) -> dict:
     """Stages 2 and 3: next-token loss on the answers, plus the auxiliary presence loss, and with
-    ``tower_head_weight`` > 0 stage 1's ``heads`` on the tower's pooled map (tower trainable)."""
+    ``tower_head_weight`` > 0 stage 1's ``heads`` on the tower's map (tower trainable)."""
     tower, projector = _part(model, family, "tower"), _part(model, family, "projector")
     keep_heads = cfg.tower_head_weight > 0 and heads is not None
     if cfg.freeze_tower and not keep_heads:
@@ -586,7 +587,7 @@ def pretrain(
     if cfg.tower_steps:
         stages["tower"], heads = tower_stage(model, processor, family, cfg, image_size, slug=slug)
     common = {"family": family, "cfg": cfg, "prompts": prompts, "image_size": image_size, "slug": slug}
-    common["heads"] = heads
+    common["heads"] = heads  # kept as a loss in stages 2-3 when tower_head_weight > 0
     if cfg.steps:
         stages["pairs"] = question_stage(
             model,
