@@ -147,7 +147,7 @@ class TrainConfig:
     warmup_frac: float = 0.05
     seed: int = 0
     ce_weight: float = 1.0
-    mse_weight: float = 0.1  # small: a large MSE term collapses early onto the mean score
+    mse_weight: float = 0.1  # before the CE warm-up ends it would collapse onto the mean score; params.yaml: 1.0, measured
     mse_warmup_frac: float = 0.2  # CE alone first, then the regression term joins
     element_weight: float = 0.5
     element_balance: float = 0.5  # share of element questions drawn from absent elements, when any
