@@ -128,6 +128,8 @@ def check_config(cfg: PretrainConfig) -> None:
     for name in ("max_groups", "tower_groups"):
         if not 1 <= getattr(cfg, name) <= 3:
             raise ConfigError(f"pretrain.{name}: {getattr(cfg, name)} is not in 1..3")
+    if cfg.count_false not in ("any", "adjacent"):
+        raise ConfigError(f"pretrain.count_false: {cfg.count_false!r} is not any or adjacent")
     if cfg.tower_readout not in ("pooled", "tokens"):
         raise ConfigError(f"pretrain.tower_readout: {cfg.tower_readout!r} is not pooled or tokens")
     if cfg.tower_head_weight < 0 or cfg.tower_lr_scale < 0:
@@ -151,12 +153,18 @@ def check_config(cfg: PretrainConfig) -> None:
             raise ConfigError(f"pretrain.{name}: {getattr(cfg, name)} is out of range")
 
 
-def _true_and_false(scene: Scene, kind: str, g: Group, rng: random.Random) -> tuple[str, str]:
-    """The true value of one attribute of group ``g`` and a false one that no group has."""
+def _true_and_false(
+    scene: Scene, kind: str, g: Group, rng: random.Random, *, count_false: str = "any"
+) -> tuple[str, str]:
+    """The true value of one attribute of group ``g`` and a false one that no group has.
+
+    ``count_false``: a false count is any other count, or (``adjacent``) one more or one less.
+    """
     if kind == "color":
         return g.color, rng.choice([c for c in COLORS if all(c != h.color for h in scene.groups)])
     if kind == "count":
-        return COUNTS[g.count], rng.choice([w for c, w in COUNTS.items() if c != g.count])
+        near = 1 if count_false == "adjacent" else len(COUNTS)
+        return COUNTS[g.count], rng.choice([w for c, w in COUNTS.items() if 0 < abs(c - g.count) <= near])
     if kind == "size":
         return g.size, "small" if g.size == "large" else "large"
     if kind == "shape":
@@ -180,10 +188,12 @@ def question(
     mode: str | None = None,
     kind: str | None = None,
     truth: bool | None = None,
+    count_false: str = "any",
 ) -> Question:
     """One question answered truly for ``scene``: open or check (``mode``, else 1:1).
 
-    ``kind`` and ``truth`` fix the attribute and, for a check, whether its claim is true.
+    ``kind`` and ``truth`` fix the attribute and, for a check, whether its claim is true;
+    ``count_false`` which false counts a count check may claim (see :func:`_true_and_false`).
     """
     kinds = [k for k in attributes if k != "relation" or scene.relation]
     kind = kind if kind in kinds else rng.choice(kinds)
@@ -191,7 +201,7 @@ def question(
     fmt = {"noun": _noun(g.shape), "color": g.color, "a": _noun(g.shape)}
     if kind == "relation":
         fmt["b"] = _noun(scene.groups[1].shape)
-    true, false = _true_and_false(scene, kind, g, rng)
+    true, false = _true_and_false(scene, kind, g, rng, count_false=count_false)
     mode = mode or ("open" if rng.random() < 0.5 else "check")
     if mode == "open":
         answer = {"shape": g.shape, "relation": f"{true} the {fmt.get('b')}"}.get(kind, true)
@@ -467,7 +477,7 @@ def _rows(
         state = rng.getstate()  # the same group and false value for both questions of the pair
         for truth in (True, False):
             rng.setstate(state)
-            q = question(s, attrs, rng, mode="check", kind=kind, truth=truth)
+            q = question(s, attrs, rng, mode="check", kind=kind, truth=truth, count_false=cfg.count_false)
             add(parts.head + q.text + parts.tail, q.answer, im, s)
     return texts, answers, images, scenes
 

@@ -65,6 +65,7 @@ def test_one_group_pool_has_no_relation_questions():
         ),
         ({"tower_lr_scale": -0.1}, "pretrain.tower_head_weight / tower_lr_scale: negative"),
         ({"tower_readout": "cls"}, "pretrain.tower_readout: 'cls' is not pooled or tokens"),
+        ({"count_false": "near"}, "pretrain.count_false: 'near' is not any or adjacent"),
     ],
 )
 def test_bad_pretrain_config_names_the_key(change, message):
@@ -249,3 +250,19 @@ def test_check_and_element_accuracy_count_true_and_false_claims_equally(tiny_par
         el = element_accuracy(model, processor, tiny_params.prompts, bb.image_size, n=40, seed=2)
         assert el["all"] == 0.5
         hook.remove()
+
+
+def test_adjacent_false_counts_are_one_off_and_any_keeps_every_other_count():
+    from tokenfocus.pretrain import _fresh_scene, _true_and_false
+
+    number = {w: c for c, w in COUNTS.items()}
+    rng = random.Random(3)
+    seen: dict[str, set[int]] = {"any": set(), "adjacent": set()}
+    for _ in range(400):
+        scene = _fresh_scene(rng, 1)
+        g = scene.groups[0]
+        for mode in seen:
+            true, false = _true_and_false(scene, "count", g, rng, count_false=mode)
+            assert number[true] == g.count and number[false] != g.count
+            seen[mode].add(abs(number[false] - g.count))
+    assert seen == {"any": {1, 2, 3}, "adjacent": {1}}
