@@ -314,6 +314,8 @@ class Trainer:
         if self.model is None:
             self.setup()
         state = self._resume()
+        if state.step == 0:  # a fresh start: an earlier run's CPU time is not this run's
+            self._timing_path().unlink(missing_ok=True)
         self.out.mkdir(parents=True, exist_ok=True)
         cfg = self.cfg
         bar = tqdm(

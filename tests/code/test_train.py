@@ -91,6 +91,18 @@ def test_checkpoint_of_another_config_is_not_resumed(tiny_params, tmp_path):
     assert other._resume().step == 0
 
 
+def test_a_fresh_start_does_not_count_an_earlier_runs_cpu_time(tiny_params, tmp_path):
+    """Regression: a run that started afresh (another config) added its CPU time to the earlier
+    run's, so the loss study and the pipeline reported e.g. 22 CPU-min for a 7-minute run."""
+    p = _params(tiny_params, "idefics3_tiny", steps=2, checkpoint_every=2, eval_every=2)
+    first = Trainer("idefics3_tiny", p, out=tmp_path / "a").run()["cpu_minutes"]
+    timing = tmp_path / "a.timing.json"
+    timing.write_text(json.dumps({"cpu_seconds": 6000.0}))  # as if the earlier run had taken 100 min
+    other = _params(tiny_params, "idefics3_tiny", steps=2, checkpoint_every=2, eval_every=2, lr=0.0001)
+    again = Trainer("idefics3_tiny", other, out=tmp_path / "a").run()["cpu_minutes"]
+    assert 0 < again < 10 * max(first, 0.05) < 100
+
+
 def test_checkpoint_of_another_base_at_the_same_path_is_not_resumed(tiny_params, tmp_path):
     """Regression: after a base was re-pre-trained (here: 64 -> 128 wide), ``dvc repro`` resumed
     the old base's checkpoint into the new model and crashed on a size mismatch."""
