@@ -18,10 +18,12 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from tokenfocus.backbones import load_model_and_processor
+from tokenfocus.config import load_params
 from tokenfocus.env import apply_offline_env
 from tokenfocus.pretrain import Pool, _noun, _yes_margins, question
 from tokenfocus.scoring import template_parts
-from tokenfocus.synth import BACKGROUNDS, COLORS, COUNTS
+from tokenfocus.synth import BACKGROUNDS, COUNTS, drawn_fill
 
 SEED = 12345  # not pre-training's seed (99) nor its checks' (0)
 
@@ -35,11 +37,8 @@ def visible_counts(pool: Pool) -> dict[str, list]:
     hits: dict[str, list[bool]] = defaultdict(list)
     for scene, image in zip(pool.scenes, pool.images, strict=True):
         pixels = np.asarray(image).astype(int)
-        bg = BACKGROUNDS[scene.background]
         for g in scene.groups:
-            fill = COLORS[g.color]
-            if fill == bg or sum(abs(a - b) for a, b in zip(fill, bg, strict=True)) < 60:
-                fill = tuple(255 - c for c in fill)  # as synth.render draws it
+            fill = drawn_fill(g.color, BACKGROUNDS[scene.background])
             mask = np.abs(pixels - np.array(fill)).sum(-1) < 60
             labels, k = ndimage.label(mask, structure=np.ones((3, 3)))
             areas = ndimage.sum(mask, labels, range(1, k + 1)) if k else []
@@ -50,13 +49,10 @@ def visible_counts(pool: Pool) -> dict[str, list]:
 
 
 @torch.inference_mode()
-def count_checks(slug: str, pool: Pool) -> dict[str, list]:
+def count_checks(slug: str, pool: Pool, params) -> dict[str, list]:
     """The base's count-check accuracy, broken down (claims half true, half false)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    path = f"models/base/{slug}"
-    processor = AutoProcessor.from_pretrained(path)
-    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    bb = params.backbone(slug)
+    model, processor = load_model_and_processor(bb.source, bb, slug=slug)
     parts = template_parts(processor)
     rng = random.Random(SEED)
     qs = [question(s, ["count"], rng, mode="check", truth=i % 2 == 0) for i, s in enumerate(pool.scenes)]
@@ -82,7 +78,8 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(1)
     pool = Pool.draw(args.n, 64, SEED, max_groups=3)
-    out = {"visible": visible_counts(pool), **{s: count_checks(s, pool) for s in args.slugs}}
+    params = load_params()
+    out = {"visible": visible_counts(pool), **{s: count_checks(s, pool, params) for s in args.slugs}}
     print(json.dumps(out, indent=1))
 
 

@@ -257,6 +257,15 @@ def _draw_shape(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: flo
         d.polygon(pts, fill=fill)
 
 
+def drawn_fill(color: str, background: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The RGB a ``color`` group is drawn in on ``background``: inverted where the two are too
+    close, so that no shape is drawn invisible on its background."""
+    fill = COLORS[color]
+    if fill == background or sum(abs(a - b) for a, b in zip(fill, background, strict=True)) < 60:
+        return tuple(255 - c for c in fill)
+    return fill
+
+
 def render(scene: Scene, size: int, rng: random.Random) -> Image.Image:
     """Draw a scene at 4x and downsample, for smooth edges at small sizes."""
     big = size * 4
@@ -270,9 +279,7 @@ def render(scene: Scene, size: int, rng: random.Random) -> Image.Image:
             continue
         x0, y0, x1, y1 = boxes[gi]
         r = SIZES[g.size] * big
-        fill = COLORS[g.color]
-        if fill == bg or sum(abs(a - b) for a, b in zip(fill, bg, strict=True)) < 60:
-            fill = tuple(255 - c for c in fill)  # never draw a shape invisible on its background
+        fill = drawn_fill(g.color, bg)
         placed: list[tuple[float, float]] = []
         for _ in range(g.count):
             for _try in range(60):

@@ -124,6 +124,7 @@ class Trainer:
         self.exclude_fold = exclude_fold  # out-of-fold member: never sees this stacking fold
         self.model = None  # set by setup(); run() sets up only if nobody did
         self.train_records = None  # set by _load_data()
+        self._base_digest: str | None = None  # the base folder's digest, read once (see _identity)
 
     # -- data -------------------------------------------------------------------------------------
     def _load_data(self) -> None:
@@ -227,6 +228,8 @@ class Trainer:
 
         import tokenfocus
 
+        if self._base_digest is None:  # read once per run, not at every checkpoint
+            self._base_digest = _folder_digest(self.source)
         code = hashlib.sha1()
         for name in ("train.py", "losses.py", "scoring.py", "prompts.py"):
             code.update((Path(tokenfocus.__file__).parent / name).read_bytes())
@@ -235,7 +238,7 @@ class Trainer:
             "backbone": asdict(self.bb),
             "source": str(self.source),
             # the base itself: a re-built or re-pre-trained base at the same path is another start
-            "base": _folder_digest(self.source),
+            "base": self._base_digest,
             "exclude_fold": self.exclude_fold,
             "code": code.hexdigest(),
         }
