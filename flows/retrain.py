@@ -12,12 +12,12 @@ from prefect.futures import wait
 from prefect.runtime import flow_run
 
 from tokenfocus.config import FlowConfig, load_params
-from tokenfocus.env import apply_offline_env
+from tokenfocus.env import apply_env
 
 
 def _load(params_path: str, root: str):
     """Each task (maybe on another Dask worker) reads params itself from the project root."""
-    apply_offline_env()
+    apply_env()
     if Path.cwd() != Path(root):
         os.chdir(root)
     return load_params(params_path)
@@ -231,5 +231,5 @@ def configured_flow(params_path: str = "params.yaml"):
 
 
 if __name__ == "__main__":
-    apply_offline_env()
+    apply_env()
     configured_flow()()

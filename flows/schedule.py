@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from tokenfocus.config import load_params
-from tokenfocus.env import apply_offline_env
+from tokenfocus.env import apply_env
 
 HOST, PORT = "127.0.0.1", 4200
 DEPLOYMENT = "tokenfocus-retrain/scheduled"
@@ -78,7 +78,7 @@ def wait_for_deployment(runner: subprocess.Popen, log: Path, timeout: float = 12
 
 def main() -> None:
     """Serve the deployment against ``PREFECT_API_URL`` if set, else a local server (started if needed)."""
-    apply_offline_env()
+    apply_env()
     api = os.environ.get("PREFECT_API_URL") or f"http://{HOST}:{PORT}/api"
     server = None
     try:

@@ -15,11 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tokenfocus.env import apply_env  # noqa: E402
+
+apply_env()  # before torch loads: the kernels' dispatch is read once
+import torch  # noqa: E402
+
 from tokenfocus.config import load_params  # noqa: E402
-from tokenfocus.env import apply_offline_env  # noqa: E402
 from tokenfocus.evalmuse import load_records  # noqa: E402
 from tokenfocus.images import load_images  # noqa: E402
 
@@ -274,7 +276,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    apply_offline_env()
+    apply_env()
     torch.set_num_threads(2)
     params = load_params()
     rows = {"overall": [], "elements": [], "scaling": [], "train": [], "score_memory": [], "dtype": []}

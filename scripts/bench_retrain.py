@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flows.schedule import DEPLOYMENT, serve_in_background, start_server, wait_for_deployment  # noqa: E402
 from tokenfocus.config import load_params  # noqa: E402
-from tokenfocus.env import apply_offline_env  # noqa: E402
+from tokenfocus.env import apply_env  # noqa: E402
 from tokenfocus.serve import free_port  # noqa: E402
 
 AIM = 1.2
@@ -112,7 +112,7 @@ def fresh_training(params, slugs: list[str]) -> None:
 
 
 def main() -> int:
-    apply_offline_env()
+    apply_env()
     root = Path.cwd()
     params = load_params()
     slugs = list(params.backbones)

@@ -14,16 +14,18 @@ import json
 import random
 from collections import defaultdict
 
-import numpy as np
-import torch
-from scipy import ndimage
+from tokenfocus.env import apply_env
 
-from tokenfocus.backbones import load_model_and_processor
-from tokenfocus.config import load_params
-from tokenfocus.env import apply_offline_env
-from tokenfocus.pretrain import Pool, _noun, _yes_margins, question
-from tokenfocus.scoring import template_parts
-from tokenfocus.synth import BACKGROUNDS, COUNTS, drawn_fill
+apply_env()  # before torch loads: the kernels' dispatch is read once
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
+from tokenfocus.backbones import load_model_and_processor  # noqa: E402
+from tokenfocus.config import load_params  # noqa: E402
+from tokenfocus.pretrain import Pool, _noun, _yes_margins, question  # noqa: E402
+from tokenfocus.scoring import template_parts  # noqa: E402
+from tokenfocus.synth import BACKGROUNDS, COUNTS, drawn_fill  # noqa: E402
 
 SEED = 12345  # not pre-training's seed (99) nor its checks' (0)
 
@@ -74,7 +76,6 @@ def main() -> None:
     ap.add_argument("slugs", nargs="*", default=["fastvlm_gemma"])
     ap.add_argument("--n", type=int, default=600)
     args = ap.parse_args()
-    apply_offline_env()
     torch.manual_seed(0)
     torch.set_num_threads(1)
     pool = Pool.draw(args.n, 64, SEED, max_groups=3)

@@ -106,12 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from tokenfocus.config import load_params
-    from tokenfocus.env import apply_offline_env
+    from tokenfocus.env import apply_env
     from tokenfocus.evalmuse import load_records
     from tokenfocus.images import load_images
     from tokenfocus.split import main as split_main
 
-    apply_offline_env()
+    apply_env()
     device = args.device or ("cuda" if torch.cuda.is_available() else None)
     if device is None:
         print("no CUDA device: nothing to check (gpu-check runs where torch sees a GPU)")

@@ -26,14 +26,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from scipy import ndimage
-from scipy.stats import spearmanr
-from torch import nn
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tokenfocus.env import apply_env  # noqa: E402
+
+apply_env()  # before torch loads: the kernels' dispatch is read once
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from scipy import ndimage  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+from torch import nn  # noqa: E402
+
 from tokenfocus.config import load_params  # noqa: E402
 from tokenfocus.images import load_images  # noqa: E402
 from tokenfocus.predictions import split_records  # noqa: E402

@@ -24,7 +24,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tokenfocus.config import load_params  # noqa: E402
-from tokenfocus.env import apply_offline_env  # noqa: E402
+from tokenfocus.env import apply_env  # noqa: E402
 from tokenfocus.serve import free_port, serve_threads, start  # noqa: E402
 
 # Bad kinds, each with the words the 400's message must contain.
@@ -78,7 +78,7 @@ def main() -> int:
     ap.add_argument("--out", default="docs/loadtest.md")
     ap.add_argument("--model-uri", default=None, help="default: models:/<name>@champion")
     args = ap.parse_args()
-    apply_offline_env()
+    apply_env()
     params = load_params()
     sc = params.serve
     server, url = start(params, port=free_port(), model_uri=args.model_uri)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tokenfocus.config import load_params  # noqa: E402
-from tokenfocus.env import apply_offline_env  # noqa: E402
+from tokenfocus.env import apply_env  # noqa: E402
 from tokenfocus.predictions import score_backbone  # noqa: E402
 from tokenfocus.train import Trainer  # noqa: E402
 
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--append", action="store_true", help="add to eval/loss_study.json's runs")
     ap.add_argument("--threads", type=int, help="torch threads per run (default train.threads)")
     args = ap.parse_args()
-    apply_offline_env()
+    apply_env()
     params = load_params()
     study = Path("eval/loss_study.json")
     runs = json.loads(study.read_text())["runs"] if args.append and study.exists() else []

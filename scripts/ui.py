@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flows import schedule  # noqa: E402
 from tokenfocus.config import load_params  # noqa: E402
-from tokenfocus.env import apply_offline_env  # noqa: E402
+from tokenfocus.env import apply_env  # noqa: E402
 from tokenfocus.tracking import tracking_uri  # noqa: E402
 
 MLFLOW_PORT = 5000
@@ -36,7 +36,7 @@ def mlflow_ui() -> subprocess.Popen:
 
 
 def main() -> None:
-    apply_offline_env()
+    apply_env()
     ui = mlflow_ui()
     print(f"MLflow UI:  http://127.0.0.1:{MLFLOW_PORT}  (registered model: Models > tokenfocus-ensemble)")
     try:

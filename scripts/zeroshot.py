@@ -16,7 +16,7 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from tokenfocus.config import load_params
-from tokenfocus.env import apply_offline_env
+from tokenfocus.env import apply_env
 from tokenfocus.evalmuse import parse_element_key
 from tokenfocus.predictions import score_backbone
 
@@ -46,7 +46,7 @@ def table_summary(rows: list[dict]) -> dict:
 
 
 def main(slugs: list[str]) -> dict:
-    apply_offline_env()
+    apply_env()
     params = load_params()
     out = {}
     for slug in slugs or [s for s, bb in params.backbones.items() if bb.family]:

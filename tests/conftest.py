@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 
 from tokenfocus.config import SynthConfig
-from tokenfocus.env import apply_offline_env
+from tokenfocus.env import apply_cpu_kernel_env, apply_offline_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config):
     apply_offline_env(override=True)
+    apply_cpu_kernel_env()  # the pipeline's kernels, before any test imports torch
     os.environ.pop("MLFLOW_RUN_ID", None)
 
 

@@ -12,6 +12,12 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 def __getattr__(name: str):
     # Lazy so that `import tokenfocus` stays cheap and free of side effects (no torch import).
     if name == "Scorer":
+        import sys
+
+        if "torch" not in sys.modules:  # the kernels' dispatch is read once, when torch loads
+            from tokenfocus.env import apply_cpu_kernel_env
+
+            apply_cpu_kernel_env()
         from tokenfocus.scoring import Scorer
 
         return Scorer

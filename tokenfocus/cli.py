@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from tokenfocus.config import ConfigError, load_params
-from tokenfocus.env import apply_offline_env
+from tokenfocus.env import apply_env
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 backbones_app = typer.Typer(no_args_is_help=True, help="Build and inspect backbones.")
@@ -24,7 +24,7 @@ PARAMS = typer.Option("params.yaml", "--params", help="params file")
 
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
-    apply_offline_env()
+    apply_env()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -166,6 +166,15 @@ def backbones_list(params: str = PARAMS) -> None:
     """List the registry: slug, source, family, tuning."""
     for slug, bb in _params(params).backbones.items():
         typer.echo(f"{slug:24s} {bb.source:40s} {bb.family or '-':10s} {bb.tuning}")
+
+
+@app.command()
+def golden(params: str = PARAMS) -> None:
+    """Hash one fixed forward and backward pass of a base: equal hashes, equal bits (tokenfocus.golden)."""
+    from tokenfocus.golden import golden_pass
+
+    _params(params)
+    print(json.dumps(golden_pass(params), indent=1))
 
 
 @app.command()

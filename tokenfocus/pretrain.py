@@ -52,6 +52,7 @@ from tokenfocus.backbones import (
     train_mode,
 )
 from tokenfocus.config import BackboneConfig, ConfigError, PretrainConfig, PromptConfig
+from tokenfocus.env import torch_threads
 from tokenfocus.losses import answer_lm_loss
 from tokenfocus.prompts import element_text
 from tokenfocus.scoring import encode, first_answer_logits
@@ -589,7 +590,7 @@ def pretrain(
     """
     check_config(cfg)
     prompts = prompts or PromptConfig()
-    torch.set_num_threads(cfg.threads)
+    torch_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     processor.tokenizer.padding_side = "left"
     cpu0 = time.process_time()

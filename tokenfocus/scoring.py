@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from tokenfocus.backbones import META_FILE, load_model_and_processor, template_parts
 from tokenfocus.config import BackboneConfig, PromptConfig, load_params
+from tokenfocus.env import torch_threads
 from tokenfocus.images import open_image
 from tokenfocus.prompts import (
     answer_tokens,
@@ -123,7 +124,7 @@ class Scorer:
         A slug resolves to its trained model when one exists, else to its base ``source``.
         """
         if threads:
-            torch.set_num_threads(threads)
+            torch_threads(threads)
         path = Path(path_or_slug)
         slug, bb, prompts = str(path_or_slug), None, PromptConfig()
         if path.exists():

@@ -18,6 +18,9 @@ class TokenFocusEnsemble(mlflow.pyfunc.PythonModel):
         import os
         from pathlib import Path
 
+        from tokenfocus.env import apply_cpu_kernel_env
+
+        apply_cpu_kernel_env()  # effective only while torch is not loaded yet
         from tokenfocus.registry import EnsembleScorer, Limits
         from tokenfocus.serve import MicroBatcher
 

@@ -309,9 +309,9 @@ def run_stage(name: str, params_path: str, root: str, slug: str, pid: str, threa
     import os
 
     from tokenfocus.config import load_params
-    from tokenfocus.env import apply_offline_env
+    from tokenfocus.env import apply_env
 
-    apply_offline_env()
+    apply_env()
     os.chdir(root)
     stage = {"train": train_stage, "score": score_stage}[name]
     return stage(slug, with_threads(load_params(params_path), threads), pid=pid)

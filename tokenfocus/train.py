@@ -28,6 +28,7 @@ from tokenfocus.backbones import (
     train_mode,
 )
 from tokenfocus.config import Params
+from tokenfocus.env import torch_threads
 from tokenfocus.evalmuse import Record, write_json_atomic
 from tokenfocus.images import load_images
 from tokenfocus.losses import answer_lm_loss, element_loss, focus_loss
@@ -285,7 +286,7 @@ class Trainer:
     def setup(self) -> None:
         from transformers import get_cosine_schedule_with_warmup
 
-        torch.set_num_threads(self.cfg.threads)
+        torch_threads(self.cfg.threads)
         torch.manual_seed(self.cfg.seed)
         self.model, self.processor = load_model_and_processor(self.source, self.bb, slug=self.slug)
         if self.bb.gradient_checkpointing:

@@ -1,0 +1,70 @@
+"""Same bits on every x86-64 machine: the golden pass of a shipped base, through the CLI.
+
+The pass runs in a fresh ``tokenfocus golden`` process whose environment holds none of the
+kernel variables, so it also proves that the entry point pins them itself (as every DVC stage,
+flow task and script does) before torch loads. A machine whose kernels compute other bits fails
+here, before ``make run`` would rewrite docs/results.md and dvc.lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tokenfocus.env import CPU_KERNEL_ENV, NATIVE_SWITCH
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = json.loads((Path(__file__).with_name("golden_bits.json")).read_text())
+
+
+def _has_avx2() -> bool:
+    try:
+        return " avx2" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def _golden(env_extra: dict[str, str]) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in CPU_KERNEL_ENV and k != NATIVE_SWITCH}
+    env.update(env_extra)
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("tokenfocus")), "golden"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+needs_avx2_cpu = pytest.mark.skipif(
+    not _has_avx2(),
+    reason="the golden bits are those of AVX2 kernels: this CPU has no AVX2 (ARM, or older x86)",
+)
+
+
+@needs_avx2_cpu
+def test_golden_pass_has_the_committed_bits():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU computes other bits (same code, tolerances instead): see the README")
+    assert (ROOT / "models/base/fastvlm_gemma").is_dir(), "the shipped base is missing: run `make bases`"
+    got = _golden({})
+    assert got["capability"] == GOLDEN["capability"], "the CLI did not pin the kernels before torch loaded"
+    assert got["logits"] == GOLDEN["logits"], "the logits' bits drifted on this machine"
+    assert got["grads"] == GOLDEN["grads"], "the gradients' bits drifted on this machine"
+
+
+@needs_avx2_cpu
+def test_operator_values_win_over_the_pinned_kernels():
+    got = _golden({NATIVE_SWITCH: "native", "ATEN_CPU_CAPABILITY": "default"})
+    assert got["capability"] == "DEFAULT"
+    assert got["logits"] != GOLDEN["logits"]  # the pass can see a change of kernels at all
