@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flows.schedule import DEPLOYMENT, serve_in_background, start_server, wait_for_deployment  # noqa: E402
 from tokenfocus.config import load_params  # noqa: E402
 from tokenfocus.env import apply_env  # noqa: E402
-from tokenfocus.serve import free_port  # noqa: E402
+from tokenfocus.serving.server import free_port  # noqa: E402
 
 AIM = 1.2
 

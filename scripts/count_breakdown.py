@@ -23,9 +23,10 @@ from scipy import ndimage  # noqa: E402
 
 from tokenfocus.backbones import load_model_and_processor  # noqa: E402
 from tokenfocus.config import load_params  # noqa: E402
-from tokenfocus.pretrain import Pool, _noun, _yes_margins, question  # noqa: E402
+from tokenfocus.pretrain.checks import yes_margins  # noqa: E402
+from tokenfocus.pretrain.curriculum import Pool, noun, question  # noqa: E402
+from tokenfocus.render import BACKGROUNDS, COUNTS, drawn_fill  # noqa: E402
 from tokenfocus.scoring import template_parts  # noqa: E402
-from tokenfocus.synth import BACKGROUNDS, COUNTS, drawn_fill  # noqa: E402
 
 SEED = 12345  # not pre-training's seed (99) nor its checks' (0)
 
@@ -58,12 +59,12 @@ def count_checks(slug: str, pool: Pool, params) -> dict[str, list]:
     parts = template_parts(processor)
     rng = random.Random(SEED)
     qs = [question(s, ["count"], rng, mode="check", truth=i % 2 == 0) for i, s in enumerate(pool.scenes)]
-    margins = _yes_margins(model, processor, [parts.head + q.text + parts.tail for q in qs], pool.images)
+    margins = yes_margins(model, processor, [parts.head + q.text + parts.tail for q in qs], pool.images)
     number = {w: c for c, w in COUNTS.items()}
     hits: dict[str, list[bool]] = defaultdict(list)
     for q, scene, m in zip(qs, pool.scenes, margins, strict=True):
         ok = (m > 0) == q.truth
-        g = next(g for g in scene.groups if _noun(g.shape) in q.text)
+        g = next(g for g in scene.groups if noun(g.shape) in q.text)
         claimed = next(c for w, c in number.items() if f" {w} " in f" {q.text} ")
         claim = "true claims" if q.truth else f"false claims off by {abs(claimed - g.count)}"
         for key in ("all", claim, f"count={g.count}", f"groups={len(scene.groups)}"):

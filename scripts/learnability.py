@@ -40,7 +40,7 @@ from torch import nn  # noqa: E402
 from tokenfocus.config import load_params  # noqa: E402
 from tokenfocus.images import load_images  # noqa: E402
 from tokenfocus.predictions import split_records  # noqa: E402
-from tokenfocus.synth import COLORS, COUNTS, SIZES  # noqa: E402
+from tokenfocus.render import COLORS, COUNTS, SIZES  # noqa: E402
 
 SPLITS = ("train", "val", "test")
 PALETTE = np.array(list(COLORS.values()), dtype=float)

@@ -25,7 +25,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tokenfocus.config import load_params  # noqa: E402
 from tokenfocus.env import apply_env  # noqa: E402
-from tokenfocus.serve import free_port, serve_threads, start  # noqa: E402
+from tokenfocus.serving.server import free_port, serve_threads, start  # noqa: E402
 
 # Bad kinds, each with the words the 400's message must contain.
 BAD = {

@@ -324,7 +324,7 @@ def serve(
     """Serve the champion with `mlflow models serve` on 127.0.0.1."""
     import os
 
-    from tokenfocus.serve import serve_command
+    from tokenfocus.serving.server import serve_command
 
     cmd, env = serve_command(_params(params), model_uri=model, host=host, port=port)
     typer.echo(" ".join(cmd))

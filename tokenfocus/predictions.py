@@ -10,6 +10,8 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from tokenfocus.config import Params
 from tokenfocus.evalmuse import Record, load_records, write_json_atomic, write_submission
 from tokenfocus.metrics import evaluate
@@ -138,3 +140,26 @@ def score_backbone(
         metrics[split] = metrics_of(rows)
         log.info("%s %s: %s", slug, split, metrics[split])
     return metrics
+
+
+def _num(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def paired_bootstrap(a_rows: list[dict], b_rows: list[dict], *, n: int, seed: int) -> dict[str, float]:
+    """NTIRE score of two prediction tables on the same pairs, and a bootstrap CI of b - a."""
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n):
+        idx = rng.integers(0, len(a_rows), len(a_rows))
+        ma, mb = metrics_of([a_rows[i] for i in idx]), metrics_of([b_rows[i] for i in idx])
+        diffs.append(_num(mb["final"]) - _num(ma["final"]))
+    a, b = _num(metrics_of(a_rows)["final"]), _num(metrics_of(b_rows)["final"])
+    lo, hi = np.nanpercentile(diffs, [2.5, 97.5])
+    return {
+        "champion_final": a,
+        "challenger_final": b,
+        "diff": b - a,
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+    }

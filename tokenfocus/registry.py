@@ -1,6 +1,6 @@
-"""The served ensemble: a pyfunc model from code, registration, aliases and promotion.
+"""Logging, registering, describing and promoting the served ensemble (a pyfunc model from code).
 
-The model is code of this package (``tokenfocus/serving_model.py``, models-from-code), not a
+The model is code of this package (``tokenfocus/serving/model.py``, models-from-code), not a
 pickle of live objects. Its artifacts are the ensemble folder (JSON + skops) and one folder per
 backbone (safetensors + processor files, or a LoRA adapter plus its base).
 """
@@ -8,20 +8,15 @@ backbone (safetensors + processor files, or a LoRA adapter plus its base).
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import logging
-import math
-import shutil
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from tokenfocus.backbones import META_FILE
-from tokenfocus.config import Params, ServeConfig, TrackingConfig
-from tokenfocus.images import ImageError, open_image
+from tokenfocus.config import Params, TrackingConfig
+from tokenfocus.predictions import paired_bootstrap
+from tokenfocus.serving.ensemble import EnsembleScorer, bundle
+from tokenfocus.serving.requests import limits_from, parse_records
 
 log = logging.getLogger(__name__)
 CHALLENGER, CHAMPION = "challenger", "champion"
@@ -35,159 +30,6 @@ PIP_REQUIREMENTS = [
     "pandas",
     "mlflow>=3",
 ]
-
-
-class RecordError(ValueError):
-    """A request record that cannot be scored; the message names the record and the problem."""
-
-
-# -- bundling ---------------------------------------------------------------------------------
-def bundle(params: Params, out: str | Path) -> Path:
-    """Copy the ensemble and every backbone it uses into one self-contained folder."""
-    out = Path(out)
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(params.stack.out, out / "ensemble")
-    slugs = json.loads((out / "ensemble" / "ensemble.json").read_text())["slugs"]
-    for slug in slugs:
-        src = Path(params.train.out) / slug / "model"
-        dest = out / "backbones" / slug
-        shutil.copytree(src, dest)
-        meta = json.loads((dest / META_FILE).read_text())
-        if (dest / "adapter_config.json").exists():  # LoRA: the base travels too, unless it is a hub id
-            base = Path(meta["base"])
-            if base.exists():
-                shutil.copytree(base, out / "bases" / slug)
-                meta["base"] = f"../../bases/{slug}"
-        (dest / META_FILE).write_text(json.dumps(meta, indent=1))
-    return out
-
-
-# -- request parsing --------------------------------------------------------------------------
-@dataclass
-class Limits:
-    allowed_root: Path | None
-    max_image_bytes: int
-    max_pixels: int
-
-
-def limits_from(cfg: ServeConfig) -> Limits:
-    return Limits(
-        Path(cfg.allowed_root).resolve() if cfg.allowed_root else None, cfg.max_image_bytes, cfg.max_pixels
-    )
-
-
-def confined_path(value: str, root: Path | None, where: str) -> Path:
-    """Resolve a path under the allowed root, refusing ``..`` escapes and outside absolutes."""
-    if root is None:
-        raise RecordError(f"{where}: image paths are disabled (no allowed root); send base64")
-    if "\x00" in value:
-        raise RecordError(f"{where}: image path contains a NUL byte")
-    candidate = (root / value).resolve() if not PurePosixPath(value).is_absolute() else Path(value).resolve()
-    if candidate != root and root not in candidate.parents:
-        raise RecordError(f"{where}: image path {value!r} is outside the allowed root")
-    return candidate
-
-
-def decode_image(value: Any, limits: Limits, where: str):
-    """A base64 PNG/JPEG or a path under the allowed root, decoded with the size limits."""
-    if not isinstance(value, str) or not value.strip():
-        raise RecordError(f"{where}: 'image' must be a base64 string or a path")
-    text = value.strip()
-    if text.startswith("data:"):
-        text = text.split(",", 1)[-1]
-    looks_b64 = (
-        len(text) > 64 and "/" not in text[:8] and not text.lower().endswith((".png", ".jpg", ".jpeg"))
-    )
-    try:
-        if looks_b64:
-            if len(text) * 3 // 4 > limits.max_image_bytes:
-                raise RecordError(f"{where}: image larger than {limits.max_image_bytes} bytes")
-            try:
-                data = base64.b64decode(text, validate=True)
-            except (binascii.Error, ValueError):
-                raise RecordError(f"{where}: 'image' is neither valid base64 nor a path") from None
-            return open_image(
-                data, max_pixels=limits.max_pixels, max_bytes=limits.max_image_bytes, name=where
-            )
-        path = confined_path(text, limits.allowed_root, where)
-        return open_image(
-            path, max_pixels=limits.max_pixels, max_bytes=limits.max_image_bytes, name=f"{where} ({text})"
-        )
-    except ImageError as exc:
-        raise RecordError(str(exc)) from None
-
-
-def parse_records(records: list[dict], limits: Limits) -> tuple[list, list[str], list[list[str]]]:
-    """Validate request records; raise :class:`RecordError` naming the first bad one."""
-    images, prompts, elements = [], [], []
-    for i, rec in enumerate(records):
-        where = f"record {i}"
-        prompt = rec.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise RecordError(f"{where}: missing or empty 'prompt'")
-        els = rec.get("elements")
-        if els is None or (isinstance(els, float) and math.isnan(els)):
-            els = []
-        if isinstance(els, str):
-            try:
-                els = json.loads(els) if els.strip() else []
-            except json.JSONDecodeError:
-                raise RecordError(f"{where}: 'elements' is not a JSON list") from None
-        if isinstance(els, np.ndarray):
-            els = els.tolist()
-        if not isinstance(els, list) or not all(isinstance(e, str) and e.strip() for e in els):
-            raise RecordError(f"{where}: 'elements' must be a list of non-empty strings")
-        images.append(decode_image(rec.get("image"), limits, where))
-        prompts.append(prompt)  # the scorer cuts overlong prompts, with a warning
-        elements.append(list(dict.fromkeys(els)))  # duplicates scored once
-    return images, prompts, elements
-
-
-# -- the ensemble scorer ------------------------------------------------------------------------
-class EnsembleScorer:
-    """All backbones plus the fitted combination: the in-process form of the served model."""
-
-    def __init__(self, root: str | Path, *, batch_size: int = 32, threads: int | None = None):
-        from tokenfocus.scoring import Scorer
-        from tokenfocus.stack import Ensemble
-
-        root = Path(root)
-        self.ensemble = Ensemble.load(root / "ensemble")
-        self.scorers = {
-            s: Scorer.load(root / "backbones" / s, batch_size=batch_size, threads=threads)
-            for s in self.ensemble.slugs
-        }
-
-    def __call__(self, images, prompts: list[str], elements: list[list[str]]) -> list[dict]:
-        """Score pairs with every backbone and combine: one dict per pair."""
-        tables = {}
-        for slug, scorer in self.scorers.items():
-            results = scorer(images, prompts, elements)
-            tables[slug] = [
-                {
-                    "img_path": str(i),
-                    "prompt_id": "",
-                    "prompt": p,
-                    "score": r.score,
-                    "distribution": r.distribution,
-                    "entropy": r.entropy,
-                    "elements": r.elements,
-                    "gt_score": None,
-                    "gt_elements": {},
-                }
-                for i, (p, r) in enumerate(zip(prompts, results, strict=True))
-            ]
-        rows = self.ensemble.combine(tables)
-        return [
-            {
-                "total_score": r["score"],
-                "element_scores": r["elements"],
-                "backbone_scores": r["backbone_scores"],
-                "distribution": r["distribution"],
-                "entropy": r["entropy"],
-            }
-            for r in rows
-        ]
 
 
 # -- logging, registering, promoting ------------------------------------------------------------
@@ -280,7 +122,7 @@ def log_and_register(params: Params, *, metrics: dict[str, float] | None = None,
                 mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=str(Path(__file__).with_name("serving_model.py")),
+                python_model=str(Path(__file__).with_name("serving") / "model.py"),
                 artifacts={"bundle": str(root), "serve_config": str(serve_cfg)},
                 code_paths=[str(Path(__file__).parent)],
                 signature=signature,
@@ -388,31 +230,6 @@ def _finished(client, version) -> tuple[bool, str]:
     if parent and client.get_run(parent).info.status == "FAILED":
         return False, f"pipeline run {parent} FAILED"
     return True, "finished"
-
-
-def _num(x) -> float:
-    return float("nan") if x is None else float(x)
-
-
-def paired_bootstrap(a_rows: list[dict], b_rows: list[dict], *, n: int, seed: int) -> dict[str, float]:
-    """NTIRE score of two prediction tables on the same pairs, and a bootstrap CI of b - a."""
-    from tokenfocus.predictions import metrics_of
-
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(n):
-        idx = rng.integers(0, len(a_rows), len(a_rows))
-        ma, mb = metrics_of([a_rows[i] for i in idx]), metrics_of([b_rows[i] for i in idx])
-        diffs.append(_num(mb["final"]) - _num(ma["final"]))
-    a, b = _num(metrics_of(a_rows)["final"]), _num(metrics_of(b_rows)["final"])
-    lo, hi = np.nanpercentile(diffs, [2.5, 97.5])
-    return {
-        "champion_final": a,
-        "challenger_final": b,
-        "diff": b - a,
-        "ci_low": float(lo),
-        "ci_high": float(hi),
-    }
 
 
 def version_rows(tc: TrackingConfig, version, params: Params) -> list[dict]:

@@ -222,7 +222,7 @@ def stack_stage(params: Params) -> dict:
     write_table_submission(Path("eval") / "ensemble" / "output.json", params, ntire)
     test_rows = ens.combine(tables["test"])
     from tokenfocus.plots import category_accuracy
-    from tokenfocus.registry import paired_bootstrap
+    from tokenfocus.predictions import paired_bootstrap
 
     singles = {r["model"]: r for r in rows if r["model"] in slugs}  # comparison() measured them
     best = max(slugs, key=lambda s: singles[s].get("final") or -1.0)

@@ -11,40 +11,25 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
 from tokenfocus.config import SynthConfig
 from tokenfocus.evalmuse import write_json_atomic
+from tokenfocus.render import (
+    COLORS,
+    COUNTS,
+    RELATIONS,
+    SHAPES,
+    SIZES,
+    Group,
+    Scene,
+    random_scene,
+    render,
+)
 
-SHAPES = ["circle", "square", "triangle", "star", "diamond", "cross"]
-COLORS = {
-    "red": (220, 30, 30),
-    "green": (30, 170, 40),
-    "blue": (30, 60, 220),
-    "yellow": (240, 220, 20),
-    "purple": (140, 40, 180),
-    "orange": (250, 140, 10),
-    "white": (250, 250, 250),
-    "black": (15, 15, 15),
-}
-SIZES = {"small": 0.07, "large": 0.13}  # radius as a fraction of the image side
-COUNTS = {1: "one", 2: "two", 3: "three", 4: "four"}
-RELATIONS = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-BACKGROUNDS = [
-    (128, 128, 128),
-    (200, 200, 190),
-    (70, 80, 90),
-    (170, 200, 230),
-    (215, 190, 160),
-    (60, 110, 70),
-    (235, 235, 235),
-    (40, 40, 60),
-]
 #: How much each element category weighs in the annotators' score model (objects weigh most).
 WEIGHTS = {"object": 2.0, "counting": 1.0, "color": 1.0, "attribute": 1.0, "spatial": 1.0}
 EXTRA_PENALTY = 0.1  # latent alignment lost per unmentioned extra object group
@@ -98,23 +83,6 @@ GENERATORS: dict[str, dict[str, float]] = {
     },
 }
 ANNOTATOR_BIAS = [0.0, 0.2, -0.2, 0.1, -0.1]
-
-
-@dataclass
-class Group:
-    shape: str
-    color: str
-    size: str
-    count: int
-
-
-@dataclass
-class Scene:
-    groups: list[Group]
-    relation: str | None = None  # between groups[0] and groups[1]
-    extras: list[Group] = field(default_factory=list)  # unmentioned objects
-    missing: set[int] = field(default_factory=set)  # indices of groups not drawn
-    background: int = 0
 
 
 def plural(shape: str, count: int) -> str:
@@ -220,106 +188,6 @@ def corrupt(scene: Scene, profile: dict[str, float], rng: random.Random) -> Scen
             )
         )
     return out
-
-
-def _regions(scene: Scene, k: int) -> list[tuple[float, float, float, float]]:
-    """One box (x0, y0, x1, y1, in 0..1) per group; the relation decides the order."""
-    vertical = scene.relation in ("above", "below")
-    order = list(range(k))
-    if scene.relation in ("right of", "below"):
-        order[0], order[1] = 1, 0
-    boxes = [None] * k
-    for slot, gi in enumerate(order):
-        lo, hi = slot / k, (slot + 1) / k
-        boxes[gi] = (0.0, lo, 1.0, hi) if vertical else (lo, 0.0, hi, 1.0)
-    return boxes
-
-
-def _draw_shape(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
-    if shape == "circle":
-        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-    elif shape == "square":
-        d.rectangle([cx - r * 0.85, cy - r * 0.85, cx + r * 0.85, cy + r * 0.85], fill=fill)
-    elif shape == "triangle":
-        d.polygon([(cx, cy - r), (cx - r, cy + r * 0.8), (cx + r, cy + r * 0.8)], fill=fill)
-    elif shape == "diamond":
-        d.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
-    elif shape == "cross":
-        w = r * 0.38
-        d.rectangle([cx - r, cy - w, cx + r, cy + w], fill=fill)
-        d.rectangle([cx - w, cy - r, cx + w, cy + r], fill=fill)
-    else:  # star
-        pts = []
-        for j in range(10):
-            rad = r if j % 2 == 0 else r * 0.45
-            a = -math.pi / 2 + j * math.pi / 5
-            pts.append((cx + rad * math.cos(a), cy + rad * math.sin(a)))
-        d.polygon(pts, fill=fill)
-
-
-def drawn_fill(color: str, background: tuple[int, int, int]) -> tuple[int, int, int]:
-    """The RGB a ``color`` group is drawn in on ``background``: inverted where the two are too
-    close, so that no shape is drawn invisible on its background."""
-    fill = COLORS[color]
-    if fill == background or sum(abs(a - b) for a, b in zip(fill, background, strict=True)) < 60:
-        return tuple(255 - c for c in fill)
-    return fill
-
-
-def render(scene: Scene, size: int, rng: random.Random) -> Image.Image:
-    """Draw a scene at 4x and downsample, for smooth edges at small sizes."""
-    big = size * 4
-    bg = BACKGROUNDS[scene.background]
-    img = Image.new("RGB", (big, big), bg)
-    d = ImageDraw.Draw(img)
-    groups_all = list(scene.groups) + scene.extras
-    boxes = _regions(scene, len(groups_all))
-    for gi, g in enumerate(groups_all):
-        if gi in scene.missing:  # the box stays empty, so the layout does not give it away
-            continue
-        x0, y0, x1, y1 = boxes[gi]
-        r = SIZES[g.size] * big
-        fill = drawn_fill(g.color, bg)
-        placed: list[tuple[float, float]] = []
-        for _ in range(g.count):
-            for _try in range(60):
-                cx = (
-                    rng.uniform(x0 * big + r, x1 * big - r)
-                    if (x1 - x0) * big > 2 * r
-                    else (x0 + x1) / 2 * big
-                )
-                cy = (
-                    rng.uniform(y0 * big + r, y1 * big - r)
-                    if (y1 - y0) * big > 2 * r
-                    else (y0 + y1) / 2 * big
-                )
-                if all((cx - px) ** 2 + (cy - py) ** 2 > (2.1 * r) ** 2 for px, py in placed):
-                    break
-            placed.append((cx, cy))
-            _draw_shape(d, g.shape, cx, cy, r, fill)
-    return img.resize((size, size), Image.LANCZOS)
-
-
-def random_scene(rng: random.Random) -> Scene:
-    k = rng.choices([1, 2, 3], weights=[0.3, 0.45, 0.25])[0]
-    shapes = rng.sample(SHAPES, k)  # distinct shapes keep element keys unique per prompt
-    groups = [
-        Group(
-            s,
-            rng.choice(list(COLORS)),
-            rng.choice(list(SIZES)),
-            rng.choices([1, 2, 3, 4], weights=[0.4, 0.3, 0.2, 0.1])[0],
-        )
-        for s in shapes
-    ]
-    if k == 3:  # three groups share the canvas: keep them sparse enough to fit a third of it
-        for g in groups:
-            g.count = min(g.count, 3)
-    return Scene(
-        groups=groups,
-        relation=rng.choice(list(RELATIONS)) if k >= 2 else None,
-        background=rng.randrange(len(BACKGROUNDS)),
-    )
 
 
 def latent_alignment(prompt: Scene, drawn: Scene) -> float:

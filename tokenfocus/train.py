@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,12 +19,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tokenfocus.backbones import (
-    META_FILE,
-    assistant_end,
-    load_model_and_processor,
-    replace_dir,
-    train_mode,
+from tokenfocus.backbones import apply_lora, assistant_end, load_model_and_processor, train_mode
+from tokenfocus.checkpoint import (
+    folder_digest,
+    load_checkpoint,
+    save_checkpoint,
+    save_trained,
+    trainable_state,
 )
 from tokenfocus.config import Params
 from tokenfocus.env import torch_threads
@@ -52,26 +52,6 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
 
 
-def apply_lora(model, slug: str, params: Params):
-    """Wrap the model in a LoRA adapter on the language model's target modules only."""
-    from peft import LoraConfig, get_peft_model
-
-    lc = params.backbone(slug).lora
-    # Name every target module explicitly, inside the language model only: vision towers reuse
-    # names such as q_proj or gate_proj (Qwen2.5-VL's), under names without "vision" (`visual`).
-    decoder = model.get_decoder()
-    lm = next(n for n, m in model.named_modules() if m is decoder)
-    names = [
-        n
-        for n, _ in model.named_modules()
-        if n.split(".")[-1] in lc.target_modules and (lc.include_vision or n.startswith(lm + "."))
-    ]
-    if not names:
-        raise ValueError(f"{slug}: LoRA target modules {lc.target_modules} match nothing in the model")
-    config = LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=names)
-    return get_peft_model(model, config)
-
-
 def evaluate_split(scorer: Scorer, records: list[Record], images: dict) -> dict[str, float]:
     """Overall and element metrics of the current model on a list of records."""
     pil = [images[r.img_path] for r in records]
@@ -83,23 +63,6 @@ def evaluate_split(scorer: Scorer, records: list[Record], images: dict) -> dict[
     pe = [probs[i][k] for i, r in enumerate(records) for k in els[i]]
     ge = [r.element_score[k] for i, r in enumerate(records) for k in els[i]]
     return ntire_metrics(scores.tolist(), [r.total_score for r in records], pe, ge)
-
-
-def _folder_digest(source: str | Path, whole_below: int = 64 * 1024 * 1024) -> str:
-    """What a local base folder holds: files under ``whole_below`` bytes by content, bigger ones
-    (a real checkpoint's shards) by name and size; a hub id stands for itself."""
-    import hashlib
-
-    root = Path(source)
-    if not root.is_dir():
-        return str(source)
-    h = hashlib.sha1()
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        size = f.stat().st_size
-        h.update(f"{f.relative_to(root)}:{size}".encode())
-        if size < whole_below:
-            h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 class Trainer:
@@ -194,16 +157,6 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------------
     def _save_model(self, dest: Path) -> None:
         """Save the model (or only the LoRA adapter) with its processor and metadata, atomically."""
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(tmp)  # safetensors; a PeftModel saves only its adapter
-        self.processor.save_pretrained(tmp)
-        adapter = tmp / "adapter_config.json"
-        if adapter.exists():  # peft writes target_modules from a set: in hash order, per process
-            cfg = json.loads(adapter.read_text())
-            if isinstance(cfg.get("target_modules"), list):
-                cfg["target_modules"] = sorted(cfg["target_modules"])
-                adapter.write_text(json.dumps(cfg, indent=2, sort_keys=True))
         meta = {
             "slug": self.slug,
             "kind": "trained",
@@ -213,15 +166,7 @@ class Trainer:
             "prompts": asdict(self.prompts),
             "loss": self.cfg.loss,
         }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-        replace_dir(tmp, dest)
-
-    def _trainable_state(self) -> dict[str, torch.Tensor]:
-        if self.bb.tuning == "lora":
-            from peft import get_peft_model_state_dict
-
-            return get_peft_model_state_dict(self.model)
-        return {k: v.detach().clone().contiguous() for k, v in self.model.state_dict().items()}
+        save_trained(self.model, self.processor, meta, dest)
 
     def _identity(self) -> dict:
         """What must match for a checkpoint to be resumed: configs, base, and the training code."""
@@ -230,7 +175,7 @@ class Trainer:
         import tokenfocus
 
         if self._base_digest is None:  # read once per run, not at every checkpoint
-            self._base_digest = _folder_digest(self.source)
+            self._base_digest = folder_digest(self.source)
         code = hashlib.sha1()
         for name in ("train.py", "losses.py", "scoring.py", "prompts.py"):
             code.update((Path(tokenfocus.__file__).parent / name).read_bytes())
@@ -245,42 +190,31 @@ class Trainer:
         }
 
     def _save_checkpoint(self, state: TrainState) -> None:
-        """Weights (or adapter), optimizer, scheduler and state, swapped in atomically."""
-        from safetensors.torch import save_file
-
-        ckpt = self.out / "checkpoint"
-        tmp = ckpt.with_name("checkpoint.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file(self._trainable_state(), tmp / "weights.safetensors")
-        torch.save(
-            {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}, tmp / "optim.pt"
+        save_checkpoint(
+            self.out / "checkpoint",
+            trainable_state(self.model, self.bb.tuning),
+            {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()},
+            {**asdict(state), "config": self._identity()},
         )
-        write_json_atomic(tmp / "state.json", {**asdict(state), "config": self._identity()})
-        replace_dir(tmp, ckpt)
 
     def _resume(self) -> TrainState:
-        ckpt = self.out / "checkpoint"
-        if not (ckpt / "state.json").exists():
+        saved = load_checkpoint(self.out / "checkpoint")
+        if saved is None:
             return TrainState()
-        saved = json.loads((ckpt / "state.json").read_text())
-        if saved.pop("config") != json.loads(json.dumps(self._identity())):
+        state, weights, opt = saved
+        if state.pop("config") != json.loads(json.dumps(self._identity())):
             log.warning("%s: checkpoint was made by another config or code; starting afresh", self.slug)
             return TrainState()
-        from safetensors.torch import load_file
-
-        weights = load_file(ckpt / "weights.safetensors")
         if self.bb.tuning == "lora":
             from peft import set_peft_model_state_dict
 
             set_peft_model_state_dict(self.model, weights)
         else:
             self.model.load_state_dict(weights)
-        opt = torch.load(ckpt / "optim.pt", weights_only=True)  # tensors only: no pickle of objects
         self.opt.load_state_dict(opt["optimizer"])
         self.sched.load_state_dict(opt["scheduler"])
-        log.info("%s: resumed from step %d", self.slug, saved["step"])
-        return TrainState(**saved)
+        log.info("%s: resumed from step %d", self.slug, state["step"])
+        return TrainState(**state)
 
     # -- the loop ---------------------------------------------------------------------------------
     def setup(self) -> None:

@@ -11,8 +11,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import count_breakdown  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tokenfocus.pretrain import Pool  # noqa: E402
-from tokenfocus.synth import BACKGROUNDS  # noqa: E402
+from tokenfocus.pretrain.curriculum import Pool  # noqa: E402
+from tokenfocus.render import BACKGROUNDS  # noqa: E402
 
 
 def test_blob_counting_reads_one_group_scenes_and_fails_on_an_empty_image():

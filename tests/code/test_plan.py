@@ -18,8 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("slug", ["qwen2_vl_tiny", "qwen2_5_vl_tiny", "internvl_tiny", "fastvlm_gemma"])
 def test_counts_from_the_config_equal_the_loaded_models(tiny_params, slug):
-    from tokenfocus.backbones import load_model_and_processor
-    from tokenfocus.train import apply_lora
+    from tokenfocus.backbones import apply_lora, load_model_and_processor
 
     bb = tiny_params.backbone(slug)
     lora = dataclasses.replace(bb, tuning="lora")

@@ -8,8 +8,11 @@ import torch.nn.functional as F
 
 from tokenfocus.backbones import load_model_and_processor
 from tokenfocus.config import ConfigError, PretrainConfig
-from tokenfocus.pretrain import ATTRIBUTES, Pool, check_accuracy, check_config, corpus, pretrain, question
-from tokenfocus.synth import COUNTS, plural
+from tokenfocus.pretrain import check_config, corpus, pretrain
+from tokenfocus.pretrain.checks import check_accuracy
+from tokenfocus.pretrain.curriculum import ATTRIBUTES, Pool, question
+from tokenfocus.render import COUNTS
+from tokenfocus.synth import plural
 
 
 def test_questions_are_true_of_their_scene():
@@ -103,12 +106,12 @@ def test_pretraining_is_deterministic_changes_the_weights_and_reports(tiny_param
 
 
 def test_per_shape_tower_targets_say_which_shape_has_what():
-    from tokenfocus.pretrain import _tower_targets
-    from tokenfocus.synth import COLORS, SHAPES, SIZES
+    from tokenfocus.pretrain.curriculum import tower_targets
+    from tokenfocus.render import COLORS, SHAPES, SIZES
 
     pool = Pool.draw(40, 64, seed=5, max_groups=3)
     assert max(len(s.groups) for s in pool.scenes) == 3
-    y = _tower_targets(pool.scenes, 3)
+    y = tower_targets(pool.scenes, 3)
     assert {k: tuple(v.shape) for k, v in y.items()} == {
         k: (40, len(SHAPES)) for k in ("count", "color", "size")
     }
@@ -119,7 +122,7 @@ def test_per_shape_tower_targets_say_which_shape_has_what():
             assert int(y["count"][r, c]) == (g.count if g else 0)  # 0: this shape is absent
             assert int(y["color"][r, c]) == (1 + list(COLORS).index(g.color) if g else 0)
             assert int(y["size"][r, c]) == (1 + list(SIZES).index(g.size) if g else 0)
-    one = _tower_targets(Pool.draw(8, 64, seed=5, max_groups=1).scenes, 1)  # the one-group stage
+    one = tower_targets(Pool.draw(8, 64, seed=5, max_groups=1).scenes, 1)  # the one-group stage
     assert set(one) == {"shape", "color", "count", "size"} and all(v.shape == (8,) for v in one.values())
 
 
@@ -140,15 +143,15 @@ def test_per_shape_tower_stage_trains_and_reports_its_heads(tiny_params):
 def test_tower_targets_describe_what_was_drawn():
     import copy
 
-    from tokenfocus.pretrain import _tower_targets
-    from tokenfocus.synth import SHAPES, Group
+    from tokenfocus.pretrain.curriculum import tower_targets
+    from tokenfocus.render import SHAPES, Group
 
     scene = copy.deepcopy(next(s for s in Pool.draw(40, 64, seed=5).scenes if len(s.groups) == 2))
     gone, kept = scene.groups
     scene.missing.add(0)  # an element question's scene: its first group was not drawn ...
     extra = Group(next(s for s in SHAPES if s not in (gone.shape, kept.shape)), "red", "small", 2)
     scene.extras.append(extra)  # ... and an extra group was
-    y = _tower_targets([scene], 3)["count"][0]
+    y = tower_targets([scene], 3)["count"][0]
     assert int(y[SHAPES.index(gone.shape)]) == 0
     assert int(y[SHAPES.index(kept.shape)]) == kept.count and int(y[SHAPES.index(extra.shape)]) == 2
 
@@ -169,16 +172,18 @@ def test_kept_tower_heads_train_the_tower_on_through_the_question_stages(tiny_pa
 
 
 def test_token_readout_asks_every_position_about_the_whole_scene():
-    from tokenfocus.pretrain import _head_loss, _readout, _tower_heads, _tower_targets
+    from tokenfocus.pretrain.curriculum import tower_targets
+    from tokenfocus.pretrain.parts import readout, tower_heads
+    from tokenfocus.pretrain.stages import _head_loss
 
     scenes = Pool.draw(4, 64, seed=2, max_groups=3).scenes
     hidden = torch.randn(4, 8, 2, 2)  # (B, C, H, W): four positions
-    tokens, pooled = _readout(hidden, "tokens"), _readout(hidden, "pooled")
+    tokens, pooled = readout(hidden, "tokens"), readout(hidden, "pooled")
     assert tokens.shape == (4, 4, 8) and pooled.shape == (4, 16)
     assert torch.equal(tokens[1, 3], hidden[1, :, 1, 1])
-    heads = _tower_heads(8, 3)
+    heads = tower_heads(8, 3)
     with torch.no_grad():  # heads that answer the truth at position 0 only
-        for k, y in _tower_targets(scenes, 3).items():
+        for k, y in tower_targets(scenes, 3).items():
             heads[k].weight.zero_()
             heads[k].bias.copy_(F.one_hot(y[0], heads[k].out_features // y.shape[1]).flatten() * 50.0)
     hits = {}
@@ -215,7 +220,7 @@ def test_checks_ask_the_claimed_truth_and_pairs_share_the_false_value():
 
 def test_element_questions_use_the_scoring_wording_with_balanced_answers(tiny_params):
     from tokenfocus.backbones import template_parts
-    from tokenfocus.pretrain import element_question
+    from tokenfocus.pretrain.curriculum import element_question
 
     bb = tiny_params.backbone("fastvlm_llama")
     _, processor = load_model_and_processor(bb.source, bb)
@@ -231,7 +236,7 @@ def test_element_questions_use_the_scoring_wording_with_balanced_answers(tiny_pa
 
 
 def test_check_and_element_accuracy_count_true_and_false_claims_equally(tiny_params):
-    from tokenfocus.pretrain import element_accuracy
+    from tokenfocus.pretrain.checks import element_accuracy
 
     bb = tiny_params.backbone("idefics3_tiny")
     model, processor = load_model_and_processor(bb.source, bb)
@@ -253,16 +258,16 @@ def test_check_and_element_accuracy_count_true_and_false_claims_equally(tiny_par
 
 
 def test_adjacent_false_counts_are_one_off_and_any_keeps_every_other_count():
-    from tokenfocus.pretrain import _fresh_scene, _true_and_false
+    from tokenfocus.pretrain.curriculum import fresh_scene, true_and_false
 
     number = {w: c for c, w in COUNTS.items()}
     rng = random.Random(3)
     seen: dict[str, set[int]] = {"any": set(), "adjacent": set()}
     for _ in range(400):
-        scene = _fresh_scene(rng, 1)
+        scene = fresh_scene(rng, 1)
         g = scene.groups[0]
         for mode in seen:
-            true, false = _true_and_false(scene, "count", g, rng, count_false=mode)
+            true, false = true_and_false(scene, "count", g, rng, count_false=mode)
             assert number[true] == g.count and number[false] != g.count
             seen[mode].add(abs(number[false] - g.count))
     assert seen == {"any": {1, 2, 3}, "adjacent": {1}}

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tokenfocus.config import ConfigError, ServeConfig
-from tokenfocus.serve import MicroBatcher, serve_command, serve_threads
+from tokenfocus.serving.server import MicroBatcher, serve_command, serve_threads
 
 
 class SlowDouble:

@@ -5,12 +5,9 @@ from pathlib import Path
 
 from tests.conftest import SMALL
 from tokenfocus.config import SynthConfig
+from tokenfocus.render import COLORS, SHAPES, Group, Scene
 from tokenfocus.synth import (
-    COLORS,
     GENERATORS,
-    SHAPES,
-    Group,
-    Scene,
     ceiling,
     corrupt,
     elements_of,

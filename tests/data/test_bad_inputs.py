@@ -17,7 +17,7 @@ from tests.conftest import bomb_png
 from tokenfocus.cli import app
 from tokenfocus.config import ServeConfig
 from tokenfocus.images import ImageError, open_image
-from tokenfocus.registry import RecordError, limits_from, parse_records
+from tokenfocus.serving.requests import RecordError, limits_from, parse_records
 
 
 def _png(img: Image.Image, fmt="PNG", **kw) -> bytes:

@@ -15,7 +15,7 @@ def prefect_api(tmp_path, monkeypatch):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.schedule import start_server
-    from tokenfocus.serve import free_port
+    from tokenfocus.serving.server import free_port
 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
     port = free_port()

@@ -14,8 +14,9 @@ import pytest
 
 from tests.conftest import ROOT
 from tokenfocus.config import load_params
-from tokenfocus.pretrain import _fresh_scene
-from tokenfocus.synth import COLORS, COUNTS, SHAPES, Scene, elements_of, make_prompt, render
+from tokenfocus.pretrain.curriculum import fresh_scene
+from tokenfocus.render import COLORS, COUNTS, SHAPES, Scene, render
+from tokenfocus.synth import elements_of, make_prompt
 
 PARAMS = load_params(ROOT / "params.yaml")
 SHIPPED = [s for s, bb in PARAMS.backbones.items() if bb.family]
@@ -48,7 +49,7 @@ def _swap(scene: Scene, kind: str, rng: random.Random) -> Scene:
 def _pair_scores(scorer, kind: str, seed: int):
     """Per scene: (score of the true prompt, score of the swapped prompt) on the true image."""
     rng = random.Random(seed)
-    scenes = [_fresh_scene(rng, 2) for _ in range(N)]
+    scenes = [fresh_scene(rng, 2) for _ in range(N)]
     images = [render(s, 64, rng) for s in scenes]
     swapped = [_swap(s, kind, rng) for s in scenes]
     out = []
@@ -71,7 +72,7 @@ def test_swapping_a_word_lowers_the_score(scorer, kind, seed):
 def test_an_absent_shape_gets_a_lower_p_yes_than_a_present_one(scorer):
     """The prompt names the absent shape and not the present one, so only the image can tell."""
     rng = random.Random(14)
-    scenes = [_fresh_scene(rng, 2) for _ in range(N)]
+    scenes = [fresh_scene(rng, 2) for _ in range(N)]
     images = [render(s, 64, rng) for s in scenes]
     claimed = [_swap(s, "shape", rng) for s in scenes]  # group 0 drawn as one shape, named as another
     prompts = [make_prompt(c, random.Random(i), False) for i, c in enumerate(claimed)]

@@ -9,16 +9,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tokenfocus.registry import (
-    CHALLENGER,
-    CHAMPION,
-    EnsembleScorer,
-    bundle,
-    limits_from,
-    log_and_register,
-    parse_records,
-    promote,
-)
+from tokenfocus.registry import CHALLENGER, CHAMPION, log_and_register, promote
+from tokenfocus.serving.ensemble import EnsembleScorer, bundle
+from tokenfocus.serving.requests import limits_from, parse_records
 from tokenfocus.stack import Ensemble, LeakError, fit_ensemble
 from tokenfocus.stages import score_stage, stack_stage, train_stage
 
@@ -99,7 +92,7 @@ def test_served_model_answers_http_and_rejects_bad_records(trained, store, tmp_p
 
     import requests
 
-    from tokenfocus.serve import free_port, start
+    from tokenfocus.serving.server import free_port, start
 
     p, _ = trained
     log_and_register(p)

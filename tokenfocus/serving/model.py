@@ -21,8 +21,9 @@ class TokenFocusEnsemble(mlflow.pyfunc.PythonModel):
         from tokenfocus.env import apply_cpu_kernel_env
 
         apply_cpu_kernel_env()  # effective only while torch is not loaded yet
-        from tokenfocus.registry import EnsembleScorer, Limits
-        from tokenfocus.serve import MicroBatcher
+        from tokenfocus.serving.ensemble import EnsembleScorer
+        from tokenfocus.serving.requests import Limits
+        from tokenfocus.serving.server import MicroBatcher
 
         cfg = json.loads(open(context.artifacts["serve_config"]).read())
         # `tokenfocus serve` passes the serve params of the day; plain `mlflow models serve` gets
@@ -42,7 +43,7 @@ class TokenFocusEnsemble(mlflow.pyfunc.PythonModel):
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-        from tokenfocus.registry import RecordError, parse_records
+        from tokenfocus.serving.requests import RecordError, parse_records
 
         records = (
             model_input.to_dict(orient="records") if hasattr(model_input, "to_dict") else list(model_input)

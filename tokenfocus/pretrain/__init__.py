@@ -1,0 +1,178 @@
+"""Vision-language pre-training of a tiny base: what a real LVLM brings before fine-tuning.
+
+A real checkpoint has seen captions and visual questions before anyone fine-tunes it on
+alignment scores. A tiny randomly initialised instance has not, and measurably cannot learn to
+bind words to pixels from 2,800 noisy alignment scores (docs/tiny-backbones.md). So the
+``pretrain@<slug>`` stage turns the random base of ``build@<slug>`` into a pre-trained one, on
+freshly drawn scenes from its own seed. It never reads the benchmark's images, labels, latent
+alignment, element weights or annotator model: it teaches what is in an image, never a score.
+
+The curriculum (measured in shared/reference/pretraining-study, run "D"):
+
+1. **Tower.** The vision tower alone learns, through throw-away linear heads, what its scenes
+   hold: per shape its count (0 = absent), colour and size on 1-3 group scenes
+   (``tower_groups``; 1 = the shape, colour, count and size of a one-group scene), the analogue
+   of a vision encoder that arrives pre-trained. Through the language model alone, the tower
+   learns shapes far too slowly.
+2. **Pairs.** With the tower frozen (a trainable one forgets colour while it learns shape),
+   open questions ("what color are the stars ?") and yes/no checks on 1-3 group scenes, each
+   checked image asked with its true and a false value in the same batch, attributes
+   round-robin within a batch. An auxiliary loss ties each attribute word's input embedding to
+   the projected image tokens (max cosine similarity as a presence logit): it is what moves
+   shape and colour off chance with a frozen tower.
+3. **Elements.** The same mix with half of the rows asked as element questions in the scoring
+   wording (``prompts.element_context`` + ``prompts.element``, the same templates the scorer
+   uses), about fresh scenes drawn with errors: what pre-training teaches is what scoring asks.
+
+Per-attribute check accuracy and per-category element accuracy on other fresh scenes go into
+the base's ``tokenfocus.json``.
+
+Rooms: :mod:`.curriculum` (scenes and questions), :mod:`.parts` (the model's parts it touches),
+:mod:`.stages` (the three training stages), :mod:`.checks` (what the base can tell afterwards).
+``pretrain_base`` is the one entry point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from tokenfocus.backbones import META_FILE, load_model_and_processor, save_model
+from tokenfocus.config import BackboneConfig, PretrainConfig, PromptConfig
+from tokenfocus.env import torch_threads
+from tokenfocus.pretrain.checks import check_accuracy, element_accuracy
+from tokenfocus.pretrain.curriculum import check_config, corpus
+from tokenfocus.pretrain.stages import question_stage, tower_stage
+from tokenfocus.tiny import init_dir
+
+__all__ = ["check_config", "corpus", "pretrain", "pretrain_base"]
+
+log = logging.getLogger(__name__)
+
+
+def pretrain(
+    model,
+    processor,
+    cfg: PretrainConfig,
+    image_size: int,
+    *,
+    family: str,
+    prompts: PromptConfig | None = None,
+    slug: str = "",
+) -> dict:
+    """Run the curriculum on ``model`` in place.
+
+    Args:
+        model: a tiny base of a family whose tower and projector ``tiny_families.yaml`` names.
+        processor: its processor.
+        cfg: the curriculum (see :class:`~tokenfocus.config.PretrainConfig`).
+        image_size: the side the scenes are rendered at.
+        family: the tiny family, to find the tower and projector.
+        prompts: the scoring templates stage 3 asks elements in.
+        slug: for messages.
+
+    Returns:
+        Per stage ``steps``/``first_loss``/``last_loss``/``cpu_minutes``, the total
+        ``cpu_minutes``, ``check_accuracy`` per attribute and ``element_accuracy`` per category,
+        both on other fresh scenes (0.5 is chance).
+    """
+    check_config(cfg)
+    prompts = prompts or PromptConfig()
+    torch_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    processor.tokenizer.padding_side = "left"
+    cpu0 = time.process_time()
+    stages, heads = {}, None
+    if cfg.tower_steps:
+        stages["tower"], heads = tower_stage(model, processor, family, cfg, image_size, slug=slug)
+    common = {"family": family, "cfg": cfg, "prompts": prompts, "image_size": image_size, "slug": slug}
+    common["heads"] = heads  # kept as a loss in stages 2-3 when tower_head_weight > 0
+    if cfg.steps:
+        stages["pairs"] = question_stage(
+            model,
+            processor,
+            **common,
+            steps=cfg.steps,
+            element_frac=0.0,
+            open_frac=cfg.open_frac,
+            name="pairs",
+        )
+    if cfg.element_steps:
+        stages["elements"] = question_stage(
+            model,
+            processor,
+            **common,
+            steps=cfg.element_steps,
+            element_frac=cfg.element_frac,
+            # the rest of the batch keeps the pairs stage's open : check ratio
+            open_frac=(1 - cfg.element_frac) * cfg.open_frac,
+            name="elements",
+        )
+    out = {
+        "stages": stages,
+        "cpu_minutes": round((time.process_time() - cpu0) / 60, 2),
+        "check_accuracy": check_accuracy(
+            model,
+            processor,
+            image_size,
+            cfg.attributes,
+            max_groups=cfg.max_groups,
+            n=cfg.check_scenes,
+            seed=cfg.seed + 2,
+        ),
+        "element_accuracy": element_accuracy(
+            model, processor, prompts, image_size, n=cfg.check_scenes, seed=cfg.seed + 3
+        ),
+    }
+    log.info(
+        "%s: pre-trained, %.2f CPU-min, checks %s, elements %s",
+        slug,
+        out["cpu_minutes"],
+        out["check_accuracy"],
+        out["element_accuracy"],
+    )
+    return out
+
+
+def pretrain_base(
+    slug: str, params, *, init: str | Path | None = None, out: str | Path | None = None
+) -> Path | None:
+    """The ``pretrain@<slug>`` stage: load the random base, run the curriculum, save the base.
+
+    Args:
+        slug: the backbone; a real checkpoint (no ``family``) arrives pre-trained and is skipped.
+        params: the project params.
+        init: the random base (default ``<pretrain init folder>/<slug>``, from ``build@<slug>``).
+        out: where the pre-trained base goes (default the backbone's ``source``); written in
+            full before it replaces an old one.
+
+    Returns:
+        The base's folder, or None for a real checkpoint.
+    """
+    bb: BackboneConfig = params.backbone(slug)
+    if not bb.family:
+        log.info("%s: %s arrives pre-trained (no tiny family)", slug, bb.source)
+        return None
+    init = Path(init or init_dir(slug, params))
+    out = Path(out or bb.source)
+    cfg = params.pretrain_for(slug)
+    check_config(cfg)
+    model, processor = load_model_and_processor(init, dataclasses.replace(bb, source=str(init)), slug=slug)
+    meta = json.loads((init / META_FILE).read_text())
+    if cfg.steps or cfg.tower_steps or cfg.element_steps:
+        meta["pretrain"] = pretrain(
+            model,
+            processor,
+            cfg,
+            bb.image_size,
+            family=bb.family,
+            prompts=params.prompts_for(slug),
+            slug=slug,
+        )
+    meta["kind"] = "base"
+    return save_model(model, processor, meta, out)

@@ -1,0 +1,216 @@
+"""The curriculum's training stages: the tower as a classifier (stage 1), then questions about
+fresh scenes with the tower frozen (stage 2, pairs; stage 3, elements in the scoring wording)."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from tokenfocus.backbones import assistant_end, template_parts, train_mode
+from tokenfocus.config import PretrainConfig, PromptConfig
+from tokenfocus.losses import answer_lm_loss
+from tokenfocus.pretrain.curriculum import (
+    VALUE_WORDS,
+    Pool,
+    element_question,
+    presence,
+    question,
+    tower_targets,
+)
+from tokenfocus.pretrain.parts import (
+    PresenceHead,
+    cosine_schedule,
+    optimizer_step,
+    part,
+    pixel_values,
+    readout,
+    stage_report,
+    tower_heads,
+)
+from tokenfocus.render import Scene
+
+log = logging.getLogger(__name__)
+
+
+def tower_stage(
+    model, processor, family: str, cfg: PretrainConfig, image_size: int, *, slug: str
+) -> tuple[dict, torch.nn.ModuleDict]:
+    """Stage 1: the vision tower as a classifier of what its scenes hold (``tower_groups``).
+
+    Returns its report and its heads (stages 2-3 keep them as an auxiliary loss when
+    ``tower_head_weight`` > 0)."""
+    tower = part(model, family, "tower")
+    cpu0 = time.process_time()
+
+    def feats(images):
+        return readout(
+            tower(pixel_values=pixel_values(processor, images)).last_hidden_state, cfg.tower_readout
+        )
+
+    with torch.no_grad():
+        width = feats([Image.new("RGB", (image_size, image_size))]).shape[-1]
+    heads = tower_heads(width, cfg.tower_groups)
+    params = [*tower.parameters(), *heads.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    sched = cosine_schedule(opt, cfg.tower_steps)
+    tower.train()
+    losses, hits = [], {k: [] for k in heads}
+    for step in tqdm(range(cfg.tower_steps), desc=f"pretrain {slug} tower", disable=None):
+        pool = Pool.draw(cfg.batch_size, image_size, cfg.seed * 1_000_003 + step, max_groups=cfg.tower_groups)
+        loss = _head_loss(heads, feats(pool.images), pool.scenes, cfg.tower_groups, hits)
+        losses.append(optimizer_step(opt, sched, params, loss))
+    model.eval()
+    # the heads' exact-match accuracy on the last 50 training batches (fresh scenes each step)
+    return stage_report(losses, cpu0) | {"head_accuracy": _last50(hits)}, heads
+
+
+def _last50(hits: dict[str, list[float]]) -> dict[str, float]:
+    return {k: round(sum(v[-50:]) / len(v[-50:]), 3) for k, v in hits.items()}
+
+
+def _head_loss(
+    heads: torch.nn.ModuleDict, f: torch.Tensor, scenes: list[Scene], groups: int, hits
+) -> torch.Tensor:
+    """The tower heads' cross-entropy on ``f`` (pooled, or per position: see :func:`readout`);
+    appends their exact-match rates to ``hits``."""
+    loss = 0.0
+    for k, y in tower_targets(scenes, groups).items():
+        if f.dim() == 3:  # per token: every position is asked about the whole scene
+            y = y.unsqueeze(1).expand(-1, f.shape[1], *y.shape[1:])
+        logits = heads[k](f).reshape(*y.shape, -1)
+        loss = loss + F.cross_entropy(logits.flatten(0, -2), y.flatten())
+        right = logits.argmax(-1) == y
+        hits.setdefault(k, []).append(float((right.all(-1) if right.dim() > 1 else right).float().mean()))
+    return loss
+
+
+def _rows(
+    rng: random.Random,
+    step_seed: int,
+    cfg: PretrainConfig,
+    parts,
+    prompts: PromptConfig,
+    image_size: int,
+    element_frac: float,
+    open_frac: float,
+) -> tuple[list[str], list[str], list[Image.Image], list[Scene]]:
+    """One batch: (chat texts, answers, images, drawn scenes), fresh scenes every step.
+
+    Open questions, element questions, then checked images asked twice (true and false value);
+    attributes go round-robin, so every batch holds each about equally.
+    """
+    b = cfg.batch_size
+    n_open, n_elem = round(b * open_frac), round(b * element_frac)
+    n_pairs = max(0, (b - n_open - n_elem) // 2)
+    pool = Pool.draw(n_open + n_pairs, image_size, step_seed, max_groups=cfg.max_groups)
+    attrs = cfg.attributes
+    texts, answers, images, scenes = [], [], [], []
+
+    def add(text, answer, image, scene):
+        texts.append(text)
+        answers.append(answer)
+        images.append(image)
+        scenes.append(scene)
+
+    turn = step_seed % len(attrs)
+    for j in range(n_open):
+        s = pool.scenes[j]
+        q = question(s, attrs, rng, mode="open", kind=attrs[(turn + j) % len(attrs)])
+        add(parts.head + q.text + parts.tail, q.answer, pool.images[j], s)
+    for _ in range(n_elem):
+        e = element_question(rng, parts, prompts, image_size)
+        add(e.text, e.answer, e.image, e.scene)
+    for j in range(n_pairs):
+        s, im = pool.scenes[n_open + j], pool.images[n_open + j]
+        kind = attrs[(turn + n_open + j) % len(attrs)]
+        state = rng.getstate()  # the same group and false value for both questions of the pair
+        for truth in (True, False):
+            rng.setstate(state)
+            q = question(s, attrs, rng, mode="check", kind=kind, truth=truth, count_false=cfg.count_false)
+            add(parts.head + q.text + parts.tail, q.answer, im, s)
+    return texts, answers, images, scenes
+
+
+def question_stage(
+    model,
+    processor,
+    family: str,
+    cfg: PretrainConfig,
+    prompts: PromptConfig,
+    image_size: int,
+    *,
+    steps: int,
+    element_frac: float,
+    open_frac: float,
+    name: str,
+    slug: str,
+    heads: torch.nn.ModuleDict | None = None,
+) -> dict:
+    """Stages 2 and 3: next-token loss on the answers, plus the auxiliary presence loss, and with
+    ``tower_head_weight`` > 0 stage 1's ``heads`` on the tower's map (tower trainable)."""
+    tower, projector = part(model, family, "tower"), part(model, family, "projector")
+    keep_heads = cfg.tower_head_weight > 0 and heads is not None
+    if cfg.freeze_tower and not keep_heads:
+        for p in tower.parameters():
+            p.requires_grad_(False)
+    parts, end = template_parts(processor), assistant_end(processor)
+    tok = processor.tokenizer
+    value_ids = torch.tensor([tok.convert_tokens_to_ids(w) for w in VALUE_WORDS])
+    aux = PresenceHead(len(VALUE_WORDS))
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [projector.register_forward_hook(lambda m, i, o: captured.__setitem__("tokens", o))]
+    if keep_heads:
+        hooks.append(
+            tower.register_forward_hook(lambda m, i, o: captured.__setitem__("map", o.last_hidden_state))
+        )
+    own = {id(p) for p in tower.parameters()}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in own]
+    rest += list(aux.parameters()) + (list(heads.parameters()) if keep_heads else [])
+    mine = [p for p in tower.parameters() if p.requires_grad]
+    params = rest + mine
+    # the tower, when it trains on, at its own (lower) rate: at the full rate it forgets colour
+    groups = [{"params": rest}] + ([{"params": mine, "lr": cfg.lr * cfg.tower_lr_scale}] if mine else [])
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.01)
+    sched = cosine_schedule(opt, steps)
+    rng = random.Random(cfg.seed * 31 + steps)
+    cpu0 = time.process_time()
+    losses, aux_losses, hits = [], [], {}
+    train_mode(model)  # a frozen tower keeps its BatchNorm statistics
+    try:
+        for step in tqdm(range(steps), desc=f"pretrain {slug} {name}", disable=None):
+            seed = cfg.seed * 1_000_003 + 500_000 * (name == "elements") + step
+            texts, answers, images, scenes = _rows(
+                rng, seed, cfg, parts, prompts, image_size, element_frac, open_frac
+            )
+            loss = answer_lm_loss(model, processor, texts, answers, images, end)
+            if cfg.aux_weight > 0:
+                tokens = captured["tokens"]
+                tokens = tokens.reshape(len(texts), -1, tokens.shape[-1])
+                logits = aux(tokens, model.get_input_embeddings()(value_ids))
+                aux_loss = F.binary_cross_entropy_with_logits(logits, presence(scenes))
+                aux_losses.append(float(aux_loss.detach()))
+                loss = loss + cfg.aux_weight * aux_loss
+            if keep_heads:
+                head_loss = _head_loss(
+                    heads, readout(captured["map"], cfg.tower_readout), scenes, cfg.tower_groups, hits
+                )
+                loss = loss + cfg.tower_head_weight * head_loss
+            losses.append(optimizer_step(opt, sched, params, loss))
+    finally:
+        for h in hooks:
+            h.remove()
+        for p in tower.parameters():
+            p.requires_grad_(True)
+        model.eval()
+    out = stage_report(losses, cpu0)
+    if aux_losses:
+        out["last_aux_loss"] = round(sum(aux_losses[-50:]) / len(aux_losses[-50:]), 4)
+    if hits:
+        out["head_accuracy"] = _last50(hits)
+    return out
