@@ -36,7 +36,8 @@ TOLERANCE = 2e-3
 
 
 def check_family(family: str, tuning: str, params, device: str, work: Path, pairs) -> dict:
-    """Build, score on ``device`` and on the CPU, train 5 steps on ``device``; return the figures."""
+    """Build; score on ``device`` (batched, prefix reuse) and on the CPU (one pair at a time, plain);
+    train 5 steps on ``device``; return the figures."""
     import torch
 
     from tokenfocus.config import BackboneConfig, LoraConfig
@@ -58,9 +59,17 @@ def check_family(family: str, tuning: str, params, device: str, work: Path, pair
     assert on_device.model.device.type == torch.device(device).type, on_device.model.device
     got = on_device(images, prompts, elements)
     score_s = time.perf_counter() - t
-    on_cpu = Scorer(on_device.model.to("cpu"), on_device.processor, on_device.prompts, slug=slug)(
-        images, prompts, elements
+    # the reference takes the other path too: one pair at a time, every element question in full
+    # (no prefix reuse), so that on the CPU as well the check compares two independent paths
+    reference = Scorer(
+        on_device.model.to("cpu"),
+        on_device.processor,
+        on_device.prompts,
+        slug=slug,
+        batch_size=1,
+        prefix_reuse=False,
     )
+    on_cpu = reference(images, prompts, elements)
     drift = max(
         max(abs(a.score - b.score) for a, b in zip(got, on_cpu, strict=True)),
         max(abs(a.elements[k] - b.elements[k]) for a, b in zip(got, on_cpu, strict=True) for k in a.elements),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.gate import gate  # noqa: F401 - a session fixture: trained and blind ensembles
 from tokenfocus.config import SynthConfig
 from tokenfocus.env import apply_cpu_kernel_env, apply_offline_env
 
@@ -123,6 +124,9 @@ def tiny_params(small_data, tmp_path_factory):
     p.score = dataclasses.replace(p.score, out=str(work / "scores"), batch_size=8)
     p.pretrain = dataclasses.replace(p.pretrain, **PRETRAIN_STEPS, init_root=str(work / "init"))
     p.stack = dataclasses.replace(p.stack, out=str(work / "ensemble"))
+    p.tracking = dataclasses.replace(
+        p.tracking, quality_floor={}
+    )  # a 4-step tiny model is below any real floor
     repo = dict(p.backbones)
     p.backbones = {}
     for slug in FAMILIES:
@@ -155,6 +159,7 @@ def write_tiny_params(
     p["train"].update(steps=steps, batch_size=4, eval_every=steps, checkpoint_every=steps)
     p["pretrain"].update(PRETRAIN_STEPS)
     p["tracking"]["promote_bootstrap"] = 10
+    p["tracking"]["quality_floor"] = {}  # a 2-step tiny model is below any real floor
     p["split"]["folds"] = 3
     dest.write_text(yaml.safe_dump(p, sort_keys=False))
     return dest

@@ -168,6 +168,17 @@ def backbones_list(params: str = PARAMS) -> None:
         typer.echo(f"{slug:24s} {bb.source:40s} {bb.family or '-':10s} {bb.tuning}")
 
 
+@app.command("env")
+def show_env() -> None:
+    """Print the environment every command runs under: offline switches and pinned CPU kernels."""
+    import os
+
+    from tokenfocus.env import CPU_KERNEL_ENV, NATIVE_SWITCH, OFFLINE_ENV
+
+    keys = [*OFFLINE_ENV, *CPU_KERNEL_ENV, NATIVE_SWITCH]
+    typer.echo(json.dumps({k: os.environ.get(k) for k in keys}, indent=1))
+
+
 @app.command()
 def golden(params: str = PARAMS) -> None:
     """Hash one fixed forward and backward pass of a base: equal hashes, equal bits (tokenfocus.golden)."""
@@ -284,12 +295,19 @@ def register(params: str = PARAMS) -> None:
 
 
 @app.command()
-def promote(params: str = PARAMS) -> None:
-    """Compare challenger and champion on the test split; move champion only if better."""
+def promote(
+    params: str = PARAMS,
+    force: bool = typer.Option(
+        None,
+        "--force/--no-force",
+        help="promote over a champion that cannot be loaded or scored (default: tracking.promote_force)",
+    ),
+) -> None:
+    """Compare challenger and champion on the test split; move champion only if better beyond noise."""
     from tokenfocus.registry import promote as do_promote
 
     try:
-        out = _tracking_guard(lambda: do_promote(_params(params)))
+        out = _tracking_guard(lambda: do_promote(_params(params), force=force))
     except (ValueError, RuntimeError) as exc:
         fail(str(exc))
     typer.echo(json.dumps(out, indent=1, default=str))

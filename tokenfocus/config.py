@@ -188,6 +188,24 @@ class TrackingConfig:
     model_name: str = "tokenfocus-ensemble"
     promote_bootstrap: int = 500
     promote_seed: int = 0
+    promote_rule: str = (
+        "ci_low"  # ci_low: the CI's lower bound must clear min_delta | diff: the point estimate
+    )
+    promote_min_delta: float = 0.0
+    #: the ensemble's test metrics a model must reach to be registered at all ({} = no floor)
+    quality_floor: dict[str, float] = field(default_factory=dict)
+    promote_force: bool = False  # promote over a champion that cannot be loaded, or trained on today's test
+
+    def __post_init__(self):
+        if self.promote_rule not in ("ci_low", "diff"):
+            raise ConfigError(f"tracking.promote_rule: {self.promote_rule!r} is not ci_low or diff")
+        known = {"final", "srcc", "plcc", "krcc", "element_acc"}
+        if set(self.quality_floor) - known:
+            raise ConfigError(
+                f"tracking.quality_floor: unknown metric(s) {sorted(set(self.quality_floor) - known)}; known: {sorted(known)}"
+            )
+        if self.promote_bootstrap < 1:
+            raise ConfigError(f"tracking.promote_bootstrap: {self.promote_bootstrap} is below 1")
 
 
 @dataclass

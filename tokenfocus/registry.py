@@ -17,9 +17,12 @@ from tokenfocus.config import Params, TrackingConfig
 from tokenfocus.predictions import paired_bootstrap
 from tokenfocus.serving.ensemble import EnsembleScorer, bundle
 from tokenfocus.serving.requests import limits_from, parse_records
+from tokenfocus.split import trained_on
 
 log = logging.getLogger(__name__)
 CHALLENGER, CHAMPION = "challenger", "champion"
+#: The run artifact that records which prompts a registered version trained on.
+SPLITS_ARTIFACT = "splits.json"
 PIP_REQUIREMENTS = [
     "torch",
     "transformers>=5,<6",
@@ -118,6 +121,11 @@ def log_and_register(params: Params, *, metrics: dict[str, float] | None = None,
                     }
                 )
             mlflow.log_dict(ens, "ensemble.json")
+            # which prompts it trained on: a later promotion refuses to test it on any of them
+            splits = json.loads(Path(params.split.out).read_text())
+            mlflow.log_dict(
+                {"digest": splits.get("digest"), "trained_on": trained_on(params.split.out)}, SPLITS_ARTIFACT
+            )
             if metrics:
                 mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
             info = mlflow.pyfunc.log_model(
@@ -135,6 +143,7 @@ def log_and_register(params: Params, *, metrics: dict[str, float] | None = None,
     version = client.get_model_version(tc.model_name, str(info.registered_model_version))
     client.set_registered_model_alias(tc.model_name, CHALLENGER, version.version)
     client.set_model_version_tag(tc.model_name, version.version, "run_id", run_id)
+    client.set_model_version_tag(tc.model_name, version.version, "split.digest", str(splits.get("digest")))
     log.info("registered %s version %s as %s", tc.model_name, version.version, CHALLENGER)
     return version
 
@@ -176,14 +185,15 @@ def describe(
         )
     lines.append(
         f"Promotion: {'promoted to champion' if decision.get('promoted') else 'not promoted'} "
-        f"({decision.get('reason', '')})."
+        f"({decision.get('reason', '')}). Rule: {decision.get('rule', rule_text(tc))}"
+        + (" (forced)." if decision.get("forced") else ".")
     )
     text = "\n".join(lines)
     client.update_model_version(tc.model_name, version, description=text)
     client.update_registered_model(
         tc.model_name,
         description=what + f" Aliases: '{CHALLENGER}' is the latest registered, '{CHAMPION}' the "
-        "served one, moved only when a challenger beats it on the test split (paired bootstrap).",
+        f"served one. Promotion rule: {rule_text(tc)}.",
     )
     parent = parent_run_id(tc, pid)
     client.log_batch(parent, metrics=[mlflow.entities.Metric(k, v, 0, 0) for k, v in headline.items()])
@@ -251,6 +261,7 @@ def version_rows(tc: TrackingConfig, version, params: Params) -> list[dict]:
     return [
         {
             "img_path": r.img_path,
+            "prompt_id": r.prompt_id,
             "score": o["total_score"],
             "elements": o["element_scores"],
             "gt_score": r.total_score,
@@ -260,15 +271,80 @@ def version_rows(tc: TrackingConfig, version, params: Params) -> list[dict]:
     ]
 
 
-def promote(params: Params, *, min_delta: float = 0.0, rows_of=None) -> dict[str, Any]:
-    """Move ``champion`` to the challenger only if it is better on the test split (NTIRE score).
+def trained_prompts(client, version) -> set[str] | None:
+    """The prompt ids a registered version trained on (train and val), from its run's
+    ``splits.json``; None for a version registered without one."""
+    import mlflow
 
-    A challenger whose run failed or did not finish is never promoted. With no champion, a
-    finished challenger becomes champion. The decision and its figures are returned, written to
-    ``eval/promotion.json`` and set as tags on the challenger version.
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=SPLITS_ARTIFACT)
+    except Exception:  # an older version, logged before the record existed
+        return None
+    return set(json.loads(Path(path).read_text())["trained_on"])
+
+
+def rule_text(tc: TrackingConfig) -> str:
+    """The promotion rule in words, as tags and descriptions show it."""
+    if tc.promote_rule == "ci_low":
+        return (
+            f"promote when the lower bound of the 95% bootstrap CI (prompts resampled, "
+            f"{tc.promote_bootstrap} draws) of challenger - champion test NTIRE > {tc.promote_min_delta:g}"
+        )
+    return f"promote when challenger - champion test NTIRE > {tc.promote_min_delta:g} (point estimate)"
+
+
+def _compare(client, tc: TrackingConfig, champion, challenger, params: Params, rows_of, force: bool) -> dict:
+    """The gate between a champion and a challenger: what they are compared on, and the verdict."""
+    from tokenfocus.predictions import split_records
+
+    seen = trained_prompts(client, champion)
+    test = {r.prompt_id for r in split_records(params, "test")}
+    if seen is None or seen & test:
+        what = (
+            "registered no split record"
+            if seen is None
+            else f"trained on {len(seen & test)} of today's {len(test)} test prompts"
+        )
+        if not force:
+            return {
+                "promoted": False,
+                "reason": f"champion v{champion.version} {what}: no fair comparison (force to promote)",
+            }
+        log.warning("promotion: champion v%s %s; forced", champion.version, what)
+    try:
+        champion_rows = rows_of(tc, champion, params)
+    except Exception as exc:  # noqa: BLE001 - any failure to load or score is reported, not raised
+        why = f"champion v{champion.version} cannot be loaded or scored: {type(exc).__name__}: {exc}"
+        if force:
+            return {"promoted": True, "reason": why + " (forced)"}
+        return {"promoted": False, "reason": why + "; not promoted (fix it, or force)"}
+    figs = paired_bootstrap(
+        champion_rows, rows_of(tc, challenger, params), n=tc.promote_bootstrap, seed=tc.promote_seed
+    )
+    # NaN (undefined scores) is never better
+    measure = figs["ci_low"] if tc.promote_rule == "ci_low" else figs["diff"]
+    better = bool(measure > tc.promote_min_delta)
+    verdict = "better" if better else "not better beyond noise" if figs["diff"] > 0 else "not better"
+    return {
+        **figs,
+        "promoted": better,
+        "reason": f"challenger {verdict} on test NTIRE by {figs['diff']:+.4f} "
+        f"(95% CI {figs['ci_low']:+.4f}..{figs['ci_high']:+.4f}, {figs['prompts']} prompts)",
+    }
+
+
+def promote(params: Params, *, force: bool | None = None, rows_of=None) -> dict[str, Any]:
+    """Move ``champion`` to the challenger only if it is better on the test split (NTIRE score),
+    by the rule of ``tracking.promote_rule`` (see :func:`rule_text`).
+
+    Never promoted: a challenger whose run failed or did not finish; one compared with a champion
+    that cannot be loaded or scored, or that trained on today's test prompts (unless forced). With
+    no champion, a finished challenger becomes champion. The decision, its figures and the rule
+    are returned, written to ``eval/promotion.json`` and set as tags on the challenger version and
+    its run.
 
     Args:
-        min_delta: how much higher the challenger's test NTIRE score must be.
+        force: promote over a broken or unfair champion (default ``tracking.promote_force``).
         rows_of: ``(tracking_config, version, params) -> prediction rows``; defaults to loading
             the version from the registry and scoring the test split.
     """
@@ -279,6 +355,7 @@ def promote(params: Params, *, min_delta: float = 0.0, rows_of=None) -> dict[str
     from tokenfocus.tracking import setup
 
     tc = params.tracking
+    force = tc.promote_force if force is None else force
     setup(tc)
     client = MlflowClient()
     challenger = _alias(client, tc.model_name, CHALLENGER)
@@ -288,6 +365,8 @@ def promote(params: Params, *, min_delta: float = 0.0, rows_of=None) -> dict[str
     decision: dict[str, Any] = {
         "challenger": challenger.version,
         "champion_before": champion.version if champion else None,
+        "rule": rule_text(tc),
+        "forced": bool(force),
     }
     ok, why = _finished(client, challenger)
     if not ok:
@@ -297,30 +376,13 @@ def promote(params: Params, *, min_delta: float = 0.0, rows_of=None) -> dict[str
     elif champion.version == challenger.version:
         decision.update(promoted=False, reason="challenger is already champion")
     else:
-        try:
-            champion_rows = rows_of(tc, champion, params)
-        except Exception as exc:  # a champion that cannot even be loaded cannot serve either
-            champion_rows = None
-            decision.update(promoted=True, reason=f"champion v{champion.version} cannot be loaded: {exc}")
-    if "promoted" not in decision:
-        figs = paired_bootstrap(
-            champion_rows,
-            rows_of(tc, challenger, params),
-            n=tc.promote_bootstrap,
-            seed=tc.promote_seed,
-        )
-        decision.update(figs)
-        better = bool(figs["diff"] > min_delta)  # NaN (undefined scores) is never better
-        decision.update(
-            promoted=better,
-            reason=("challenger better" if better else "challenger not better")
-            + f" on test NTIRE score by {figs['diff']:+.4f} (95% CI {figs['ci_low']:+.4f}..{figs['ci_high']:+.4f})",
-        )
+        decision.update(_compare(client, tc, champion, challenger, params, rows_of, force))
     if decision["promoted"]:
         client.set_registered_model_alias(tc.model_name, CHAMPION, challenger.version)
     decision["champion_after"] = challenger.version if decision["promoted"] else decision["champion_before"]
-    for k in ("promoted", "reason"):
+    for k in ("promoted", "reason", "rule", "forced"):
         client.set_model_version_tag(tc.model_name, challenger.version, f"promotion.{k}", str(decision[k]))
+        client.set_tag(challenger.run_id, f"promotion.{k}", str(decision[k]))
     write_json_atomic("eval/promotion.json", decision)
     log.info("promotion: %s", decision["reason"])
     return decision

@@ -1,10 +1,9 @@
-"""Grouped, stratified splits: no prompt in two splits; K stacking folds over train."""
+"""Grouped splits, stable when data is added: no prompt in two splits; K stacking folds over train."""
 
 from __future__ import annotations
 
+import hashlib
 import json
-import random
-from collections import defaultdict
 from pathlib import Path
 
 from tokenfocus.config import SplitConfig
@@ -13,41 +12,52 @@ from tokenfocus.evalmuse import Record, load_records, write_json_atomic
 SPLITS = ("train", "val", "test")
 
 
-def assign(records: list[Record], cfg: SplitConfig) -> dict[str, dict[str, int | str]]:
-    """Assign each prompt_id to a split (and train prompts to a fold).
+def _unit(seed: int, prompt_id: str, salt: str) -> float:
+    """A number in [0, 1) that depends on the seed and the prompt id alone."""
+    h = hashlib.sha256(f"{seed}:{salt}:{prompt_id}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
 
-    Prompts are grouped (all images of a prompt land together) and stratified by prompt
-    ``type`` so that both registers appear in every split. Sorting before shuffling makes the
-    result independent of record order.
+
+def assign(records: list[Record], cfg: SplitConfig) -> dict[str, dict[str, int | str]]:
+    """Assign each prompt_id to a split (and train prompts to a fold), by a hash of the prompt id.
+
+    Why a hash: a prompt's split depends on its id and the seed alone, so adding data never moves
+    an existing prompt, and a champion trained on yesterday's data never meets one of its own
+    training prompts in today's test split. Prompts are grouped (all images of a prompt land
+    together); the fractions hold in expectation (in SynthMuse's 800 prompts, within a few).
 
     Returns:
         ``{prompt_id: {"split": "train"|"val"|"test", "fold": k or -1}}``.
     """
-    by_type: dict[str, list[str]] = defaultdict(list)
-    seen = set()
-    for r in records:
-        if r.prompt_id not in seen:
-            seen.add(r.prompt_id)
-            by_type[r.type].append(r.prompt_id)
-    rng = random.Random(cfg.seed)
     out: dict[str, dict[str, int | str]] = {}
-    for t in sorted(by_type):
-        ids = sorted(by_type[t])
-        rng.shuffle(ids)
-        n_test = round(len(ids) * cfg.test_frac)
-        n_val = round(len(ids) * cfg.val_frac)
-        for i, pid in enumerate(ids):
-            split = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-            fold = (i - n_test - n_val) % cfg.folds if split == "train" else -1
-            out[pid] = {"split": split, "fold": fold}
+    for pid in sorted({r.prompt_id for r in records}):
+        u = _unit(cfg.seed, pid, "split")
+        split = "test" if u < cfg.test_frac else "val" if u < cfg.test_frac + cfg.val_frac else "train"
+        fold = int(_unit(cfg.seed, pid, "fold") * cfg.folds) if split == "train" else -1
+        out[pid] = {"split": split, "fold": fold}
     return out
+
+
+def digest(assignment: dict[str, dict[str, int | str]]) -> str:
+    """A short digest of a split assignment: equal digests, equal splits."""
+    text = json.dumps({k: assignment[k]["split"] for k in sorted(assignment)}, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def trained_on(splits_path: str | Path) -> list[str]:
+    """The prompt ids a model fitted on these splits has seen: train (its weights) and val (its
+    checkpoint choice and the stacker)."""
+    prompts = json.loads(Path(splits_path).read_text())["prompts"]
+    return sorted(k for k, a in prompts.items() if a["split"] in ("train", "val"))
 
 
 def main(cfg: SplitConfig, data: str | Path = "data") -> dict[str, int]:
     """Write ``cfg.out`` for ``data/train_list.json``; return the pair count per split."""
     records = load_records(Path(data) / "train_list.json")
     assignment = assign(records, cfg)
-    write_json_atomic(cfg.out, {"seed": cfg.seed, "folds": cfg.folds, "prompts": assignment})
+    write_json_atomic(
+        cfg.out, {"seed": cfg.seed, "folds": cfg.folds, "digest": digest(assignment), "prompts": assignment}
+    )
     counts = {s: 0 for s in SPLITS}
     for r in records:
         counts[str(assignment[r.prompt_id]["split"])] += 1

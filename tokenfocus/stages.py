@@ -269,12 +269,38 @@ def register_stage(params: Params, *, pid: str | None = None) -> dict:
 
     summary = read_metrics(Path("eval") / "ensemble" / "metrics.json")
     metrics = summary.get("test", {})
+    short = quality_shortfalls(metrics, params.tracking.quality_floor)
+    if short:
+        # below the floor: nothing is registered, and the run and eval/registry.json say why
+        out = {
+            "registered": False,
+            "promoted": False,
+            "reason": "below the quality floor: " + "; ".join(short),
+        }
+        log.warning("not registered: %s", out["reason"])
+        if pid:
+            from mlflow import MlflowClient
+
+            MlflowClient().set_tag(pid, "registration", out["reason"])
+        write_json_atomic(Path("eval") / "registry.json", out)
+        return out
     version = log_and_register(params, metrics={f"test_{k}": v for k, v in metrics.items()}, pid=pid)
     decision = promote(params)
-    out = {"version": version.version, **decision}
+    out = {"registered": True, "version": version.version, **decision}
     headline = headline_metrics(params, summary)
     describe(params, version.version, summary, decision, pid=pid, headline=headline)
     write_json_atomic(Path("eval") / "registry.json", out)
+    return out
+
+
+def quality_shortfalls(metrics: dict, floor: dict[str, float]) -> list[str]:
+    """Which of the ensemble's test metrics fall below ``tracking.quality_floor`` (a missing or
+    undefined metric falls below any floor)."""
+    out = []
+    for name, least in sorted(floor.items()):
+        got = metrics.get(name)
+        if got is None or not got >= least:  # NaN is below every floor
+            out.append(f"test {name} {got if got is None else f'{got:.4f}'} < {least}")
     return out
 
 

@@ -47,3 +47,26 @@ def test_late_pinning_is_reported(clean, caplog):
     with caplog.at_level("WARNING"):
         env.check_cpu_kernels()
     assert "torch was imported before" in caplog.text
+
+
+def test_the_cli_sets_its_own_environment():
+    """The entry point, not the test harness, turns telemetry off and pins the kernels: run it
+    with none of the variables set (and one the operator chose)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    clean = {k: v for k, v in os.environ.items() if k not in {**env.OFFLINE_ENV, **env.CPU_KERNEL_ENV}}
+    clean["HF_HUB_OFFLINE"] = "0"  # the operator's own value
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("tokenfocus")), "env"], env=clean, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    assert seen["HF_HUB_OFFLINE"] == "0"
+    assert {k: seen[k] for k in env.OFFLINE_ENV if k != "HF_HUB_OFFLINE"} == {
+        k: v for k, v in env.OFFLINE_ENV.items() if k != "HF_HUB_OFFLINE"
+    }
+    assert {k: seen[k] for k in env.CPU_KERNEL_ENV} == env.CPU_KERNEL_ENV

@@ -20,7 +20,9 @@ def test_without_cuda_it_says_so_and_succeeds(capsys):
     assert "no CUDA device" in capsys.readouterr().out
 
 
-def test_the_checks_pass_on_the_cpu_for_a_full_and_a_lora_family(capsys, monkeypatch):
+def test_on_the_cpu_batched_prefix_scores_match_one_pair_plain_scores_and_training_moves(capsys, monkeypatch):
+    """With ``--device cpu`` the check compares two independent scoring paths (batched with prefix
+    reuse against one pair at a time with full questions), and trains 5 steps."""
     if not (ROOT / "data" / "test.json").exists():
         pytest.skip("the default data is not generated (make data)")
     monkeypatch.chdir(ROOT)

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,6 +73,26 @@ def test_both_losses_run_and_save_a_scorable_model(tiny_params, tmp_path, slug, 
     assert summary["loss"] == loss and summary["steps"] == 2
     scorer = Scorer.load(tmp_path / loss / "model")
     assert scorer.slug == slug
+    # it scores, and not as the base does: the saved model is the trained one
+    from tokenfocus.evalmuse import load_records
+    from tokenfocus.images import load_images
+
+    data = Path(p.validate.data)
+    recs = load_records(data / "train_list.json")[:4]
+    images = load_images(data / "images", [r.img_path for r in recs])
+    args = (
+        [images[r.img_path] for r in recs],
+        [r.prompt for r in recs],
+        [[e.key for e in r.elements] for r in recs],
+    )
+    trained = scorer(*args)
+    base = Scorer.load(p.backbone(slug).source)(*args)
+    assert all(1.0 <= r.score <= 5.0 for r in trained)
+    moved = [abs(a.score - b.score) for a, b in zip(trained, base, strict=True)]
+    moved += [
+        abs(a.elements[k] - b.elements[k]) for a, b in zip(trained, base, strict=True) for k in a.elements
+    ]
+    assert max(moved) > 1e-4, "the saved model scores exactly as the base: training was not saved"
 
 
 def test_checkpoint_of_another_config_is_not_resumed(tiny_params, tmp_path):

@@ -12,6 +12,7 @@ import yaml
 from tests.conftest import ROOT, write_tiny_params
 
 DVC = str(Path(sys.executable).with_name("dvc"))
+STEPS = 6
 
 
 def _run(args, cwd, env):
@@ -33,7 +34,10 @@ def repo(small_data, tmp_path_factory):
             shutil.copy2(ROOT / f, d / f)
     shutil.copytree(ROOT / "tokenfocus", d / "tokenfocus")  # stage deps name these files
     shutil.copytree(small_data, d / "data")
-    write_tiny_params(d / "params.yaml")
+    write_tiny_params(d / "params.yaml", steps=STEPS)
+    p = yaml.safe_load((d / "params.yaml").read_text())
+    p["train"]["checkpoint_every"] = 2  # a checkpoint before the last step, for the kill
+    (d / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{d / 'mlflow.db'}",
@@ -46,23 +50,25 @@ def repo(small_data, tmp_path_factory):
 
 
 def _offline(args: list[str]) -> list[str]:
-    """Prefix a command with a loopback-only network namespace where this machine allows one."""
+    """Prefix a command with a loopback-only network namespace; skip where the machine allows none."""
     import shutil
 
-    if (
-        shutil.which("unshare")
-        and subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0
-    ):
-        return ["unshare", "-rn", *args]
-    return args
+    if not shutil.which("unshare"):
+        pytest.skip("no `unshare` on this machine: the no-network rerun cannot be isolated")
+    probe = subprocess.run(["unshare", "-rn", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"`unshare -rn` is not allowed here ({probe.stderr.strip()[:200]}): no network namespace")
+    return ["unshare", "-rn", *args]
 
 
 def _ran(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
-def _kill_during_training(d, env) -> None:
-    """Start `dvc repro`, kill -9 its whole process group once a backbone is training."""
+def _kill_during_training(d, env) -> tuple[str, int]:
+    """Start `dvc repro`, kill -9 its whole process group once a backbone has written a checkpoint
+    before its last step; return that backbone and the checkpoint's step."""
+    import json
     import signal
     import time
 
@@ -76,20 +82,27 @@ def _kill_during_training(d, env) -> None:
         start_new_session=True,
     )
     deadline = time.monotonic() + 600
-    for line in proc.stdout:
-        if line.startswith("Running stage 'train@") or time.monotonic() > deadline:
-            break
-    time.sleep(3)
+    found = None
+    while found is None and time.monotonic() < deadline and proc.poll() is None:
+        for state in (d / "models" / "trained").glob("*/checkpoint/state.json"):
+            step = json.loads(state.read_text())["step"]
+            if 0 < step < STEPS:
+                found = (state.parents[1].name, step)
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert found, "no checkpoint before the last step: nothing was killed mid-training"
+    return found
 
 
-def test_repro_then_noop_then_partial(repo):
+def test_repro_resumes_then_noop_then_partial(repo):
     d, env = repo
-    _kill_during_training(d, env)
+    slug, step = _kill_during_training(d, env)
     assert "up to date" not in _run([DVC, "status"], d, env)
-    # the rerun completes after the kill, with no network at all: nothing may phone home
-    first = _ran(_run(_offline([DVC, "repro"]), d, env))
+    # the rerun resumes the killed backbone from its checkpoint and completes
+    out = _run([DVC, "repro"], d, env)
+    assert f"{slug}: resumed from step {step}" in out
+    first = _ran(out)
     assert {"train@idefics3_tiny", "score@llava_siglip_tiny", "stack", "register"} <= first
     assert (d / "eval" / "registry.json").exists() and (d / "docs" / "results.md").exists()
     assert "Running stage" not in _run([DVC, "repro"], d, env)  # a second repro is a no-op
@@ -115,6 +128,27 @@ def test_repro_then_noop_then_partial(repo):
         & third
     )
     assert "stack" in third
+    # the resumed run reached the weights of one never interrupted
+    from safetensors.torch import load_file
+
+    p = yaml.safe_load((d / "params.yaml").read_text())
+    p["train"]["out"] = "models/clean"
+    (d / "clean.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    tf = str(Path(sys.executable).with_name("tokenfocus"))
+    _run([tf, "train", "-b", "idefics3_tiny", "--no-track", "--params", "clean.yaml"], d, env)
+    a = load_file(d / "models/trained/idefics3_tiny/checkpoint/weights.safetensors")
+    b = load_file(d / "models/clean/idefics3_tiny/checkpoint/weights.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_rerun_with_no_network_at_all(repo):
+    """A rerun in a network namespace with loopback only: nothing may phone home."""
+    d, env = repo
+    p = yaml.safe_load((d / "params.yaml").read_text())
+    p["stack"]["alphas"] = [0.1, 1.0, 10.0]
+    (d / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    ran = _ran(_run(_offline([DVC, "repro"]), d, env))
+    assert {"stack", "register"} <= ran
 
 
 def test_exp_run_with_set_param(repo):

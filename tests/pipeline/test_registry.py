@@ -10,8 +10,6 @@ import pytest
 from mlflow import MlflowClient
 
 from tokenfocus.registry import CHALLENGER, CHAMPION, log_and_register, promote
-from tokenfocus.serving.ensemble import EnsembleScorer, bundle
-from tokenfocus.serving.requests import limits_from, parse_records
 from tokenfocus.stack import Ensemble, LeakError, fit_ensemble
 from tokenfocus.stages import score_stage, stack_stage, train_stage
 
@@ -64,26 +62,29 @@ def _request(p, n=3):
     )
 
 
-def test_pyfunc_round_trip_matches_in_process_ensemble(trained, store, tmp_path):
+def test_pyfunc_round_trip_matches_the_pipelines_own_predictions(trained, store):
+    """The registered model, loaded back through MLflow, answers what the pipeline's stack stage
+    wrote for the same test pairs (models/ensemble/test_predictions.json): an independent path
+    (per-backbone score tables, then the stacker), not the served bundle a second time."""
     p, _ = trained
     version = log_and_register(p)
     assert client_alias(store, p, CHALLENGER) == version.version
     model = mlflow.pyfunc.load_model(f"models:/{p.tracking.model_name}@{CHALLENGER}")
     assert model.metadata.signature is not None
-    _, frame = _request(p)
-    limits = limits_from(p.serve)
-    limits.allowed_root = Path(p.validate.data).resolve()
-    model.unwrap_python_model().limits.allowed_root = limits.allowed_root
-    expected = EnsembleScorer(bundle(p, tmp_path / "bundle"))(
-        *parse_records(frame.to_dict(orient="records"), limits)
-    )
+    recs, frame = _request(p, n=6)
+    model.unwrap_python_model().limits.allowed_root = Path(p.validate.data).resolve()
+    written = {
+        r["img_path"]: r for r in json.loads((Path(p.stack.out) / "test_predictions.json").read_text())
+    }
     got = model.predict(frame)
-    assert len(got) == len(expected) == len(frame)
-    for a, b in zip(got, expected, strict=True):
-        assert a["total_score"] == pytest.approx(b["total_score"], abs=1e-5)
-        assert a["element_scores"] == pytest.approx(b["element_scores"], abs=1e-5)
+    assert len(got) == len(frame)
+    for r, a in zip(recs, got, strict=True):
+        b = written[r.img_path]
+        assert a["total_score"] == pytest.approx(b["score"], abs=1e-4)
+        assert a["element_scores"] == pytest.approx(b["elements"], abs=1e-4)
         assert set(a["backbone_scores"]) == {"idefics3_tiny", "gemma3_tiny"}
         assert sum(a["distribution"]) == pytest.approx(1.0, abs=1e-5)
+    assert len({round(a["total_score"], 4) for a in got}) > 1  # the pairs differ: the match means something
 
 
 def test_served_model_answers_http_and_rejects_bad_records(trained, store, tmp_path):
