@@ -156,6 +156,7 @@ class TrainConfig:
     element_balance: float = 0.5  # share of element questions drawn from absent elements, when any
     soft_target: bool = True  # two-hot target around the mean human score
     eval_every: int = 200
+    log_every: int = 10  # steps between the loss and learning-rate points logged to MLflow
     checkpoint_every: int = 200
     patience: int = 4  # evaluations without val SRCC gain before stopping
     threads: int = 2

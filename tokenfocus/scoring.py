@@ -34,6 +34,9 @@ from tokenfocus.prompts import (
 log = logging.getLogger(__name__)
 ImageLike = str | Path | Image.Image
 SUFFIX_CACHE_MAX = 100_000  # element keys whose question-suffix token ids a scorer keeps
+#: What a family raises when its forward cannot take a reused cache (a missing argument, an
+#: unsupported cache type): prefix reuse is then switched off for that scorer, and only then.
+CACHE_UNSUPPORTED = (TypeError, NotImplementedError, AttributeError, KeyError, IndexError, ValueError)
 
 
 @dataclass
@@ -288,18 +291,32 @@ class Scorer:
             return [{} for _ in images]
         if self.prefix_reuse:
             try:
-                return self.elements_prefix(images, prompts, elements)
-            except Exception as exc:  # a family whose forward cannot take a reused cache
-                if not self._warned_fallback:
-                    log.warning(
-                        "%s: prefix reuse unavailable (%s); scoring elements one by one", self.slug, exc
-                    )
-                    self._warned_fallback = True
+                return self._halving_on_oom(self.elements_prefix, images, prompts, elements)
+            except CACHE_UNSUPPORTED as exc:  # a family whose forward cannot take a reused cache
+                # only a family's own incapacity switches reuse off for good: a transient error
+                # (a CUDA fault, a full disk) is raised, never turned into 8x the work for ever
+                log.warning("%s: prefix reuse unavailable (%r); scoring elements one by one", self.slug, exc)
+                self._warned_fallback = True
                 self.prefix_reuse = False
-        return self.elements_plain(images, prompts, elements)
+        return self._halving_on_oom(self.elements_plain, images, prompts, elements)
 
-    def _fit(self, prompt: str, where: str) -> str:
-        """Refuse an empty prompt; cut an overlong one (with a warning) to fit the context."""
+    def _halving_on_oom(self, fn, *args):
+        """``fn(*args)``, retried with half the batch while the device runs out of memory."""
+        while True:
+            try:
+                return fn(*args)
+            except torch.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                log.warning("%s: out of memory; batch size halved to %d", self.slug, self.batch_size)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+
+    def fit_prompt(self, prompt: str, where: str) -> str:
+        """Refuse an empty prompt; cut an overlong one (with a warning) to fit the context.
+        Training and validation apply the same cut, so a long prompt is scored in the wording it
+        was trained and selected on."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"{where}: empty prompt")
         if len(prompt) > self.max_prompt_chars:
@@ -325,10 +342,10 @@ class Scorer:
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         if elements is not None and len(elements) != len(prompts):
             raise ValueError(f"{len(elements)} element lists but {len(prompts)} prompts")
-        prompts = [self._fit(p, f"prompt {i}") for i, p in enumerate(prompts)]
+        prompts = [self.fit_prompt(p, f"prompt {i}") for i, p in enumerate(prompts)]
         pil = [open_image(im) for im in images]
         els = [list(e or []) for e in elements] if elements is not None else [[] for _ in pil]
-        dists = self.overall(pil, list(prompts), els if any(els) else None)
+        dists = self._halving_on_oom(self.overall, pil, list(prompts), els if any(els) else None)
         scores, entropy = distribution_stats(dists)
         probs = self.element_probs(pil, list(prompts), els)
         return [

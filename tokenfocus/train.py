@@ -55,7 +55,7 @@ class TrainState:
 def evaluate_split(scorer: Scorer, records: list[Record], images: dict) -> dict[str, float]:
     """Overall and element metrics of the current model on a list of records."""
     pil = [images[r.img_path] for r in records]
-    prompts = [r.prompt for r in records]
+    prompts = [scorer.fit_prompt(r.prompt, r.img_path) for r in records]  # as scoring will cut them
     els = [[e.key for e in r.elements] for r in records]
     dists = scorer.overall(pil, prompts, els)
     scores, _ = distribution_stats(dists)
@@ -122,8 +122,12 @@ class Trainer:
     def _loss(self, recs: list[Record], keys: list[str], step: int) -> dict[str, torch.Tensor]:
         parts, pr = self.scorer.parts, self.prompts
         imgs = [self.images[r.img_path] for r in recs]
-        overall = [overall_text(parts, pr, r.prompt, [e.key for e in r.elements]) for r in recs]
-        element = [element_text(parts, pr, r.prompt, k) for r, k in zip(recs, keys, strict=True)]
+        prompts = [self.scorer.fit_prompt(r.prompt, r.img_path) for r in recs]  # the scorer's cut
+        overall = [
+            overall_text(parts, pr, p, [e.key for e in r.elements])
+            for p, r in zip(prompts, recs, strict=True)
+        ]
+        element = [element_text(parts, pr, p, k) for p, k in zip(prompts, keys, strict=True)]
         scores = torch.tensor([r.total_score for r in recs])
         labels = torch.tensor([r.element_score[k] for r, k in zip(recs, keys, strict=True)])
         tokens = self.scorer.tokens
@@ -280,7 +284,7 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             state.step = step + 1
             bar.set_postfix(loss=f"{parts['loss']:.3f}")
-            if step % 10 == 0:
+            if step % cfg.log_every == 0:
                 self.log_fn(
                     {**{f"train_{k}": v for k, v in parts.items()}, "lr": self.sched.get_last_lr()[0]}, step
                 )

@@ -110,3 +110,50 @@ def test_a_stock_video_processor_checkpoint_gets_its_image_only_variant_without_
         assert processors.processor_class(tmp_path) is processors.image_only("Qwen2_5_VLProcessor")
     (tmp_path / "processor_config.json").write_text(json.dumps({"processor_class": "LlavaProcessor"}))
     assert processors.processor_class(tmp_path) is None
+
+
+def test_remote_code_runs_only_when_a_backbone_asks_and_the_log_says_so(tmp_path, caplog):
+    """A checkpoint whose config points at code of its own (``auto_map``): by default that code
+    never runs; with ``trust_remote_code: true`` it does, and the log warns first."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from tokenfocus.backbones import load_model_and_processor
+    from tokenfocus.config import BackboneConfig, load_params
+
+    root = Path(__file__).resolve().parents[2]
+    assert all(not bb.trust_remote_code for bb in load_params(root / "params.yaml").backbones.values())
+    src = tmp_path / "remote"
+    shutil.copytree(root / "models/base/fastvlm_llama", src)
+    marker = tmp_path / "ran.txt"
+    (src / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import PreTrainedModel as EvilModel\n"
+    )
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModelForImageTextToText": "evil.EvilModel"}
+    (src / "config.json").write_text(json.dumps(cfg))
+    with caplog.at_level("WARNING"):
+        try:
+            load_model_and_processor(src, BackboneConfig(source=str(src)), slug="remote")
+        except Exception:  # noqa: BLE001 - refusing is fine; running the code is not
+            pass
+    assert not marker.exists(), "remote code ran without trust_remote_code"
+    assert "trust_remote_code" not in caplog.text
+    # trusted, in a process of its own: remote code registers its classes with transformers' Auto
+    # mappings for the whole process, and would stand in for the real class in later tests
+    import subprocess
+    import sys
+
+    code = (
+        "import logging; logging.basicConfig(level=logging.WARNING)\n"
+        "from tokenfocus.backbones import load_model_and_processor\n"
+        "from tokenfocus.config import BackboneConfig\n"
+        "try:\n"
+        f"    load_model_and_processor({str(src)!r}, BackboneConfig(source={str(src)!r}, trust_remote_code=True), slug='remote')\n"
+        "except Exception as exc:\n"
+        "    print('the stand-in class failed to build:', type(exc).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "trust_remote_code=True" in out.stderr, out.stderr[-2000:]
+    assert marker.exists()

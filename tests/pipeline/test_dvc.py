@@ -37,6 +37,7 @@ def repo(small_data, tmp_path_factory):
     write_tiny_params(d / "params.yaml", steps=STEPS)
     p = yaml.safe_load((d / "params.yaml").read_text())
     p["train"]["checkpoint_every"] = 2  # a checkpoint before the last step, for the kill
+    p["train"]["log_every"] = 1  # a point per step: the curves have a shape
     (d / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     env = {
         **os.environ,
@@ -95,6 +96,31 @@ def _kill_during_training(d, env) -> tuple[str, int]:
     return found
 
 
+def _assert_the_mlflow_record(d: Path) -> None:
+    """What the stages leave in MLflow: each base's pre-training checks in a ``pretrain-<slug>``
+    run, and per-step loss and learning-rate curves in each backbone's run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{d / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tokenfocus").experiment_id])
+    pre = {
+        r.data.tags.get("mlflow.runName"): r for r in runs if r.data.tags.get("tokenfocus.kind") == "pretrain"
+    }
+    assert {"pretrain-idefics3_tiny", "pretrain-llava_siglip_tiny"} <= set(pre)
+    for r in pre.values():
+        assert {"check_all", "element_all", "cpu_minutes"} <= set(r.data.metrics), r.data.metrics
+    trained: dict[str, list] = {}
+    for r in runs:
+        if r.data.tags.get("tokenfocus.kind") == "backbone":
+            trained.setdefault(r.data.tags.get("tokenfocus.backbone"), []).append(r)
+    assert set(trained) == {"idefics3_tiny", "llava_siglip_tiny"}
+    for slug, its_runs in trained.items():  # a killed run's curve goes on in its resumed one
+        for name in ("train_loss", "lr"):
+            steps = {m.step for r in its_runs for m in client.get_metric_history(r.info.run_id, name)}
+            assert steps == set(range(STEPS)), (slug, name, sorted(steps))
+        assert any(client.get_metric_history(r.info.run_id, "val_srcc") for r in its_runs)
+
+
 def test_repro_resumes_then_noop_then_partial(repo):
     d, env = repo
     slug, step = _kill_during_training(d, env)
@@ -105,6 +131,7 @@ def test_repro_resumes_then_noop_then_partial(repo):
     first = _ran(out)
     assert {"train@idefics3_tiny", "score@llava_siglip_tiny", "stack", "register"} <= first
     assert (d / "eval" / "registry.json").exists() and (d / "docs" / "results.md").exists()
+    _assert_the_mlflow_record(d)
     assert "Running stage" not in _run([DVC, "repro"], d, env)  # a second repro is a no-op
     assert "up to date" in _run([DVC, "status"], d, env)
     metrics = _run([DVC, "metrics", "show"], d, env)

@@ -133,3 +133,68 @@ def test_quality_floor_refuses_a_model_that_ignores_the_image(gate):
     assert len(MlflowClient().search_model_versions(f"name='{p.tracking.model_name}'")) == n_before
     _restore(d, "good")
     assert register_stage(q)["registered"] is True
+
+
+def test_tokenfocus_predict_scores_a_test_file_with_the_registered_champion(gate):
+    """The CLI end to end: the champion is loaded from the registry, not injected."""
+    import os
+    import subprocess
+    import sys
+
+    from tokenfocus.evalmuse import read_submission
+
+    p, d = gate
+    from mlflow.exceptions import MlflowException
+
+    try:
+        champion = MlflowClient().get_model_version_by_alias(p.tracking.model_name, CHAMPION)
+    except MlflowException:  # run alone: make a champion first
+        _register(p, d, "good")
+        promote(p)
+        champion = MlflowClient().get_model_version_by_alias(p.tracking.model_name, CHAMPION)
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("tokenfocus")),
+            "predict",
+            "--input",
+            "data/test.json",
+            "--images",
+            "data/images",
+            "--output",
+            "predicted.json",
+            "--params",
+            str(ROOT / "params.yaml"),
+        ],
+        cwd=d,
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout)
+    assert summary["scored"] == 20 and summary["failed"] == 0
+    rows = read_submission(d / "predicted.json")
+    assert len(rows) == 20 and all(1.0 <= r.total_score <= 5.0 for r in rows)
+    assert len({round(r.total_score, 3) for r in rows}) > 1
+    # the same scores as the champion's own pyfunc gives for these pairs
+    import mlflow
+
+    scorer = (
+        mlflow.pyfunc.load_model(f"models:/{p.tracking.model_name}/{champion.version}")
+        .unwrap_python_model()
+        .scorer
+    )
+    from tokenfocus.evalmuse import load_records
+    from tokenfocus.images import load_images
+
+    recs = load_records(d / "data" / "test.json")
+    images = load_images(d / "data" / "images", [r.img_path for r in recs])
+    direct = scorer(
+        [images[r.img_path] for r in recs],
+        [r.prompt for r in recs],
+        [[e.key for e in r.elements] for r in recs],
+    )
+    assert [round(r.total_score, 4) for r in rows] == pytest.approx(
+        [o["total_score"] for o in direct], abs=1e-4
+    )

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from tests.conftest import bomb_png
 from tokenfocus.registry import CHALLENGER, CHAMPION, log_and_register, promote
 from tokenfocus.stack import Ensemble, LeakError, fit_ensemble
 from tokenfocus.stages import score_stage, stack_stage, train_stage
@@ -123,6 +124,11 @@ def test_served_model_answers_http_and_rejects_bad_records(trained, store, tmp_p
             "record 0: missing or empty 'prompt'": [{"prompt": "", "image": img_b64}],
             "outside the allowed root": [{"prompt": "x", "image": "../../etc/passwd"}],
             "cannot decode image": [{"prompt": "x", "image": base64.b64encode(b"not a png" * 20).decode()}],
+            # oversized: more bytes than serve.max_image_bytes, and a header claiming 30000x30000
+            f"image larger than {p.serve.max_image_bytes} bytes": [
+                {"prompt": "x", "image": "A" * (p.serve.max_image_bytes * 4 // 3 + 400)}
+            ],
+            "exceeds": [{"prompt": "x", "image": base64.b64encode(bomb_png()).decode()}],
         }
         for needle, records in bad_cases.items():
             r = requests.post(f"{url}/invocations", json={"dataframe_records": records}, timeout=60)
