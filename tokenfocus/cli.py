@@ -19,6 +19,8 @@ from tokenfocus.env import apply_env
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 backbones_app = typer.Typer(no_args_is_help=True, help="Build and inspect backbones.")
 app.add_typer(backbones_app, name="backbones")
+data_app = typer.Typer(no_args_is_help=True, help="Bring in and version datasets.")
+app.add_typer(data_app, name="data")
 PARAMS = typer.Option("params.yaml", "--params", help="params file")
 
 
@@ -94,6 +96,27 @@ def split(params: str = PARAMS, data: str = typer.Option(None, help="dataset roo
     except EvalMuseError as exc:
         fail(str(exc))
     typer.echo(f"splits written to {p.split.out}: {counts}")
+
+
+@data_app.command("import")
+def data_import(
+    source: Path = typer.Argument(
+        ..., help="the downloaded release: train_list.json, test.json, images.zip.part-*"
+    ),
+    out: str = typer.Option(None, "--out", help="dataset folder (default validate.data)"),
+    sha256: str = typer.Option(None, "--sha256", help="the joined archive's expected SHA-256"),
+    no_dvc: bool = typer.Option(False, "--no-dvc", help="do not `dvc add` the result"),
+    params: str = PARAMS,
+) -> None:
+    """Import the EvalMuse-40K release: join and check the archive, unpack, validate, version."""
+    from tokenfocus.ingest import IngestError, import_release
+
+    cfg = _params(params).validate
+    try:
+        summary = import_release(source, out or cfg.data, cfg, sha256=sha256, version=not no_dvc)
+    except (IngestError, OSError) as exc:
+        fail(str(exc))
+    typer.echo(json.dumps(summary, indent=1))
 
 
 @backbones_app.command("build")
