@@ -10,14 +10,75 @@ from tokenfocus.config import PromptConfig
 
 @dataclass(frozen=True)
 class AnswerTokens:
-    score_ids: list[int]  # ids of "1".."5", in score order
-    yes_id: int
-    no_id: int
+    """The first answer token's ids of each answer, in every surface form the tokenizer has as one
+    token right after the generation prompt ("yes", "Yes", " yes", " Yes").
+
+    A documented choice: an answer's logit is the log of the summed probabilities of its forms
+    (``logsumexp`` over their logits), so an Instruct model that answers "Yes" or a byte-level BPE
+    that writes " 4" is read as it answers. An id shared by two answers is dropped from both.
+    """
+
+    score_sets: tuple[tuple[int, ...], ...]  # per score 1..5, its forms' ids (the configured form first)
+    yes_ids: tuple[int, ...]
+    no_ids: tuple[int, ...]
+
+    @property
+    def score_ids(self) -> list[int]:
+        """The configured form of each score (what the lm baseline writes)."""
+        return [ids[0] for ids in self.score_sets]
+
+    @property
+    def yes_id(self) -> int:
+        return self.yes_ids[0]
+
+    @property
+    def no_id(self) -> int:
+        return self.no_ids[0]
+
+    @staticmethod
+    def _gather(logits, sets) -> torch.Tensor:  # noqa: F821 - torch is imported by the caller
+        if all(len(ids) == 1 for ids in sets):  # one form each: plain indexing, the same bits as ever
+            return logits[:, [ids[0] for ids in sets]]
+        import torch
+
+        return torch.stack([logits[:, list(ids)].logsumexp(-1) for ids in sets], dim=-1)
+
+    def score_logits(self, logits):
+        """(B, V) first-answer logits -> (B, 5) logits of the scores 1..5."""
+        return self._gather(logits, self.score_sets)
+
+    def yes_no_logits(self, logits):
+        """(B, V) first-answer logits -> (B, 2) logits of yes and no."""
+        return self._gather(logits, (self.yes_ids, self.no_ids))
+
+    def all_ids(self) -> list[int]:
+        return sorted({i for ids in (*self.score_sets, self.yes_ids, self.no_ids) for i in ids})
 
 
-def single_token_id(tokenizer, word: str, *, slug: str) -> int:
-    """The id of ``word`` as exactly one token, or a clear error naming the backbone and word."""
-    ids = tokenizer.encode(word, add_special_tokens=False)
+def surface_forms(word: str) -> list[str]:
+    """The forms an answer may take: as configured, capitalised, each with a leading space."""
+    forms = [word, word.capitalize(), " " + word, " " + word.capitalize()]
+    return list(dict.fromkeys(forms))
+
+
+def in_context_ids(tokenizer, context: str, form: str) -> list[int]:
+    """The token ids ``form`` becomes when it follows ``context`` (not encoded on its own: a
+    byte-level BPE or a SentencePiece tokenizer splits a word differently after other text)."""
+    before = tokenizer.encode(context, add_special_tokens=False)
+    after = tokenizer.encode(context + form, add_special_tokens=False)
+    if after[: len(before)] != before:  # the form merged with the context's last token
+        return []
+    return after[len(before) :]
+
+
+def single_token_id(tokenizer, word: str, *, slug: str, context: str = "") -> int:
+    """The id of ``word`` as exactly one token after ``context``, or a clear error naming the
+    backbone and word."""
+    ids = (
+        in_context_ids(tokenizer, context, word)
+        if context
+        else tokenizer.encode(word, add_special_tokens=False)
+    )
     if len(ids) != 1:
         raise BackboneError(f"{slug}: answer word {word!r} is {len(ids)} tokens {ids}, not one")
     if ids[0] == getattr(tokenizer, "unk_token_id", None):
@@ -25,16 +86,38 @@ def single_token_id(tokenizer, word: str, *, slug: str) -> int:
     return ids[0]
 
 
-def answer_tokens(tokenizer, prompts: PromptConfig, *, slug: str) -> AnswerTokens:
-    """Resolve and check the score and yes/no token ids once per backbone."""
-    score_ids = [single_token_id(tokenizer, w, slug=slug) for w in prompts.score_tokens]
-    if len(set(score_ids)) != len(score_ids):
-        raise BackboneError(f"{slug}: score tokens {prompts.score_tokens} are not distinct tokens")
-    return AnswerTokens(
-        score_ids,
-        single_token_id(tokenizer, prompts.yes_token, slug=slug),
-        single_token_id(tokenizer, prompts.no_token, slug=slug),
-    )
+def answer_tokens(
+    tokenizer, prompts: PromptConfig, *, slug: str, parts: TemplateParts | None = None
+) -> AnswerTokens:
+    """Resolve and check the score and yes/no token ids once per backbone, in context: after the
+    chat template's generation prompt (``parts``), as the model reads them when it answers."""
+    context = parts.head + "Q" + parts.tail if parts is not None else ""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    words = [*prompts.score_tokens, prompts.yes_token, prompts.no_token]
+    sets = []
+    for w in words:
+        ids = [
+            single_token_id(tokenizer, w, slug=slug, context=context)
+        ]  # the configured form must be one token
+        for form in surface_forms(w)[1:]:
+            got = (
+                in_context_ids(tokenizer, context, form)
+                if context
+                else tokenizer.encode(form, add_special_tokens=False)
+            )
+            if len(got) == 1 and got[0] != unk and got[0] not in ids:
+                ids.append(got[0])
+        sets.append(ids)
+    shared = {
+        i
+        for a, ids in enumerate(sets)
+        for i in ids
+        if any(i in other for b, other in enumerate(sets) if b != a)
+    }
+    if any(ids[0] in shared for ids in sets):
+        raise BackboneError(f"{slug}: answer words {words} are not distinct tokens")
+    sets = [tuple(i for i in ids if i not in shared) for ids in sets]
+    return AnswerTokens(tuple(sets[:-2]), sets[-2], sets[-1])
 
 
 def element_phrase(key_or_text: str) -> str:

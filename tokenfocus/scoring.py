@@ -34,6 +34,8 @@ from tokenfocus.prompts import (
 log = logging.getLogger(__name__)
 ImageLike = str | Path | Image.Image
 SUFFIX_CACHE_MAX = 100_000  # element keys whose question-suffix token ids a scorer keeps
+#: Below this share of the first token's probability on the answer tokens, the scorer warns.
+MIN_ANSWER_MASS = 0.5
 #: What a family raises when its forward cannot take a reused cache (a missing argument, an
 #: unsupported cache type): prefix reuse is then switched off for that scorer, and only then.
 CACHE_UNSUPPORTED = (TypeError, NotImplementedError, AttributeError, KeyError, IndexError, ValueError)
@@ -104,8 +106,9 @@ class Scorer:
         self.batch_size, self.prefix_reuse = batch_size, prefix_reuse
         self.processor.tokenizer.padding_side = "left"
         self.parts = template_parts(processor)
-        self.tokens = answer_tokens(processor.tokenizer, prompts, slug=slug or "backbone")
+        self.tokens = answer_tokens(processor.tokenizer, prompts, slug=slug or "backbone", parts=self.parts)
         self._warned_fallback = False
+        self._mass_checked, self.answer_mass = False, None
         # the module that keeps M-RoPE offsets from the prefill (Qwen2-VL family), if any
         self._rope_state = next((m for m in model.modules() if hasattr(m, "rope_deltas")), None)
         self._suffix_cache: dict[str, list[int]] = {}
@@ -170,14 +173,31 @@ class Scorer:
         out = torch.empty(len(texts), len(self.tokens.score_ids))
         for idx in self._batches(len(texts), [len(t) for t in texts], "overall"):
             batch = encode(self.processor, [texts[i] for i in idx], [images[i] for i in idx])
-            logits = first_answer_logits(self.model, batch)[:, self.tokens.score_ids]
-            out[idx] = torch.softmax(logits.float(), dim=-1).cpu()
+            full = first_answer_logits(self.model, batch)
+            self._check_mass(full)
+            out[idx] = torch.softmax(self.tokens.score_logits(full).float(), dim=-1).cpu()
         return out
 
     # -- elements -------------------------------------------------------------------------------
     def _yes_prob(self, logits: torch.Tensor) -> torch.Tensor:
-        pair = logits[:, [self.tokens.yes_id, self.tokens.no_id]].float()
-        return torch.softmax(pair, dim=-1)[:, 0]
+        return torch.softmax(self.tokens.yes_no_logits(logits).float(), dim=-1)[:, 0]
+
+    def _check_mass(self, logits: torch.Tensor) -> None:
+        """Warn once when the answer tokens carry little of the first token's probability: the
+        template or the token choice does not fit the checkpoint (its answers begin elsewhere)."""
+        if self._mass_checked:
+            return
+        self._mass_checked = True
+        mass = torch.softmax(logits.float(), dim=-1)[:, self.tokens.all_ids()].sum(-1).mean().item()
+        self.answer_mass = mass
+        if mass < MIN_ANSWER_MASS:
+            log.warning(
+                "%s: the answer tokens carry %.1f%% of the first token's probability (below %.0f%%): "
+                "check the chat template and the score/yes/no tokens for this checkpoint",
+                self.slug,
+                100 * mass,
+                100 * MIN_ANSWER_MASS,
+            )
 
     @torch.inference_mode()
     def elements_plain(

@@ -141,13 +141,13 @@ class Trainer:
         mse_w = self.cfg.mse_weight if step >= self.cfg.mse_warmup_frac * self.cfg.steps else 0.0
         scores, labels = scores.to(logits.device), labels.to(logits.device)
         out = focus_loss(
-            logits[:b, tokens.score_ids],
+            tokens.score_logits(logits[:b]),
             scores,
             ce_weight=self.cfg.ce_weight,
             mse_weight=mse_w,
             soft=self.cfg.soft_target,
         )
-        out["element"] = element_loss(logits[b:, [tokens.yes_id, tokens.no_id]], labels)
+        out["element"] = element_loss(tokens.yes_no_logits(logits[b:]), labels)
         out["loss"] = out["loss"] + self.cfg.element_weight * out["element"]
         return out
 
