@@ -132,7 +132,8 @@ def ensemble_gain() -> str:
     return (
         f"\nEnsemble NTIRE {g['ensemble_final']:.4f} vs best single ({g['backbone']}) "
         f"{g['best_single_final']:.4f}: difference {g['diff']:+.4f}, paired bootstrap 95% CI "
-        f"[{g['ci_low']:+.4f}, {g['ci_high']:+.4f}] ({g['bootstrap']} resamples): the ensemble {verdict} it.\n"
+        f"[{g['ci_low']:+.4f}, {g['ci_high']:+.4f}] ({g['bootstrap']} resamples of the "
+        f"{g.get('prompts', '?')} test prompts): the ensemble {verdict} it.\n"
     )
 
 

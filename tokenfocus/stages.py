@@ -246,6 +246,7 @@ def stack_stage(params: Params) -> dict:
             "ci_low": boot["ci_low"],
             "ci_high": boot["ci_high"],
             "bootstrap": params.tracking.promote_bootstrap,
+            "prompts": boot["prompts"],  # resampled by prompt: a prompt's images are not independent
         },
         "category_accuracy": {
             "ensemble": category_accuracy(test_rows),
