@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from tests.gate import inside
+from tests.gate import SLUG, inside
 from tests.model.test_behaviour import _swap
 from tokenfocus.pretrain.curriculum import fresh_scene
 from tokenfocus.render import render
@@ -20,19 +20,28 @@ from tokenfocus.synth import elements_of, make_prompt
 N = 96
 
 
-@pytest.fixture(scope="module")
-def served(gate, tmp_path_factory):
+@pytest.fixture(scope="module", params=["ensemble", "fine-tuned backbone"])
+def served(request, gate, tmp_path_factory):
+    """The served ensemble's 1..5 score, and its fine-tuned backbone alone: the mean of its element
+    P(yes). Not the backbone's own 1..5 answer: that needs the full fine-tuning budget (1,200 steps,
+    test SRCC 0.63 in docs/results.md); after the 2 steps a test can afford it is flat (measured:
+    swapping a word moves it by 0.000 on average), so it would prove nothing."""
+    from tokenfocus.scoring import Scorer
     from tokenfocus.serving.ensemble import EnsembleScorer, bundle
 
     p, d = gate
     with inside(d):
-        return EnsembleScorer(bundle(p, tmp_path_factory.mktemp("served") / "bundle"))
+        if request.param == "ensemble":
+            ens = EnsembleScorer(bundle(p, tmp_path_factory.mktemp("served") / "bundle"))
+            return "ensemble", lambda *a: [r["total_score"] for r in ens(*a)]
+        single = Scorer.load(d / p.train.out / SLUG / "model")
+        return "backbone", lambda *a: [sum(r.elements.values()) / len(r.elements) for r in single(*a)]
 
 
 def _score(served, images, scenes):
     prompts = [make_prompt(s, random.Random(i), False) for i, s in enumerate(scenes)]
     keys = [[k for k, *_ in elements_of(s)] for s in scenes]
-    return [r["total_score"] for r in served(images, prompts, keys)]
+    return served[1](images, prompts, keys)
 
 
 @pytest.mark.parametrize(("kind", "seed"), [("shape", 21), ("color", 22)])
@@ -44,7 +53,8 @@ def test_swapping_an_element_word_lowers_the_overall_score(served, kind, seed):
     swapped = _score(served, images, [_swap(s, kind, rng) for s in scenes])
     lower = sum(s < t for t, s in zip(true, swapped, strict=True)) / N
     gap = sum(t - s for t, s in zip(true, swapped, strict=True)) / N
-    assert lower > LOWER[kind] and gap > GAP[kind], (kind, lower, gap)
+    least_lower, least_gap = SWAP[served[0], kind]
+    assert lower > least_lower and gap > least_gap, (served[0], kind, lower, gap)
 
 
 def test_a_prompt_scores_higher_on_its_own_scene_than_on_another(served):
@@ -55,11 +65,17 @@ def test_a_prompt_scores_higher_on_its_own_scene_than_on_another(served):
     other = _score(served, images[1:] + images[:1], scenes)  # each prompt on the next scene's image
     higher = sum(o > x for o, x in zip(own, other, strict=True)) / N
     gap = sum(o - x for o, x in zip(own, other, strict=True)) / N
-    assert higher > MISMATCH_HIGHER and gap > MISMATCH_GAP, (higher, gap)
+    least_higher, least_gap = MISMATCH[served[0]]
+    assert higher > least_higher and gap > least_gap, (served[0], higher, gap)
 
 
-#: Close to what the ensemble achieves (measured with these seeds: shape lower 0.99, gap 1.18;
-#: colour 1.00, 0.50; own scene higher 0.99, gap 2.01), so that a real regression fails.
-LOWER = {"shape": 0.95, "color": 0.95}
-GAP = {"shape": 0.9, "color": 0.35}
-MISMATCH_HIGHER, MISMATCH_GAP = 0.95, 1.5
+#: (share of pairs, mean gap), close to what each reaches with these seeds, so that a real
+#: regression fails. Measured: ensemble (1..5 score) shape 0.99 / 1.18, colour 1.00 / 0.50, own
+#: scene 0.99 / 2.01; fine-tuned backbone (mean element P(yes)) 0.99 / 0.150, 1.00 / 0.126, 0.99 / 0.346.
+SWAP = {
+    ("ensemble", "shape"): (0.95, 0.9),
+    ("ensemble", "color"): (0.95, 0.35),
+    ("backbone", "shape"): (0.95, 0.11),
+    ("backbone", "color"): (0.95, 0.09),
+}
+MISMATCH = {"ensemble": (0.95, 1.5), "backbone": (0.95, 0.26)}
