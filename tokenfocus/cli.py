@@ -327,7 +327,7 @@ def promote(
     ),
 ) -> None:
     """Compare challenger and champion on the test split; move champion only if better beyond noise."""
-    from tokenfocus.registry import promote as do_promote
+    from tokenfocus.promote import promote as do_promote
 
     try:
         out = _tracking_guard(lambda: do_promote(_params(params), force=force))

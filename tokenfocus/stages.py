@@ -266,7 +266,8 @@ def register_stage(params: Params, *, pid: str | None = None) -> dict:
     """Register the ensemble (alias challenger), promote it if it beats the champion, and put the
     results where people look: the parent run's headline metrics and results table, the
     ensemble run's plots, and the registered model's and version's descriptions."""
-    from tokenfocus.registry import describe, log_and_register, promote
+    from tokenfocus.promote import promote
+    from tokenfocus.registry import describe, log_and_register
 
     summary = read_metrics(Path("eval") / "ensemble" / "metrics.json")
     metrics = summary.get("test", {})

@@ -10,7 +10,6 @@ PKG = Path(__file__).resolve().parents[2] / "tokenfocus"
 LONG = {
     "cli": "one typer app, a subcommand per verb",
     "config": "the typed dataclasses of every stage",
-    "registry": "log, register, describe, promote: the registry's verbs",
     "scoring": "the scorer's two paths (plain, prefix reuse) and their batching",
     "stages": "the stage bodies the DVC pipeline and the flows share",
     "synth": "SynthMuse's prompts, corruptions and annotators",

@@ -16,7 +16,8 @@ from mlflow import MlflowClient
 
 from tests.gate import ROOT, _restore, inside
 from tokenfocus.config import load_params
-from tokenfocus.registry import CHALLENGER, CHAMPION, log_and_register, promote, version_rows
+from tokenfocus.promote import CHALLENGER, CHAMPION, promote, version_rows
+from tokenfocus.registry import log_and_register
 from tokenfocus.split import main as split_main
 from tokenfocus.stages import register_stage
 

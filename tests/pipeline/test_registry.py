@@ -10,7 +10,8 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import bomb_png
-from tokenfocus.registry import CHALLENGER, CHAMPION, log_and_register, promote
+from tokenfocus.promote import CHALLENGER, CHAMPION, promote
+from tokenfocus.registry import log_and_register
 from tokenfocus.stack import Ensemble, LeakError, fit_ensemble
 from tokenfocus.stages import score_stage, stack_stage, train_stage
 
