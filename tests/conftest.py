@@ -35,7 +35,15 @@ def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-SMALL = SynthConfig(seed=5, n_prompts=24, n_test_prompts=4, image_size=64)
+SMALL = SynthConfig(seed=5, n_prompts=24, n_test_prompts=4, image_size=64, short_keys=0.25)
+
+
+def repo_styles():
+    """The repository's ``styles`` block: the small dataset is drawn, and redrawn in the held-out
+    family, as the default one is."""
+    from tokenfocus.config import load_params
+
+    return load_params(ROOT / "params.yaml").styles
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +52,7 @@ def small_data(tmp_path_factory) -> Path:
     from tokenfocus.synth import generate
 
     root = tmp_path_factory.mktemp("synth") / "data"
-    generate(SMALL, root)
+    generate(SMALL, root, styles=repo_styles())
     return root
 
 

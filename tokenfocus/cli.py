@@ -57,9 +57,10 @@ def synth(
 
     from tokenfocus.synth import ceiling, generate
 
-    cfg = _params(params).synth
+    loaded = _params(params)
+    cfg = loaded.synth
     t0 = time.perf_counter()
-    counts = generate(cfg, out)
+    counts = generate(cfg, out, styles=loaded.styles)
     dest = out or cfg.out
     typer.echo(
         f"SynthMuse written to {dest}/ in {time.perf_counter() - t0:.1f}s: {counts}; "
@@ -235,17 +236,18 @@ def train(
 def score(
     params: str = PARAMS,
     backbone: str = typer.Option(..., "--backbone", "-b"),
-    split: str = typer.Option("all", help="val | test | ntire | all"),
+    split: str = typer.Option("all", help="val | test | ntire | heldout_style | all"),
     track: bool = typer.Option(True, help="log to MLflow"),
 ) -> None:
     """Score splits with a trained backbone: prediction tables, NTIRE output.json, metrics."""
-    from tokenfocus.predictions import SCORED_SPLITS
+    from tokenfocus.predictions import scored_splits
     from tokenfocus.stages import score_stage
 
     p = _params(params)
-    splits = SCORED_SPLITS if split == "all" else (split,)
-    if any(s not in SCORED_SPLITS for s in splits):
-        fail(f"unknown split {split!r}; choose from {SCORED_SPLITS} or all")
+    known = scored_splits(p)
+    splits = known if split == "all" else (split,)
+    if any(s not in known for s in splits):
+        fail(f"unknown split {split!r}; choose from {known} or all")
     try:
         metrics = score_stage(backbone, p, splits=splits, track=track)
     except (ConfigError, FileNotFoundError) as exc:

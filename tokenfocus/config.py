@@ -32,6 +32,28 @@ class SynthConfig:
     label_flip: float = 0.05  # per-annotator element label noise
     score_noise: float = 0.45  # sd of each annotator's total-score noise, in score points
     real_fraction: float = 0.5  # share of prompts in the varied "real" register
+    short_keys: float = 0.0  # share of prompts keyed with EvalMuse's short spans ("red (color)")
+
+
+@dataclass
+class StylesConfig:
+    """Drawing styles as data (built into :class:`tokenfocus.render.StyleBook`, which checks them).
+
+    ``catalog`` maps a style's name to its drawing choices (see :class:`tokenfocus.render.Style`
+    for the keys); ``synth`` names the styles SynthMuse draws its benchmark in, ``pretrain`` the
+    ones pre-training randomises over, and no style of ``heldout_family`` may be in either.
+    """
+
+    heldout_family: str = ""  # never seen by any model; the pipeline reports it beside test
+    synth: list[str] = field(default_factory=lambda: ["classic"])
+    pretrain: list[str] = field(default_factory=lambda: ["classic"])
+    catalog: dict[str, dict] = field(default_factory=dict)
+
+    def book(self):
+        """The checked :class:`tokenfocus.render.StyleBook` of this block."""
+        from tokenfocus.render import StyleBook
+
+        return StyleBook.from_config(self)
 
 
 @dataclass
@@ -154,6 +176,9 @@ class TrainConfig:
     mse_warmup_frac: float = 0.2  # CE alone first, then the regression term joins
     element_weight: float = 0.5
     element_balance: float = 0.5  # share of element questions drawn from absent elements, when any
+    # random lighting on the training images (brightness/contrast up to this fraction either way,
+    # colour temperature a third of it), drawn from (seed, step): iMatch's augmentation; 0 = off
+    augment_lighting: float = 0.0
     soft_target: bool = True  # two-hot target around the mean human score
     eval_every: int = 200
     log_every: int = 10  # steps between the loss and learning-rate points logged to MLflow
@@ -239,6 +264,7 @@ class FlowConfig:
 @dataclass
 class Params:
     synth: SynthConfig = field(default_factory=SynthConfig)
+    styles: StylesConfig = field(default_factory=StylesConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)

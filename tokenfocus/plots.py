@@ -8,12 +8,12 @@ from pathlib import Path
 from tokenfocus.evalmuse import parse_element_key, write_json_atomic
 
 
-def category_accuracy(rows: list[dict]) -> dict[str, float]:
-    """Element accuracy at 0.5 per EvalMuse category."""
+def category_accuracy(rows: list[dict], keep=None) -> dict[str, float]:
+    """Element accuracy at 0.5 per EvalMuse category, over the keys ``keep(key)`` accepts (all)."""
     hits: dict[str, list[bool]] = defaultdict(list)
     for r in rows:
         for k, g in (r.get("gt_elements") or {}).items():
-            if g is not None and k in r["elements"]:
+            if g is not None and k in r["elements"] and (keep is None or keep(k)):
                 cat = parse_element_key(k).category or "none"
                 hits[cat].append((r["elements"][k] >= 0.5) == (g >= 0.5))
     return {c: sum(v) / len(v) for c, v in sorted(hits.items())}

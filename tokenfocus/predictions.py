@@ -20,12 +20,28 @@ from tokenfocus.split import load_split
 log = logging.getLogger(__name__)
 #: Splits a backbone is scored on: val (stacker fit), test (report), ntire (test.json, eval.json).
 SCORED_SPLITS = ("val", "test", "ntire")
+#: The test split's pairs drawn in the held-out style family (SynthMuse's ``heldout_style/``).
+HELDOUT = "heldout_style"
+
+
+def scored_splits(params: Params) -> tuple[str, ...]:
+    """:data:`SCORED_SPLITS`, plus :data:`HELDOUT` where the data holds a held-out style set."""
+    return SCORED_SPLITS + ((HELDOUT,) if (Path(params.validate.data) / HELDOUT / "images").is_dir() else ())
+
+
+def image_root(params: Params, split: str) -> Path:
+    """The folder a split's ``img_path`` values are relative to."""
+    root = Path(params.validate.data)
+    return root / HELDOUT / "images" if split == HELDOUT else root / "images"
 
 
 def split_records(params: Params, split: str) -> list[Record]:
-    """Records of a split: ``train``/``val``/``test`` of train_list.json, or ``ntire`` (test.json
-    with labels from eval.json when it exists)."""
+    """Records of a split: ``train``/``val``/``test`` of train_list.json, ``ntire`` (test.json
+    with labels from eval.json when it exists), or ``heldout_style`` (the test split's records,
+    whose images :func:`image_root` finds in the held-out style set)."""
     root = Path(params.validate.data)
+    if split == HELDOUT:
+        split = "test"
     if split.startswith("train-fold"):  # one stacking fold of the train split
         fold = int(split.removeprefix("train-fold"))
         return load_split(load_records(root / "train_list.json"), params.split.out, "train", fold=fold)
@@ -125,7 +141,7 @@ def score_backbone(
     metrics = {}
     for split in splits:
         records = split_records(params, split)
-        images = load_images(Path(params.validate.data) / "images", [r.img_path for r in records])
+        images = load_images(image_root(params, split), [r.img_path for r in records])
         results = scorer(
             [images[r.img_path] for r in records],
             [r.prompt for r in records],

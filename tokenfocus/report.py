@@ -98,27 +98,66 @@ def bases_table(params: Params) -> str:
         "|---|---|" + "---|" * (len(attrs) + len(cats)),
     ]
     for slug, pt in rows:
-        ca, ea = pt["check_accuracy"], pt["element_accuracy"]
-        lines.append(
-            f"| {slug} | {_f(pt['cpu_minutes'], 1)} | "
-            + " | ".join(_f(ca.get(a), 3) for a in attrs)
-            + " | "
-            + " | ".join(_f(ea.get(c), 3) for c in cats)
-            + " |"
-        )
+        for prefix, label in (("", slug), ("heldout_", f"{slug}, held-out style")):
+            if f"{prefix}check_accuracy" not in pt:
+                continue
+            ca, ea = pt[f"{prefix}check_accuracy"], pt[f"{prefix}element_accuracy"]
+            lines.append(
+                f"| {label} | {_f(pt['cpu_minutes'], 1) if not prefix else ''} | "
+                + " | ".join(_f(ca.get(a), 3) for a in attrs)
+                + " | "
+                + " | ".join(_f(ea.get(c), 3) for c in cats)
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
-def category_table() -> str:
-    """Test element accuracy per category, per backbone and for the ensemble."""
-    cats = _load(Path("eval") / "ensemble" / "metrics.json").get("category_accuracy", {})
-    if not cats:
+def _accuracy_grid(by_row: dict[str, dict[str, float]], label: str) -> str:
+    """A table of accuracy per category (columns), one row per key of ``by_row``."""
+    if not any(by_row.values()):
         return "_Not available._\n"
-    names = sorted({c for v in cats.values() for c in v})
-    lines = ["| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for model, acc in cats.items():
-        lines.append(f"| {model} | " + " | ".join(_f(acc.get(c), 3) for c in names) + " |")
+    names = sorted({c for v in by_row.values() for c in v})
+    lines = [f"| {label} | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for row, acc in by_row.items():
+        lines.append(f"| {row} | " + " | ".join(_f(acc.get(c), 3) for c in names) + " |")
     return "\n".join(lines) + "\n"
+
+
+def key_form_table() -> str:
+    """The ensemble's test element accuracy per category, short keys against compositional ones."""
+    return _accuracy_grid(
+        _load(Path("eval") / "ensemble" / "metrics.json").get("key_forms", {}), "element keys"
+    )
+
+
+def heldout_table(params: Params) -> str:
+    """In distribution (test) beside the same prompts drawn in the held-out style family."""
+    ens = _load(Path("eval") / "ensemble" / "metrics.json")
+    held = ens.get("heldout_style") if ens else None
+    if not held:
+        return "_No held-out style set in the data (`styles.heldout_family`)._\n"
+    lines = [
+        "| model | SRCC test | SRCC held-out | PLCC test | PLCC held-out | element acc test | "
+        "element acc held-out | NTIRE test | NTIRE held-out | NTIRE drop |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    models = [(s, _load(Path("eval") / s / "metrics.json")) for s in params.backbones]
+    models.append(("ensemble", ens))
+    for name, m in models:
+        t, h = m.get("test", {}), m.get("heldout_style", {})
+        if not t or not h:
+            continue
+        cells = [_f(x.get(k)) for k in ("srcc", "plcc", "element_acc", "final") for x in (t, h)]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {t['final'] - h['final']:+.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def category_table(split: str = "test") -> str:
+    """Element accuracy per category on ``split`` (``test`` or ``heldout_style``), per backbone
+    and for the ensemble."""
+    m = _load(Path("eval") / "ensemble" / "metrics.json")
+    cats = (m if split == "test" else m.get(split, {})).get("category_accuracy", {}) if m else {}
+    return _accuracy_grid(cats, "model")
 
 
 def ensemble_gain() -> str:
@@ -150,6 +189,16 @@ def main(params: Params, *, write: bool = True) -> str:
         + ensemble_gain()
         + "\n## Element accuracy per category (test)\n\n"
         + category_table()
+        + "\nThe ensemble's test element accuracy by key form: EvalMuse's short spans of the prompt\n"
+        "(`red (color)`, `two (counting)`, `left of (spatial)`; `synth.short_keys` of the prompts)\n"
+        "against the compositional keys (`red circles (color)`). Object keys are one noun in both.\n\n"
+        + key_form_table()
+        + "\n## A style family no model saw (`styles.heldout_family`)\n\n"
+        "The test split's pairs again, each drawn scene redrawn in the held-out family: same\n"
+        "prompts, elements and labels, pixels that neither pre-training nor fine-tuning drew.\n\n"
+        + heldout_table(params)
+        + "\nElement accuracy per category, held-out family:\n\n"
+        + category_table("heldout_style")
         + "\n## Pre-trained tiny bases (checks on fresh scenes, never the benchmark's; 0.5 is chance)\n\n"
         + bases_table(params)
         + "\nThe focus-vs-lm loss study is in docs/loss-study.md (`scripts/loss_study.py`).\n"

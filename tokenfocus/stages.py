@@ -79,8 +79,13 @@ def pretrain_stage(slug: str, params: Params, *, track: bool = True, pid: str | 
 
 def pretrain_checks(report: dict) -> dict[str, float]:
     """A pre-training report's check accuracies, flat: ``check_<attribute>``, ``element_<category>``."""
-    out = {f"check_{k}": float(v) for k, v in report.get("check_accuracy", {}).items()}
-    return out | {f"element_{k}": float(v) for k, v in report.get("element_accuracy", {}).items()}
+    out = {}
+    for prefix in ("", "heldout_"):  # heldout_: the same checks drawn in the held-out style family
+        out |= {f"{prefix}check_{k}": float(v) for k, v in report.get(f"{prefix}check_accuracy", {}).items()}
+        out |= {
+            f"{prefix}element_{k}": float(v) for k, v in report.get(f"{prefix}element_accuracy", {}).items()
+        }
+    return out
 
 
 def train_stage(slug: str, params: Params, *, track: bool = True, pid: str | None = None) -> dict:
@@ -121,18 +126,19 @@ def score_stage(
     pid: str | None = None,
 ) -> dict:
     """Score splits with a trained backbone; write eval/<slug>/ metrics and plot data; log them."""
-    from tokenfocus.plots import figures, write_plot_data
+    from tokenfocus.plots import category_accuracy, figures, write_plot_data
     from tokenfocus.predictions import (
-        SCORED_SPLITS,
+        HELDOUT,
         metrics_of,
         read_table,
         score_backbone,
+        scored_splits,
         write_table_submission,
     )
     from tokenfocus.stack import bag_tables
     from tokenfocus.synth import ceiling
 
-    splits = splits or SCORED_SPLITS
+    splits = splits or scored_splits(params)
     scores_dir = Path(params.score.out) / slug
     members = _members(slug, params)
     member_metrics = [
@@ -166,6 +172,9 @@ def score_stage(
         "members": len(members),
         "train": read_metrics(Path(params.train.out) / slug / "metrics.json"),
     }
+    if HELDOUT in metrics:  # the test split's pairs in a style family no model learned from
+        held = read_table(scores_dir / f"{HELDOUT}.json")
+        summary[HELDOUT] = metrics[HELDOUT] | {"category_accuracy": category_accuracy(held)}
     if (Path(params.validate.data) / "latent.json").exists() and rows:
         summary["ceiling_srcc"] = ceiling(params.validate.data, [r["img_path"] for r in rows])
     write_json_atomic(out_dir / "metrics.json", summary)
@@ -197,14 +206,15 @@ def read_metrics(path: str | Path) -> dict:
 def stack_stage(params: Params) -> dict:
     """Fit the ensemble on held-out predictions (val, or out-of-fold), compare it on test, write
     output.json and metrics."""
-    from tokenfocus.predictions import metrics_of, read_table, split_records, write_table_submission
+    from tokenfocus.predictions import HELDOUT, metrics_of, read_table, split_records, write_table_submission
     from tokenfocus.stack import comparison, fit_ensemble
 
     slugs = list(params.backbones)
     fit_split = "oof" if fold_models(slugs[0], params) else "val"
+    held = all((Path(params.score.out) / s / f"{HELDOUT}.json").exists() for s in slugs)
     tables = {
         split: {s: read_table(Path(params.score.out) / s / f"{split}.json") for s in slugs}
-        for split in (fit_split, "test", "ntire")
+        for split in (fit_split, "test", "ntire") + ((HELDOUT,) if held else ())
     }
     # val rows: no backbone trained on them. oof rows: each came from the fold model that excluded
     # its fold (fold_models, Trainer.exclude_fold), so the full-train check does not apply there.
@@ -253,6 +263,22 @@ def stack_stage(params: Params) -> dict:
             **{s: category_accuracy(tables["test"][s]) for s in slugs},
         },
     }
+    from tokenfocus.synth import key_form
+
+    # EvalMuse's short spans ("red (color)") against the compositional keys, test split
+    summary["key_forms"] = {
+        form: category_accuracy(test_rows, keep=lambda k, f=form: key_form(k) == f)
+        for form in ("compositional", "short")
+    }
+    if held:  # the same ensemble on the test prompts drawn in the held-out style family
+        held_rows = ens.combine(tables[HELDOUT])
+        summary[HELDOUT] = metrics_of(held_rows) | {
+            "category_accuracy": {
+                "ensemble": category_accuracy(held_rows),
+                **{s: category_accuracy(tables[HELDOUT][s]) for s in slugs},
+            },
+            "backbones": {s: metrics_of(tables[HELDOUT][s]) for s in slugs},
+        }
     write_json_atomic(Path("eval") / "ensemble" / "metrics.json", summary)
     write_json_atomic(Path("eval") / "ensemble" / "comparison.json", rows)
     write_json_atomic(Path(params.stack.out) / "test_predictions.json", test_rows)  # for the plots

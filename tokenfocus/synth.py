@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from tokenfocus.config import SynthConfig
+from tokenfocus.config import StylesConfig, SynthConfig
 from tokenfocus.evalmuse import write_json_atomic
 from tokenfocus.render import (
     COLORS,
@@ -26,6 +26,8 @@ from tokenfocus.render import (
     SIZES,
     Group,
     Scene,
+    Style,
+    pick_style,
     random_scene,
     render,
 )
@@ -145,6 +147,26 @@ def elements_of(scene: Scene) -> list[tuple[str, str, str, int]]:
     return out
 
 
+def short_keys(scene: Scene) -> list[str]:
+    """EvalMuse's short form of :func:`elements_of`'s keys, a span of the prompt and its category
+    (``red (color)``, ``two (counting)``, ``left of (spatial)``); a span two groups share keeps its
+    compositional key, so that every key of a prompt stays unique."""
+    spans = []
+    for key, cat, kind, i in elements_of(scene):
+        g = scene.groups[i]
+        text = {"count": COUNTS[g.count], "color": g.color, "size": g.size, "relation": scene.relation}
+        spans.append((key, f"{text[kind]} ({cat})" if kind in text else key))
+    clash = {s for _, s in spans if [t for _, t in spans].count(s) > 1}
+    return [key if s in clash else s for key, s in spans]
+
+
+def key_form(key: str) -> str:
+    """``short`` for a key that names no shape (EvalMuse's spans), else ``compositional``;
+    object keys name only their shape, and count as compositional."""
+    text = key.rsplit("(", 1)[0].split()
+    return "compositional" if {w for s in SHAPES for w in (s, plural(s, 2))} & set(text) else "short"
+
+
 def realised(prompt: Scene, drawn: Scene) -> list[bool]:
     """Which of the prompt's elements the drawn scene realises."""
     flags = []
@@ -218,25 +240,32 @@ def annotate(prompt: Scene, drawn: Scene, cfg: SynthConfig, rng: random.Random) 
     }
 
 
-def generate(cfg: SynthConfig, out: str | Path | None = None) -> dict[str, int]:
+def generate(
+    cfg: SynthConfig, out: str | Path | None = None, *, styles: StylesConfig | None = None
+) -> dict[str, int]:
     """Write SynthMuse to ``out`` (default ``cfg.out``): raw EvalMuse files plus images.
 
     Files: ``train_list.json`` (labelled), ``test.json`` (no labels), ``eval.json`` (the test
     pairs' averaged labels, as the challenge's ground truth), ``prompt_t2i.json``,
     ``images/<generator>/<nnnnn>.png``, ``latent.json`` (noise-free alignment; training never
-    reads it) and ``contact_sheet.png``.
+    reads it), ``styles.json`` (which style drew each image; the EvalMuse loader ignores it) and
+    ``contact_sheet.png``. With a held-out style family (``styles.heldout_family``), every
+    labelled pair's drawn scene again in that family, under ``heldout_style/`` (see
+    :func:`draw_heldout`).
 
     Returns:
         Counts of what was written.
     """
     out = Path(out or cfg.out)
+    book = (styles or StylesConfig()).book()
+    drawing = book.styles("synth")
     rng = random.Random(cfg.seed)
     gens = list(GENERATORS)[: cfg.images_per_prompt] if cfg.images_per_prompt <= len(GENERATORS) else None
     if gens is None:
         raise ValueError(
             f"images_per_prompt={cfg.images_per_prompt} exceeds the {len(GENERATORS)} generators"
         )
-    train, test, evals, prompts, latent = [], [], [], [], {}
+    train, test, evals, prompts, latent, drawn_in, scenes = [], [], [], [], {}, {}, {}
     counter = 0
     for p in range(cfg.n_prompts + cfg.n_test_prompts):
         scene = random_scene(rng)
@@ -244,6 +273,11 @@ def generate(cfg: SynthConfig, out: str | Path | None = None) -> dict[str, int]:
         pid = f"sm{p:05d}"
         text = make_prompt(scene, rng, real)
         keys = [k for k, _, _, _ in elements_of(scene)]
+        # a share of prompts keyed as EvalMuse keys them, from a stream of its own (so nothing
+        # else in the data moves with the share)
+        short = random.Random(f"{cfg.seed}:short:{p}").random() < cfg.short_keys
+        rename = dict(zip(keys, short_keys(scene), strict=True)) if short else {}
+        keys = [rename.get(k, k) for k in keys]
         prompts.append(
             {"prompt_id": pid, "prompt": text, "elements": keys, "type": "real" if real else "synthetic"}
         )
@@ -253,8 +287,13 @@ def generate(cfg: SynthConfig, out: str | Path | None = None) -> dict[str, int]:
             counter += 1
             dest = out / "images" / img_path
             dest.parent.mkdir(parents=True, exist_ok=True)
-            render(drawn, cfg.image_size, rng).save(dest, format="PNG", optimize=False)
+            style = pick_style(drawing, rng)
+            drawn_in[img_path] = style.name if style else "classic"
+            render(drawn, cfg.image_size, rng, style).save(dest, format="PNG", optimize=False)
+            if p < cfg.n_prompts:
+                scenes[img_path] = drawn
             ann = annotate(scene, drawn, cfg, rng)
+            ann["element_score"] = {rename.get(k, k): v for k, v in ann["element_score"].items()}
             latent[img_path] = ann["latent"]
             rec = {
                 "prompt_id": pid,
@@ -287,8 +326,35 @@ def generate(cfg: SynthConfig, out: str | Path | None = None) -> dict[str, int]:
     write_json_atomic(out / "eval.json", evals)
     write_json_atomic(out / "prompt_t2i.json", prompts)
     write_json_atomic(out / "latent.json", latent)
+    write_json_atomic(out / "styles.json", drawn_in)
     contact_sheet(out, train[:24]).save(out / "contact_sheet.png", format="PNG")
-    return {"train": len(train), "test": len(test), "images": counter, "prompts": len(prompts)}
+    counts = {"train": len(train), "test": len(test), "images": counter, "prompts": len(prompts)}
+    if book.heldout:
+        counts["heldout_style"] = draw_heldout(scenes, book.heldout, cfg, out / HELDOUT_DIR)
+    return counts
+
+
+#: Where :func:`generate` writes the labelled pairs redrawn in the held-out style family.
+HELDOUT_DIR = "heldout_style"
+
+
+def draw_heldout(scenes: dict[str, Scene], family: tuple[Style, ...], cfg: SynthConfig, out: Path) -> int:
+    """Draw each labelled pair's scene again, in a style of the held-out ``family``, under the
+    same relative path in ``out/images``: the same prompts, elements and labels, pixels no model
+    learned from. ``out/styles.json`` says which style drew each image.
+
+    A random stream of its own, so the benchmark's own images do not change with the family.
+    """
+    rng = random.Random(f"{cfg.seed}:heldout_style")
+    drawn_in = {}
+    for img_path, drawn in scenes.items():
+        style = rng.choice(family)
+        dest = out / "images" / img_path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        render(drawn, cfg.image_size, rng, style).save(dest, format="PNG", optimize=False)
+        drawn_in[img_path] = style.name
+    write_json_atomic(out / "styles.json", drawn_in)
+    return len(drawn_in)
 
 
 def contact_sheet(root: Path, records: list[dict], cols: int = 4, cell: int = 160) -> Image.Image:

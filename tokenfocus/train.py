@@ -35,6 +35,7 @@ from tokenfocus.losses import answer_lm_loss, element_loss, focus_loss
 from tokenfocus.metrics import evaluate as ntire_metrics
 from tokenfocus.predictions import split_records
 from tokenfocus.prompts import element_text, overall_text
+from tokenfocus.render.styles import relight
 from tokenfocus.scoring import Scorer, distribution_stats, encode, first_answer_logits
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,9 @@ class Trainer:
     def _loss(self, recs: list[Record], keys: list[str], step: int) -> dict[str, torch.Tensor]:
         parts, pr = self.scorer.parts, self.prompts
         imgs = [self.images[r.img_path] for r in recs]
+        if self.cfg.augment_lighting > 0:  # from (seed, step) alone, so a resumed run sees the same
+            light = np.random.default_rng([self.cfg.seed, step, 104_729])
+            imgs = [relight(im, self.cfg.augment_lighting, light) for im in imgs]
         prompts = [self.scorer.fit_prompt(r.prompt, r.img_path) for r in recs]  # the scorer's cut
         overall = [
             overall_text(parts, pr, p, [e.key for e in r.elements])

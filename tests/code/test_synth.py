@@ -3,7 +3,7 @@ import json
 import random
 from pathlib import Path
 
-from tests.conftest import SMALL
+from tests.conftest import SMALL, repo_styles
 from tokenfocus.config import SynthConfig
 from tokenfocus.render import COLORS, SHAPES, Group, Scene
 from tokenfocus.synth import (
@@ -26,12 +26,12 @@ def _digest(root: Path) -> dict[str, str]:
 
 
 def test_generation_is_byte_identical(tmp_path, small_data):
-    generate(SMALL, tmp_path / "again")
+    generate(SMALL, tmp_path / "again", styles=repo_styles())
     assert _digest(tmp_path / "again") == _digest(small_data)
 
 
 def test_another_seed_gives_other_data(tmp_path, small_data):
-    generate(SynthConfig(**{**SMALL.__dict__, "seed": 6}), tmp_path / "other")
+    generate(SynthConfig(**{**SMALL.__dict__, "seed": 6}), tmp_path / "other", styles=repo_styles())
     assert _digest(tmp_path / "other") != _digest(small_data)
 
 
@@ -83,3 +83,27 @@ def test_errors_lower_latent_alignment():
 def test_ceiling_is_high_but_below_one(small_data):
     c = ceiling(small_data)
     assert 0.5 < c < 1.0
+
+
+def test_a_share_of_prompts_carry_evalmuse_short_keys(small_data):
+    """`synth.short_keys` of the prompts are keyed with EvalMuse's spans; the labels follow the
+    key, and a span two groups share keeps its compositional key (keys stay unique)."""
+    from tokenfocus.synth import key_form, short_keys
+
+    train = json.loads((small_data / "train_list.json").read_text())
+    forms = {pid: {key_form(k) for k in r["element_score"]} for r in train for pid in [r["prompt_id"]]}
+    short = [p for p, f in forms.items() if "short" in f]
+    assert 0 < len(short) < len(forms)
+    scene = Scene([Group("circle", "red", "small", 2), Group("star", "red", "large", 1)], relation="left of")
+    assert short_keys(scene) == [
+        "circle (object)",
+        "two (counting)",
+        "red circles (color)",  # both groups are red: "red (color)" would name two elements
+        "small (attribute)",
+        "star (object)",
+        "one (counting)",
+        "red star (color)",
+        "large (attribute)",
+        "left of (spatial)",
+    ]
+    assert [key_form(k) for k in short_keys(scene)].count("short") == 5

@@ -1,5 +1,6 @@
 """Real `dvc repro` in a temporary copy of the repo with tiny params."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -136,6 +137,18 @@ def test_repro_resumes_then_noop_then_partial(repo):
     assert "up to date" in _run([DVC, "status"], d, env)
     metrics = _run([DVC, "metrics", "show"], d, env)
     assert "eval/ensemble/metrics.json" in metrics
+    # the test prompts drawn in the held-out style family, reported beside test in the same form
+    ens = json.loads((d / "eval" / "ensemble" / "metrics.json").read_text())
+    held = ens["heldout_style"]
+    assert held["n"] == ens["test"]["n"] and held["final"] != ens["test"]["final"]
+    assert set(held["category_accuracy"]) == set(ens["category_accuracy"])
+    for slug in ("idefics3_tiny", "llava_siglip_tiny"):
+        one = json.loads((d / "eval" / slug / "metrics.json").read_text())
+        assert set(one["heldout_style"]["category_accuracy"]) <= set(ens["category_accuracy"][slug]) | {
+            "none"
+        }
+        assert one["heldout_style"]["n"] == one["test"]["n"]
+    assert "A style family no model saw" in (d / "docs" / "results.md").read_text()
     # one backbone's param changes: only its stages and what depends on them rerun
     p = yaml.safe_load((d / "params.yaml").read_text())
     p["backbones"]["llava_siglip_tiny"]["lr"] = 0.001

@@ -48,6 +48,7 @@ from tokenfocus.env import torch_threads
 from tokenfocus.pretrain.checks import check_accuracy, element_accuracy
 from tokenfocus.pretrain.curriculum import check_config, corpus
 from tokenfocus.pretrain.stages import question_stage, tower_stage
+from tokenfocus.render import Style
 from tokenfocus.tiny import init_dir
 
 __all__ = ["check_config", "corpus", "pretrain", "pretrain_base"]
@@ -64,6 +65,8 @@ def pretrain(
     family: str,
     prompts: PromptConfig | None = None,
     slug: str = "",
+    styles: tuple[Style, ...] | None = None,
+    heldout: tuple[Style, ...] = (),
 ) -> dict:
     """Run the curriculum on ``model`` in place.
 
@@ -75,11 +78,15 @@ def pretrain(
         family: the tiny family, to find the tower and projector.
         prompts: the scoring templates stage 3 asks elements in.
         slug: for messages.
+        styles: the styles every scene is drawn in, one per image (domain randomisation);
+            default the classic drawing.
+        heldout: a style family no stage draws in; the checks are measured on it as well.
 
     Returns:
         Per stage ``steps``/``first_loss``/``last_loss``/``cpu_minutes``, the total
         ``cpu_minutes``, ``check_accuracy`` per attribute and ``element_accuracy`` per category,
-        both on other fresh scenes (0.5 is chance).
+        both on other fresh scenes in the classic drawing (0.5 is chance), and with ``heldout``
+        the same two in that family (``heldout_check_accuracy``, ``heldout_element_accuracy``).
     """
     check_config(cfg)
     prompts = prompts or PromptConfig()
@@ -89,8 +96,11 @@ def pretrain(
     cpu0 = time.process_time()
     stages, heads = {}, None
     if cfg.tower_steps:
-        stages["tower"], heads = tower_stage(model, processor, family, cfg, image_size, slug=slug)
+        stages["tower"], heads = tower_stage(
+            model, processor, family, cfg, image_size, slug=slug, styles=styles
+        )
     common = {"family": family, "cfg": cfg, "prompts": prompts, "image_size": image_size, "slug": slug}
+    common["styles"] = styles
     common["heads"] = heads  # kept as a loss in stages 2-3 when tower_head_weight > 0
     if cfg.steps:
         stages["pairs"] = question_stage(
@@ -113,10 +123,11 @@ def pretrain(
             open_frac=(1 - cfg.element_frac) * cfg.open_frac,
             name="elements",
         )
-    out = {
-        "stages": stages,
-        "cpu_minutes": round((time.process_time() - cpu0) / 60, 2),
-        "check_accuracy": check_accuracy(
+    out = {"stages": stages, "cpu_minutes": round((time.process_time() - cpu0) / 60, 2)}
+    for prefix, drawn in (("", None), ("heldout_", heldout)):
+        if prefix and not drawn:
+            continue
+        out[f"{prefix}check_accuracy"] = check_accuracy(
             model,
             processor,
             image_size,
@@ -124,11 +135,11 @@ def pretrain(
             max_groups=cfg.max_groups,
             n=cfg.check_scenes,
             seed=cfg.seed + 2,
-        ),
-        "element_accuracy": element_accuracy(
-            model, processor, prompts, image_size, n=cfg.check_scenes, seed=cfg.seed + 3
-        ),
-    }
+            styles=drawn,
+        )
+        out[f"{prefix}element_accuracy"] = element_accuracy(
+            model, processor, prompts, image_size, n=cfg.check_scenes, seed=cfg.seed + 3, styles=drawn
+        )
     log.info(
         "%s: pre-trained, %.2f CPU-min, checks %s, elements %s",
         slug,
@@ -162,6 +173,7 @@ def pretrain_base(
     out = Path(out or bb.source)
     cfg = params.pretrain_for(slug)
     check_config(cfg)
+    book = params.styles.book()  # checked before the long run: no held-out style may train
     model, processor = load_model_and_processor(init, dataclasses.replace(bb, source=str(init)), slug=slug)
     meta = json.loads((init / META_FILE).read_text())
     if cfg.steps or cfg.tower_steps or cfg.element_steps:
@@ -173,6 +185,8 @@ def pretrain_base(
             family=bb.family,
             prompts=params.prompts_for(slug),
             slug=slug,
+            styles=book.styles("pretrain"),
+            heldout=book.heldout,
         )
     meta["kind"] = "base"
     return save_model(model, processor, meta, out)

@@ -11,6 +11,7 @@ from PIL import Image
 from tokenfocus.backbones import template_parts
 from tokenfocus.config import PromptConfig
 from tokenfocus.pretrain.curriculum import Pool, element_question, question
+from tokenfocus.render import Style
 from tokenfocus.scoring import encode, first_answer_logits
 
 
@@ -41,13 +42,14 @@ def check_accuracy(
     max_groups: int = 3,
     n: int = 240,
     seed: int = 0,
+    styles: tuple[Style, ...] | None = None,
 ) -> dict[str, float]:
-    """Yes/no accuracy per attribute on ``n`` fresh scenes per attribute, half of the claims true
-    and half false (so 0.5 is chance), plus ``all``."""
+    """Yes/no accuracy per attribute on ``n`` fresh scenes per attribute drawn in ``styles``
+    (default classic), half of the claims true and half false (so 0.5 is chance), plus ``all``."""
     parts = template_parts(processor)
     hits: dict[str, list[bool]] = {}
     for a, kind in enumerate(dict.fromkeys(attributes)):
-        pool = Pool.draw(n, image_size, seed * 101 + a, max_groups=max_groups)
+        pool = Pool.draw(n, image_size, seed * 101 + a, max_groups=max_groups, styles=styles)
         rng = random.Random(seed + a)
         usable = [i for i, s in enumerate(pool.scenes) if kind != "relation" or s.relation]
         qs = [
@@ -63,12 +65,20 @@ def check_accuracy(
 
 @torch.inference_mode()
 def element_accuracy(
-    model, processor, prompts: PromptConfig, image_size: int, *, n: int = 240, seed: int = 0
+    model,
+    processor,
+    prompts: PromptConfig,
+    image_size: int,
+    *,
+    n: int = 240,
+    seed: int = 0,
+    styles: tuple[Style, ...] | None = None,
 ) -> dict[str, float]:
     """Accuracy of element P(yes) > 0.5 per category, asked in the scoring wording about ``n``
-    fresh scenes drawn with errors, half of the elements realised (0.5 is chance)."""
+    fresh scenes drawn with errors in ``styles`` (default classic), half of the elements realised
+    (0.5 is chance)."""
     parts, rng = template_parts(processor), random.Random(seed)
-    qs = [element_question(rng, parts, prompts, image_size, want=i % 2 == 0) for i in range(n)]
+    qs = [element_question(rng, parts, prompts, image_size, want=i % 2 == 0, styles=styles) for i in range(n)]
     margins = yes_margins(model, processor, [q.text for q in qs], [q.image for q in qs])
     hits: dict[str, list[bool]] = {}
     for m, q in zip(margins, qs, strict=True):

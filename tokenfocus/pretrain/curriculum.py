@@ -14,7 +14,19 @@ from PIL import Image
 
 from tokenfocus.config import ConfigError, PretrainConfig, PromptConfig
 from tokenfocus.prompts import element_text
-from tokenfocus.render import COLORS, COUNTS, RELATIONS, SHAPES, SIZES, Group, Scene, random_scene, render
+from tokenfocus.render import (  # noqa: I001
+    COLORS,
+    COUNTS,
+    RELATIONS,
+    SHAPES,
+    SIZES,
+    Group,
+    Scene,
+    Style,
+    pick_style,
+    random_scene,
+    render,
+)
 from tokenfocus.synth import corrupt, elements_of, make_prompt, plural, realised
 
 #: Open questions: their answer is the attribute's value.
@@ -182,11 +194,14 @@ class Pool:
     images: list[Image.Image]
 
     @classmethod
-    def draw(cls, n: int, size: int, seed: int, *, max_groups: int = 3) -> Pool:
-        """``n`` random scenes of at most ``max_groups`` groups, rendered at ``size`` pixels."""
+    def draw(
+        cls, n: int, size: int, seed: int, *, max_groups: int = 3, styles: tuple[Style, ...] | None = None
+    ) -> Pool:
+        """``n`` random scenes of at most ``max_groups`` groups, rendered at ``size`` pixels, each
+        in a style drawn from ``styles`` (default: the classic drawing)."""
         rng = random.Random(seed)
         scenes = [fresh_scene(rng, max_groups) for _ in range(n)]
-        return cls(scenes, [render(s, size, rng) for s in scenes])
+        return cls(scenes, [render(s, size, rng, pick_style(styles, rng)) for s in scenes])
 
 
 @dataclass(frozen=True)
@@ -199,10 +214,16 @@ class ElementQuestion:
 
 
 def element_question(
-    rng: random.Random, parts, prompts: PromptConfig, size: int, *, want: bool | None = None
+    rng: random.Random,
+    parts,
+    prompts: PromptConfig,
+    size: int,
+    *,
+    want: bool | None = None,
+    styles: tuple[Style, ...] | None = None,
 ) -> ElementQuestion:
-    """A fresh prompt scene, drawn with errors, and one of its elements asked in the scoring
-    wording; realised (yes) or not (no) as ``want`` says, else 1:1."""
+    """A fresh prompt scene, drawn with errors in a style from ``styles``, and one of its
+    elements asked in the scoring wording; realised (yes) or not (no) as ``want`` says, else 1:1."""
     want = rng.random() < 0.5 if want is None else want
     while True:
         scene = random_scene(rng)
@@ -213,7 +234,8 @@ def element_question(
     key, category, *_ = rng.choice(pick)
     prompt = make_prompt(scene, rng, rng.random() < 0.5)
     text = element_text(parts, prompts, prompt, key)
-    return ElementQuestion(category, text, "yes" if want else "no", render(drawn, size, rng), drawn)
+    image = render(drawn, size, rng, pick_style(styles, rng))
+    return ElementQuestion(category, text, "yes" if want else "no", image, drawn)
 
 
 def presence(scenes: list[Scene]) -> torch.Tensor:

@@ -33,13 +33,20 @@ from tokenfocus.pretrain.parts import (
     stage_report,
     tower_heads,
 )
-from tokenfocus.render import Scene
+from tokenfocus.render import Scene, Style
 
 log = logging.getLogger(__name__)
 
 
 def tower_stage(
-    model, processor, family: str, cfg: PretrainConfig, image_size: int, *, slug: str
+    model,
+    processor,
+    family: str,
+    cfg: PretrainConfig,
+    image_size: int,
+    *,
+    slug: str,
+    styles: tuple[Style, ...] | None = None,
 ) -> tuple[dict, torch.nn.ModuleDict]:
     """Stage 1: the vision tower as a classifier of what its scenes hold (``tower_groups``).
 
@@ -62,7 +69,13 @@ def tower_stage(
     tower.train()
     losses, hits = [], {k: [] for k in heads}
     for step in tqdm(range(cfg.tower_steps), desc=f"pretrain {slug} tower", disable=None):
-        pool = Pool.draw(cfg.batch_size, image_size, cfg.seed * 1_000_003 + step, max_groups=cfg.tower_groups)
+        pool = Pool.draw(
+            cfg.batch_size,
+            image_size,
+            cfg.seed * 1_000_003 + step,
+            max_groups=cfg.tower_groups,
+            styles=styles,
+        )
         loss = _head_loss(heads, feats(pool.images), pool.scenes, cfg.tower_groups, hits)
         losses.append(optimizer_step(opt, sched, params, loss))
     model.eval()
@@ -99,6 +112,7 @@ def _rows(
     image_size: int,
     element_frac: float,
     open_frac: float,
+    styles: tuple[Style, ...] | None = None,
 ) -> tuple[list[str], list[str], list[Image.Image], list[Scene]]:
     """One batch: (chat texts, answers, images, drawn scenes), fresh scenes every step.
 
@@ -108,7 +122,7 @@ def _rows(
     b = cfg.batch_size
     n_open, n_elem = round(b * open_frac), round(b * element_frac)
     n_pairs = max(0, (b - n_open - n_elem) // 2)
-    pool = Pool.draw(n_open + n_pairs, image_size, step_seed, max_groups=cfg.max_groups)
+    pool = Pool.draw(n_open + n_pairs, image_size, step_seed, max_groups=cfg.max_groups, styles=styles)
     attrs = cfg.attributes
     texts, answers, images, scenes = [], [], [], []
 
@@ -124,7 +138,7 @@ def _rows(
         q = question(s, attrs, rng, mode="open", kind=attrs[(turn + j) % len(attrs)])
         add(parts.head + q.text + parts.tail, q.answer, pool.images[j], s)
     for _ in range(n_elem):
-        e = element_question(rng, parts, prompts, image_size)
+        e = element_question(rng, parts, prompts, image_size, styles=styles)
         add(e.text, e.answer, e.image, e.scene)
     for j in range(n_pairs):
         s, im = pool.scenes[n_open + j], pool.images[n_open + j]
@@ -151,6 +165,7 @@ def question_stage(
     name: str,
     slug: str,
     heads: torch.nn.ModuleDict | None = None,
+    styles: tuple[Style, ...] | None = None,
 ) -> dict:
     """Stages 2 and 3: next-token loss on the answers, plus the auxiliary presence loss, and with
     ``tower_head_weight`` > 0 stage 1's ``heads`` on the tower's map (tower trainable)."""
@@ -186,7 +201,7 @@ def question_stage(
         for step in tqdm(range(steps), desc=f"pretrain {slug} {name}", disable=None):
             seed = cfg.seed * 1_000_003 + 500_000 * (name == "elements") + step
             texts, answers, images, scenes = _rows(
-                rng, seed, cfg, parts, prompts, image_size, element_frac, open_frac
+                rng, seed, cfg, parts, prompts, image_size, element_frac, open_frac, styles
             )
             loss = answer_lm_loss(model, processor, texts, answers, images, end)
             if cfg.aux_weight > 0:

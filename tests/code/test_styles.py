@@ -1,0 +1,135 @@
+"""Drawing styles as data: the catalog's checks, labels that stay exact, the held-out family kept
+out of everything a model learns from, and what SynthMuse writes for it."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from tests.conftest import SMALL, repo_styles
+from tokenfocus.config import StylesConfig
+from tokenfocus.evalmuse import load_records
+from tokenfocus.render import BACKGROUNDS, COLORS, Group, Scene, Style, StyleError, pick_style, render
+from tokenfocus.render.styles import relight
+
+BOOK = repo_styles().book()
+
+
+def _scene() -> Scene:
+    return Scene(
+        [Group("circle", "white", "large", 2), Group("square", "red", "small", 1)],
+        relation="left of",
+        background=6,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(BOOK.catalog))
+def test_every_catalog_style_draws_deterministically(name):
+    style = BOOK.catalog[name]
+    a = np.asarray(render(_scene(), 64, random.Random(1), style))
+    b = np.asarray(render(_scene(), 64, random.Random(1), style))
+    assert a.shape == (64, 64, 3) and (a == b).all()
+    assert a.std() > 5  # something was drawn
+
+
+def test_classic_style_draws_exactly_what_no_style_draws():
+    plain = np.asarray(render(_scene(), 64, random.Random(2)))
+    classic = np.asarray(render(_scene(), 64, random.Random(2), BOOK.catalog["classic"]))
+    assert (plain == classic).all()
+    assert BOOK.catalog["classic"].plain and not BOOK.catalog["outlined"].plain
+
+
+def test_a_styled_image_draws_white_as_white():
+    """The classic drawing inverts a colour too close to its background (white on light grey is
+    drawn near black); a styled one moves the background instead, so the label stays exact."""
+
+    def count(img, rgb):
+        px = np.asarray(img).reshape(-1, 3).astype(int)
+        return int((np.abs(px - np.array(rgb)).sum(1) < 20).sum())
+
+    assert BACKGROUNDS[6] == (235, 235, 235)  # _scene()'s: too close to white
+    styled = render(_scene(), 64, random.Random(3), Style(name="smaller", scale=(0.9, 0.9)))
+    classic = render(_scene(), 64, random.Random(3))
+    assert count(styled, COLORS["white"]) > 300 and count(styled, (5, 5, 5)) < 20
+    assert count(classic, (5, 5, 5)) > 300  # the old inversion, kept bit for bit in classic
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        ({"background": ["marble"]}, r"styles.catalog.bad.background: \['marble'\]"),
+        ({"scale": [0.5, 1.0]}, r"styles.catalog.bad.scale: .* small and large meet"),
+        ({"blur": [1.0, 0.5]}, r"styles.catalog.bad.blur: .* not a \[low, high\] range"),
+        ({"jpeg": [20, 120]}, r"styles.catalog.bad.jpeg"),
+        ({"colour": 1}, r"styles.catalog.bad: unknown key\(s\) \['colour'\]"),
+    ],
+)
+def test_a_bad_style_is_refused_naming_it(raw, match):
+    with pytest.raises(StyleError, match=match):
+        Style.from_params("bad", raw)
+
+
+def test_no_model_may_learn_from_the_held_out_family():
+    cfg = repo_styles()
+    assert cfg.heldout_family and BOOK.heldout
+    assert not {s.family for s in BOOK.styles("pretrain") + BOOK.styles("synth")} & {cfg.heldout_family}
+    bad = StylesConfig(
+        heldout_family=cfg.heldout_family,
+        synth=["classic"],
+        pretrain=["classic", "studio"],
+        catalog=cfg.catalog,
+    )
+    with pytest.raises(
+        StyleError, match=r"styles.pretrain: 'studio' belongs to the held-out family 'studio'"
+    ):
+        bad.book()
+    with pytest.raises(StyleError, match=r"styles.synth: unknown style 'nope'"):
+        StylesConfig(synth=["nope"]).book()
+
+
+def test_held_out_kinds_appear_in_no_training_style():
+    """Far from the training styles, not a mild variant: its backdrop and fill are kinds no
+    training style draws."""
+    held = {k for s in BOOK.heldout for k in s.background + s.fill}
+    seen = {k for s in BOOK.styles("pretrain") + BOOK.styles("synth") for k in s.background + s.fill}
+    assert held - seen == {"checker", "shaded"}
+
+
+def test_one_style_takes_nothing_from_the_random_stream():
+    a, b = random.Random(4), random.Random(4)
+    assert pick_style((BOOK.catalog["classic"],), a) is BOOK.catalog["classic"]
+    assert a.random() == b.random()
+    assert pick_style(None, a) is None
+
+
+def test_relight_is_seeded_and_off_at_zero():
+    img = render(_scene(), 64, random.Random(5))
+    assert relight(img, 0.0, np.random.default_rng(0)) is img
+    one = np.asarray(relight(img, 0.3, np.random.default_rng(1)))
+    assert (one == np.asarray(relight(img, 0.3, np.random.default_rng(1)))).all()
+    assert (one != np.asarray(img)).any()
+
+
+def test_synthmuse_records_the_style_and_redraws_every_labelled_pair(small_data):
+    train = json.loads((small_data / "train_list.json").read_text())
+    drawn_in = json.loads((small_data / "styles.json").read_text())
+    assert set(drawn_in) == {r["img_path"] for r in train} | {
+        r["img_path"] for r in json.loads((small_data / "test.json").read_text())
+    }
+    assert set(drawn_in.values()) == set(BOOK.synth)
+    held = json.loads((small_data / "heldout_style" / "styles.json").read_text())
+    assert set(held) == {r["img_path"] for r in train}
+    assert set(held.values()) <= {s.name for s in BOOK.heldout}
+    for p in list(held)[:5]:
+        a = np.asarray(render_file(small_data / "images" / p))
+        b = np.asarray(render_file(small_data / "heldout_style" / "images" / p))
+        assert a.shape == b.shape and (a != b).any()
+    # the EvalMuse loader reads the same records, the side files ignored
+    assert len(load_records(small_data / "train_list.json")) == SMALL.n_prompts * SMALL.images_per_prompt
+
+
+def render_file(path):
+    from PIL import Image
+
+    return Image.open(path).convert("RGB")
