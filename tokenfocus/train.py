@@ -35,7 +35,7 @@ from tokenfocus.losses import answer_lm_loss, element_loss, focus_loss
 from tokenfocus.metrics import evaluate as ntire_metrics
 from tokenfocus.predictions import split_records
 from tokenfocus.prompts import element_text, overall_text
-from tokenfocus.render.styles import relight
+from tokenfocus.render.effects import relight
 from tokenfocus.scoring import Scorer, distribution_stats, encode, first_answer_logits
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from tests.conftest import SMALL, repo_styles
 from tokenfocus.config import StylesConfig
 from tokenfocus.evalmuse import load_records
 from tokenfocus.render import BACKGROUNDS, COLORS, Group, Scene, Style, StyleError, pick_style, render
-from tokenfocus.render.styles import relight
+from tokenfocus.render.effects import relight
 
 BOOK = repo_styles().book()
 

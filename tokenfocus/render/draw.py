@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw
 
-from tokenfocus.render.styles import Look, Style, background, optics, sample_look, shade
+from tokenfocus.render.effects import background, optics, shade
+from tokenfocus.render.styles import Look, Style, sample_look
 
 SHAPES = ["circle", "square", "triangle", "star", "diamond", "cross"]
 

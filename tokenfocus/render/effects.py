@@ -1,0 +1,119 @@
+"""What a style's :class:`~tokenfocus.render.styles.Look` does to pixels: the canvas behind the
+shapes, a shaded fill, and the optics applied after drawing (lighting, colour temperature,
+vignette, blur, compression); and the random lighting fine-tuning augments with."""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+import random
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+
+from tokenfocus.render.styles import Look
+
+
+@functools.lru_cache(maxsize=8)
+def _grid(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(y, x) coordinates of an n x n canvas, in 0..1 (read-only, shared)."""
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / n
+    yy.flags.writeable = xx.flags.writeable = False
+    return yy, xx
+
+
+def background(kind: str, big: int, bg, other, rng: random.Random) -> Image.Image:
+    """The canvas: ``bg`` flat, or a gradient to ``other``, noise, a texture, clutter or a checker."""
+    base = np.empty((big, big, 3), np.float32)
+    base[:] = bg
+    nrng = np.random.default_rng(rng.getrandbits(32))
+    yy, xx = _grid(big)
+    if kind == "gradient":
+        a = rng.uniform(0, 2 * math.pi)
+        t = (np.cos(a) * (xx - 0.5) + np.sin(a) * (yy - 0.5)) / 0.71 * 0.5 + 0.5
+        base = base + (np.asarray(other, np.float32) - base) * t[..., None] * 0.6
+    elif kind == "noise":
+        coarse = nrng.normal(0.0, rng.uniform(8, 22), (big // 2, big // 2, 1)).astype(np.float32)
+        base = base + np.repeat(np.repeat(coarse, 2, 0), 2, 1)
+    elif kind == "texture":
+        period, a = rng.uniform(6, 18), rng.uniform(0, math.pi)
+        wave = np.sin((np.cos(a) * xx + np.sin(a) * yy) * big / period * 2 * math.pi)
+        base = base + (rng.uniform(10, 25) * wave)[..., None]
+    elif kind == "checker":
+        cell = rng.randint(big // 12, big // 6)
+        tone = ((np.arange(big)[:, None] // cell + np.arange(big)[None, :] // cell) % 2).astype(np.float32)
+        base = base + ((tone - 0.5) * 2 * rng.uniform(22, 34))[..., None]
+    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+    if kind == "clutter":  # thin strokes and specks near the background's tone: nothing nameable
+        d = ImageDraw.Draw(img)
+        for _ in range(rng.randint(12, 30)):
+            tone = tuple(int(np.clip(c + rng.uniform(-55, 55), 0, 255)) for c in bg)
+            x, y = rng.uniform(0, big), rng.uniform(0, big)
+            if rng.random() < 0.6:
+                ang, ln = rng.uniform(0, math.pi), rng.uniform(big * 0.05, big * 0.3)
+                d.line(
+                    [(x, y), (x + ln * math.cos(ang), y + ln * math.sin(ang))],
+                    fill=tone,
+                    width=rng.randint(1, 3),
+                )
+            else:
+                s = rng.uniform(1.5, big * 0.012)
+                d.rectangle([x - s, y - s, x + s, y + s], fill=tone)
+    return img
+
+
+def shade(big: int, fill, cx: float, cy: float, r: float, angle: float) -> Image.Image:
+    """A full-canvas image of ``fill`` lit from ``angle``: 1.2x on the lit side, 0.8x on the far one."""
+    yy, xx = np.mgrid[0:big, 0:big].astype(np.float32)
+    t = ((xx - cx) * math.cos(angle) + (yy - cy) * math.sin(angle)) / max(r, 1.0)
+    f = 1.0 + 0.2 * np.clip(t, -1.0, 1.0)
+    return Image.fromarray(np.clip(np.asarray(fill, np.float32) * f[..., None], 0, 255).astype(np.uint8))
+
+
+def optics(img: Image.Image, look: Look) -> Image.Image:
+    """Lighting, colour temperature, vignette, blur and compression, in that order."""
+    if look.brightness != 1.0:
+        img = ImageEnhance.Brightness(img).enhance(look.brightness)
+    if look.contrast != 1.0:
+        img = ImageEnhance.Contrast(img).enhance(look.contrast)
+    if look.temperature or look.vignette:
+        a = np.asarray(img, np.float32)
+        a[..., 0] *= 1 + look.temperature
+        a[..., 2] *= 1 - look.temperature
+        if look.vignette:
+            n = a.shape[0]
+            yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / (n - 1) - 0.5
+            a *= (1 - look.vignette * np.clip((xx**2 + yy**2) / 0.5, 0, 1))[..., None]
+        img = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+    if look.blur > 0:
+        img = img.filter(ImageFilter.GaussianBlur(look.blur))
+    if look.jpeg:
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=look.jpeg)
+        img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    return img
+
+
+def relight(img: Image.Image, strength: float, rng: np.random.Generator) -> Image.Image:
+    """Random lighting for fine-tuning (iMatch's augmentation): brightness and contrast scaled by
+    up to ``strength`` either way, colour temperature by a third of it; 0 returns ``img``."""
+    if strength <= 0:
+        return img
+    b, c, t = rng.uniform(-1.0, 1.0, 3) * strength
+    neutral = dict.fromkeys(("outline_width", "blur", "vignette"), 0.0)
+    look = Look(
+        "flat",
+        "flat",
+        "none",
+        scale=1.0,
+        rotation=0.0,
+        jitter=0.0,
+        spacing=2.1,
+        jpeg=0,
+        **neutral,
+        brightness=1 + b,
+        contrast=1 + c,
+        temperature=t / 3,
+    )
+    return optics(img, look)
