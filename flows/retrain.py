@@ -4,6 +4,7 @@ pass only paths and small values between them, never models."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -175,16 +176,17 @@ def retrain(
     share = max(1, (os.cpu_count() or 1) // len(slugs)) if isolate else None
     scored, trained = [], []
     for slug, base in zip(slugs, bases, strict=True):  # submitted together: run in parallel
-        trained.append(
-            train_task.with_options(**with_retries).submit(
-                params_path, root, slug, pid, base, splits, threads=share, isolate=isolate
+        with placement(p, slug):
+            trained.append(
+                train_task.with_options(**with_retries).submit(
+                    params_path, root, slug, pid, base, splits, threads=share, isolate=isolate
+                )
             )
-        )
-        scored.append(
-            score_task.with_options(**with_retries).submit(
-                params_path, root, slug, pid, trained[-1], threads=share, isolate=isolate
+            scored.append(
+                score_task.with_options(**with_retries).submit(
+                    params_path, root, slug, pid, trained[-1], threads=share, isolate=isolate
+                )
             )
-        )
     wait(trained + scored)
     # A score task whose training failed never runs: anything not completed counts as failed.
     failed = [
@@ -199,6 +201,18 @@ def retrain(
     decision = register_task(params_path, root, pid, stacked)
     logger.info("registry: %s", decision)
     return decision
+
+
+def placement(p, slug: str):
+    """Where a backbone's tasks may run. On a Dask cluster of one's own (``dask-address``), a
+    data-parallel backbone (``nproc`` > 1) asks for a worker started with ``--resources GPU=<n>``
+    of at least its ranks; the task then launches them with torchrun on that worker."""
+    nproc = p.backbone(slug).nproc
+    if p.flows.runner == "dask-address" and nproc > 1:
+        import dask
+
+        return dask.annotate(resources={"GPU": nproc})
+    return contextlib.nullcontext()
 
 
 def task_runner(cfg: FlowConfig):

@@ -4,7 +4,8 @@ The same code path as the CPU run: each family is built (`tokenfocus.tiny`), loa
 ``device`` set in its backbone params, scored by :class:`tokenfocus.scoring.Scorer` and trained by
 :class:`tokenfocus.train.Trainer`. Checks, per family: the model sits on the device; its scores
 match the same model's CPU scores (fp32; cuDNN/TF32 kernels allow ~1e-3); 5 focus-loss steps give
-finite losses and move the weights; the trained model scores on the device. Without CUDA it says
+finite losses and move the weights; the trained model scores on the device; with two or more
+GPUs, 5 data-parallel steps over all of them (torchrun, nccl). Without CUDA it says
 "no CUDA device" and exits 0. ``--device cpu`` runs the same checks on the CPU (used by the tests).
 """
 
@@ -106,10 +107,63 @@ def check_family(family: str, tuning: str, params, device: str, work: Path, pair
     }
 
 
+def check_data_parallel(params, device: str, work: Path, nproc: int) -> dict:
+    """5 data-parallel steps of the fastvlm_gemma (LoRA) family over ``nproc`` ranks, launched as
+    users launch them: `tokenfocus train` with ``backbones.<slug>.nproc`` set (torchrun, nccl on
+    CUDA, gloo on the CPU). Checks: every rank ran, rank 0 wrote the model."""
+    import json
+    import subprocess
+
+    import yaml
+
+    from tokenfocus.config import BackboneConfig, LoraConfig
+    from tokenfocus.tiny import build
+
+    slug = "dp_check"
+    lora = LoraConfig(r=8, alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    bb = BackboneConfig(
+        source=str(work / "base" / slug),
+        family="fastvlm_gemma",
+        tuning="lora",
+        lora=lora,
+        device=device,
+        nproc=nproc,
+    )
+    p = dataclasses.replace(
+        params,
+        backbones={slug: bb},
+        train=dataclasses.replace(
+            params.train,
+            out=str(work / "dp"),
+            steps=5,
+            eval_every=5,
+            checkpoint_every=5,
+            batch_size=2 * nproc,
+        ),
+    )
+    build(slug, p, out=bb.source)
+    path = work / "params-dp.yaml"
+    path.write_text(yaml.safe_dump(dataclasses.asdict(p), sort_keys=False))
+    t = time.perf_counter()
+    run = subprocess.run(
+        [sys.executable, "-m", "tokenfocus", "train", "-b", slug, "--params", str(path), "--no-track"],
+        capture_output=True,
+        text=True,
+    )  # from the project root, where params' data and splits are
+    assert run.returncode == 0, f"data-parallel training failed:\n{run.stderr[-3000:]}"
+    summary = json.loads(run.stdout[run.stdout.index("{") :])
+    assert summary["ranks"] == nproc and summary["steps"] == 5, summary
+    assert (work / "dp" / slug / "model" / "adapter_config.json").exists()
+    return {"ranks": nproc, "device": device, "train_5_steps_s": round(time.perf_counter() - t, 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default=None, help="default: cuda when there is one")
     ap.add_argument("--families", nargs="*", default=list(CHECKS))
+    ap.add_argument(
+        "--ranks", type=int, default=None, help="data-parallel check ranks (default: the GPUs, if 2+)"
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -147,11 +201,17 @@ def main(argv: list[str] | None = None) -> int:
             [[e.key for e in r.elements] for r in recs],
         )
         rows = [check_family(f, CHECKS[f], params, device, work, pairs) for f in args.families]
+        ranks = args.ranks or (torch.cuda.device_count() if device.startswith("cuda") else 1)
+        dp = check_data_parallel(params, device, work, ranks) if ranks >= 2 else None
     keys = list(rows[0])
     print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
     for r in rows:
         print("| " + " | ".join(str(r[k]) for k in keys) + " |")
     print(f"gpu-check: {len(rows)} families scored and trained on {device}")
+    if dp:
+        print(
+            f"gpu-check: 5 data-parallel steps over {dp['ranks']} ranks on {device} in {dp['train_5_steps_s']} s"
+        )
     return 0
 
 

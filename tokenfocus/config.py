@@ -114,6 +114,12 @@ class BackboneConfig:
     pretrain: dict[str, Any] = field(default_factory=dict)  # overrides of the pretrain block
     lr: float | None = None  # overrides train.lr
     steps: int | None = None  # overrides train.steps
+    # data-parallel ranks (torchrun) for this backbone's fine-tuning and scoring; 1 = one process
+    nproc: int = 1
+
+    def __post_init__(self):
+        if self.nproc < 1:
+            raise ConfigError(f"backbones: nproc must be >= 1, got {self.nproc}")
 
 
 @dataclass

@@ -40,6 +40,8 @@ class MemoryPlan:
     activations_gib: float
     train_gib: float
     score_gib: float
+    nproc: int = 1  # data-parallel ranks: each holds the whole model and 1/nproc of the batch
+    allreduce_gib: float = 0.0  # the flat gradient bucket each rank all-reduces (distributed.py)
 
     def table(self, name: str) -> str:
         """A markdown table of the plan."""
@@ -60,6 +62,8 @@ class MemoryPlan:
             ("gradients", f"{self.grads_gib:.2f} GiB"),
             ("AdamW state", f"{self.optimizer_gib:.2f} GiB"),
             ("activations", f"{self.activations_gib:.2f} GiB"),
+            ("data-parallel ranks (per-rank figures)", f"{self.nproc}"),
+            ("gradient all-reduce bucket", f"{self.allreduce_gib:.2f} GiB"),
             ("**training, total**", f"**{self.train_gib:.1f} GiB**"),
             ("**scoring (weights + KV cache + one layer)**", f"**{self.score_gib:.1f} GiB**"),
         ]
@@ -104,6 +108,7 @@ def plan(
     train: TrainConfig,
     *,
     seq_len: int | None = None,
+    nproc: int = 1,
 ) -> MemoryPlan:
     """Count parameters on the meta device and estimate training and scoring memory.
 
@@ -114,6 +119,8 @@ def plan(
         train: the training params (batch_size: the trainer scores overall + element rows, so
             two rows per example).
         seq_len: tokens per row; default: the image tokens the config implies + TEXT_TOKENS.
+        nproc: data-parallel ranks (``backbones.<slug>.nproc``): the figures are per rank, each
+            with the whole model and ``batch_size / nproc`` examples, plus its all-reduce bucket.
     """
     import torch
     from transformers import AutoModelForImageTextToText
@@ -147,7 +154,8 @@ def plan(
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     head_dim = getattr(text, "head_dim", None) or h // heads
     seq = seq_len or _image_tokens(config, bb) + TEXT_TOKENS
-    rows = 2 * train.batch_size  # the overall question and one element question per example
+    # the overall question and one element question per example, of this rank's shard
+    rows = 2 * -(-train.batch_size // max(1, nproc))
     act16 = 2 if wbytes <= 2 else 4  # the formula's 16-bit bytes, doubled in float32
     eager = bb.attn_implementation == "eager"
     per_layer = seq * rows * h * 17 * act16 + (5 * heads * seq * seq * rows * act16 // 2 if eager else 0)
@@ -158,7 +166,8 @@ def plan(
     weights = total * wbytes + (trainable * tbytes if bb.tuning == "lora" else 0)
     grads = trainable * tbytes
     optimizer = 2 * trainable * tbytes
-    train_bytes = weights + grads + optimizer + activations
+    allreduce = min(trainable, 25_000_000) * tbytes if nproc > 1 else 0  # distributed.average_gradients
+    train_bytes = weights + grads + optimizer + activations + allreduce
     kv = 2 * layers * kv_heads * head_dim * seq * train.batch_size * wbytes
     score_bytes = total * wbytes + kv + per_layer // 17  # one layer's working set at inference
     return MemoryPlan(
@@ -176,6 +185,8 @@ def plan(
         activations_gib=activations / GIB,
         train_gib=train_bytes / GIB,
         score_gib=score_bytes / GIB,
+        nproc=nproc,
+        allreduce_gib=allreduce / GIB,
     )
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tokenfocus.config import Params
+from tokenfocus.distributed import barrier, init, world
 from tokenfocus.evalmuse import Record, load_records, write_json_atomic, write_submission
 from tokenfocus.metrics import evaluate
 from tokenfocus.split import load_split
@@ -131,6 +132,8 @@ def score_backbone(
         raise FileNotFoundError(
             f"{slug}: no trained model at {model_dir}; run `tokenfocus train --backbone {slug}`"
         )
+    w = world()  # under torchrun: each rank scores its strided shard, rank 0 merges
+    init(w)  # first: on CUDA it picks this rank's device, where the model then loads
     scorer = Scorer.load(
         model_dir,
         batch_size=params.score.batch_size,
@@ -141,21 +144,43 @@ def score_backbone(
     metrics = {}
     for split in splits:
         records = split_records(params, split)
-        images = load_images(image_root(params, split), [r.img_path for r in records])
+        mine = w.shard(list(range(len(records))))
+        recs = [records[i] for i in mine]
+        images = load_images(image_root(params, split), [r.img_path for r in recs])
         results = scorer(
-            [images[r.img_path] for r in records],
-            [r.prompt for r in records],
-            [[e.key for e in r.elements] for r in records],
+            [images[r.img_path] for r in recs],
+            [r.prompt for r in recs],
+            [[e.key for e in r.elements] for r in recs],
         )
-        rows = prediction_rows(records, results)
+        rows = prediction_rows(recs, results)
+        if w.size > 1:
+            rows = _merge_shards(out / split, rows, w, len(records))
+            if rows is None:  # not rank 0: its shard is on disk for rank 0
+                continue
         write_json_atomic(out / f"{split}.json", rows)
         if split == "ntire":
-            write_submission(
-                out / "output.json", records, [r.score for r in results], [r.elements for r in results]
-            )
+            write_table_submission(out / "output.json", params, rows)
         metrics[split] = metrics_of(rows)
         log.info("%s %s: %s", slug, split, metrics[split])
     return metrics
+
+
+def _merge_shards(stem: Path, rows: list[dict], w, n: int) -> list[dict] | None:
+    """Every rank writes its rows; rank 0 puts them back in the split's order (rank r holds
+    positions r, r + size, ...) and returns them; the other ranks return None."""
+    part = stem.with_name(f"{stem.name}.rank{w.rank}.json")
+    write_json_atomic(part, rows)
+    barrier(w)
+    merged = None
+    if w.main:
+        merged = [None] * n
+        for r in range(w.size):
+            shard = stem.with_name(f"{stem.name}.rank{r}.json")
+            merged[r :: w.size] = read_table(shard)
+        for r in range(w.size):
+            stem.with_name(f"{stem.name}.rank{r}.json").unlink()
+    barrier(w)
+    return merged
 
 
 def _num(x) -> float:

@@ -98,7 +98,9 @@ def train_stage(slug: str, params: Params, *, track: bool = True, pid: str | Non
             Trainer(slug, params, out=out, exclude_fold=k).run()
         return {**summaries[0], "members": len(summaries)}
 
-    if not track:
+    from tokenfocus.distributed import world
+
+    if not track or not world().main:  # under torchrun, rank 0 alone logs
         return run_all()
     import mlflow
 
@@ -126,6 +128,7 @@ def score_stage(
     pid: str | None = None,
 ) -> dict:
     """Score splits with a trained backbone; write eval/<slug>/ metrics and plot data; log them."""
+    from tokenfocus.distributed import world
     from tokenfocus.plots import category_accuracy, figures, write_plot_data
     from tokenfocus.predictions import (
         HELDOUT,
@@ -141,10 +144,18 @@ def score_stage(
     splits = splits or scored_splits(params)
     scores_dir = Path(params.score.out) / slug
     members = _members(slug, params)
+    # under torchrun every rank scores its shard of each table; rank 0 merges and goes on alone
     member_metrics = [
         score_backbone(slug, params, splits=splits, model_dir=out / "model", out=scores_dir / f"member{k}")
         for k, (_, out) in enumerate(members)
     ]
+    folds = fold_models(slug, params)
+    for k, out in folds:  # each train fold scored by the model that never saw it
+        score_backbone(
+            slug, params, splits=(f"train-fold{k}",), model_dir=out / "model", out=scores_dir / f"fold{k}"
+        )
+    if not world().main:
+        return {}
     metrics = {}
     for split in splits:  # the backbone's table: the members' average (bagging), or member 0 alone
         rows = bag_tables(
@@ -154,12 +165,7 @@ def score_stage(
         metrics[split] = metrics_of(rows)
         if split == "ntire":
             write_table_submission(scores_dir / "output.json", params, rows)
-    oof = []
-    for k, out in fold_models(slug, params):  # each train fold scored by the model that never saw it
-        score_backbone(
-            slug, params, splits=(f"train-fold{k}",), model_dir=out / "model", out=scores_dir / f"fold{k}"
-        )
-        oof += read_table(scores_dir / f"fold{k}" / f"train-fold{k}.json")
+    oof = [r for k, _ in folds for r in read_table(scores_dir / f"fold{k}" / f"train-fold{k}.json")]
     if oof:
         write_json_atomic(scores_dir / "oof.json", oof)
     out_dir = Path("eval") / slug
@@ -367,8 +373,13 @@ def run_stage(name: str, params_path: str, root: str, slug: str, pid: str, threa
 
     apply_env()
     os.chdir(root)
+    params = with_threads(load_params(params_path), threads)
+    if params.backbone(slug).nproc > 1:  # data-parallel: the CLI under torchrun, rank 0 reports
+        from tokenfocus.distributed import run_ranks
+
+        return run_ranks(name, params_path, slug, pid, params.backbone(slug).nproc)
     stage = {"train": train_stage, "score": score_stage}[name]
-    return stage(slug, with_threads(load_params(params_path), threads), pid=pid)
+    return stage(slug, params, pid=pid)
 
 
 def run_isolated(name: str, params_path: str, root: str, slug: str, pid: str, threads: int | None) -> dict:

@@ -28,6 +28,7 @@ from tokenfocus.checkpoint import (
     trainable_state,
 )
 from tokenfocus.config import Params
+from tokenfocus.distributed import average_gradients, barrier, broadcast, init, mean_over_ranks, world
 from tokenfocus.env import torch_threads
 from tokenfocus.evalmuse import Record, write_json_atomic
 from tokenfocus.images import load_images
@@ -87,6 +88,9 @@ class Trainer:
         self.source = source or self.bb.source
         self.log_fn = log_fn or (lambda metrics, step: None)
         self.exclude_fold = exclude_fold  # out-of-fold member: never sees this stacking fold
+        self.world = world()  # under torchrun: this rank's shard of every batch (distributed.py)
+        if not self.world.main:  # rank 0 alone logs, as it alone writes
+            self.log_fn = lambda metrics, step: None
         self.model = None  # set by setup(); run() sets up only if nobody did
         self.train_records = None  # set by _load_data()
         self._base_digest: str | None = None  # the base folder's digest, read once (see _identity)
@@ -120,12 +124,24 @@ class Trainer:
         return recs, keys
 
     # -- loss -------------------------------------------------------------------------------------
-    def _loss(self, recs: list[Record], keys: list[str], step: int) -> dict[str, torch.Tensor]:
+    def _loss(
+        self, recs: list[Record], keys: list[str], step: int, *, pos: list[int] | None = None, micro: int = 0
+    ) -> dict[str, torch.Tensor]:
+        """The batch's loss; ``pos``: each row's place in the global batch (a rank holds a shard)."""
         parts, pr = self.scorer.parts, self.prompts
         imgs = [self.images[r.img_path] for r in recs]
-        if self.cfg.augment_lighting > 0:  # from (seed, step) alone, so a resumed run sees the same
-            light = np.random.default_rng([self.cfg.seed, step, 104_729])
-            imgs = [relight(im, self.cfg.augment_lighting, light) for im in imgs]
+        if self.cfg.augment_lighting > 0:
+            # from (seed, step, place in the global batch) alone: a resumed run, and any number
+            # of ranks, light each image as one process does
+            pos = list(range(len(recs))) if pos is None else pos
+            imgs = [
+                relight(
+                    im,
+                    self.cfg.augment_lighting,
+                    np.random.default_rng([self.cfg.seed, step, micro, 104_729, i]),
+                )
+                for im, i in zip(imgs, pos, strict=True)
+            ]
         prompts = [self.scorer.fit_prompt(r.prompt, r.img_path) for r in recs]  # the scorer's cut
         overall = [
             overall_text(parts, pr, p, [e.key for e in r.elements])
@@ -230,6 +246,13 @@ class Trainer:
 
         torch_threads(self.cfg.threads)
         torch.manual_seed(self.cfg.seed)
+        if self.world.size > 1:
+            if self.cfg.batch_size % self.world.size:
+                raise ValueError(
+                    f"{self.slug}: train.batch_size {self.cfg.batch_size} does not split evenly over "
+                    f"{self.world.size} ranks (backbones.{self.slug}.nproc)"
+                )
+            init(self.world)
         self.model, self.processor = load_model_and_processor(self.source, self.bb, slug=self.slug)
         if self.bb.gradient_checkpointing:
             # Activations are recomputed in the backward pass: a real checkpoint's batch fits in
@@ -243,8 +266,8 @@ class Trainer:
             self.model, self.processor, self.prompts, slug=self.slug, batch_size=self.params.score.batch_size
         )
         self.end = assistant_end(self.processor)
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(trainable, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.trainable, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.sched = get_cosine_schedule_with_warmup(
             self.opt, int(self.cfg.warmup_frac * self.cfg.steps), self.cfg.steps
         )
@@ -260,7 +283,8 @@ class Trainer:
         if self.model is None:
             self.setup()
         state = self._resume()
-        if state.step == 0:  # a fresh start: an earlier run's CPU time is not this run's
+        main = self.world.main
+        if state.step == 0 and main:  # a fresh start: an earlier run's CPU time is not this run's
             self._timing_path().unlink(missing_ok=True)
         self.out.mkdir(parents=True, exist_ok=True)
         cfg = self.cfg
@@ -278,10 +302,15 @@ class Trainer:
             torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout identical after a resume
             parts: dict[str, float] = {}
             for micro in range(cfg.grad_accum):
-                out = self._loss(*self._batch(step, micro), step)
+                recs, keys = self._batch(step, micro)  # the global batch, the same on every rank
+                pos = self.world.shard(list(range(len(recs))))
+                out = self._loss([recs[i] for i in pos], [keys[i] for i in pos], step, pos=pos, micro=micro)
                 (out["loss"] / cfg.grad_accum).backward()
                 for k, v in out.items():
                     parts[k] = parts.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+            # the ranks' mean gradient: each rank's loss is the mean over its equal shard
+            average_gradients(self.trainable, self.world)
+            parts = mean_over_ranks(parts, self.world)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             self.opt.step()
             self.sched.step()
@@ -293,7 +322,7 @@ class Trainer:
                     {**{f"train_{k}": v for k, v in parts.items()}, "lr": self.sched.get_last_lr()[0]}, step
                 )
             last = state.step == cfg.steps
-            if state.step % cfg.eval_every == 0 or last:
+            if (state.step % cfg.eval_every == 0 or last) and main:
                 self.model.eval()
                 m = evaluate_split(self.scorer, self.val_records, self.images)
                 state.history.append({"step": state.step, **m})
@@ -304,9 +333,11 @@ class Trainer:
                     self._save_model(self.out / "model")
                 else:
                     state.evals_without_gain += 1
+            if state.step % cfg.eval_every == 0 or last:
+                state = broadcast(state, self.world)  # rank 0's verdict: every rank stops together
             stopping = state.evals_without_gain >= cfg.patience
             done_here += 1
-            if state.step % cfg.checkpoint_every == 0 or last or stopping:
+            if (state.step % cfg.checkpoint_every == 0 or last or stopping) and main:
                 self._add_cpu_seconds(time.process_time() - cpu0)
                 cpu0 = time.process_time()
                 self._save_checkpoint(state)
@@ -329,8 +360,10 @@ class Trainer:
             "best_val_srcc": state.best_srcc,
             "trainable_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
         }
-        write_json_atomic(self.out / "metrics.json", summary)
-        return {**summary, "cpu_minutes": self._cpu_seconds() / 60}
+        if main:
+            write_json_atomic(self.out / "metrics.json", summary)
+        barrier(self.world)  # the model and metrics are written before any rank reports done
+        return {**summary, "cpu_minutes": self._cpu_seconds() / 60, "ranks": self.world.size}
 
     # -- timing: beside the output folder, never in it --------------------------------------------
     # What the run writes into its folder (a DVC output) must be the same bytes on every rerun of

@@ -26,9 +26,11 @@ def test_on_the_cpu_batched_prefix_scores_match_one_pair_plain_scores_and_traini
     if not (ROOT / "data" / "test.json").exists():
         pytest.skip("the default data is not generated (make data)")
     monkeypatch.chdir(ROOT)
-    assert gpu_check.main(["--device", "cpu", "--families", "qwen2_vl", "fastvlm_gemma"]) == 0
+    assert gpu_check.main(["--device", "cpu", "--families", "qwen2_vl", "fastvlm_gemma", "--ranks", "2"]) == 0
     out = capsys.readouterr().out
     assert "| qwen2_vl | full | cpu |" in out and "| fastvlm_gemma | lora | cpu |" in out
+    # the data-parallel part, over 2 gloo ranks here (over every GPU where there are 2+)
+    assert "5 data-parallel steps over 2 ranks on cpu" in out
 
 
 def test_an_unknown_family_is_refused(capsys):

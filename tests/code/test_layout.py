@@ -8,7 +8,6 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[2] / "tokenfocus"
 #: Modules that hold one concern at more than 300 lines, and why they stay whole.
 LONG = {
-    "cli": "one typer app, a subcommand per verb",
     "config": "the typed dataclasses of every stage",
     "scoring": "the scorer's two paths (plain, prefix reuse) and their batching",
     "stages": "the stage bodies the DVC pipeline and the flows share",

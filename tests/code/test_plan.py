@@ -71,3 +71,17 @@ def test_a_missing_config_names_the_source_and_the_way_out():
     )
     assert result.exit_code == 1
     assert "no config for 'Qwen/Qwen2.5-VL-7B-Instruct'" in result.output and "--config" in result.output
+
+
+def test_the_eight_gpu_recipe_plans_per_rank():
+    """docs/gpu/params-gpu-8.yaml: each of 8 ranks holds the whole model and 4 of the 32 examples,
+    so activations are an eighth of one process's, and an all-reduce bucket comes on top."""
+    p = load_params(ROOT / "docs/gpu/params-gpu-8.yaml")
+    bb = p.backbone("qwen2_5_vl_7b")
+    assert bb.nproc == 8 and p.train.batch_size % bb.nproc == 0
+    cfg = load_config(bb.source, str(ROOT / "docs/gpu/configs/Qwen2.5-VL-7B-Instruct/config.json"))
+    one, eight = plan(cfg, bb, p.train, nproc=1), plan(cfg, bb, p.train, nproc=8)
+    assert (one.rows_per_step, eight.rows_per_step) == (64, 8)
+    assert eight.activations_gib == pytest.approx(one.activations_gib / 8)
+    assert eight.weights_gib == one.weights_gib and eight.allreduce_gib > 0 == one.allreduce_gib
+    assert eight.train_gib < one.train_gib

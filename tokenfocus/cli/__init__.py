@@ -13,15 +13,16 @@ from pathlib import Path
 
 import typer
 
-from tokenfocus.config import ConfigError, load_params
+from tokenfocus.cli.backbones import backbones_app
+from tokenfocus.cli.common import PARAMS, fail
+from tokenfocus.cli.common import params_or_fail as _params
+from tokenfocus.config import ConfigError
 from tokenfocus.env import apply_env
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-backbones_app = typer.Typer(no_args_is_help=True, help="Build and inspect backbones.")
 app.add_typer(backbones_app, name="backbones")
 data_app = typer.Typer(no_args_is_help=True, help="Bring in and version datasets.")
 app.add_typer(data_app, name="data")
-PARAMS = typer.Option("params.yaml", "--params", help="params file")
 
 
 @app.callback()
@@ -33,19 +34,6 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     )
     for noisy in ("httpx", "alembic", "great_expectations", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def fail(message: str, code: int = 1) -> None:
-    """Print a clear error (never a traceback) and exit."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
-
-
-def _params(path: str):
-    try:
-        return load_params(path)
-    except ConfigError as exc:
-        fail(str(exc))
 
 
 @app.command()
@@ -120,78 +108,6 @@ def data_import(
     typer.echo(json.dumps(summary, indent=1))
 
 
-@backbones_app.command("build")
-def backbones_build(
-    params: str = PARAMS, backbone: list[str] = typer.Option(None, "--backbone", "-b")
-) -> None:
-    """Build randomly initialised tiny backbones (all of params.yaml's, or those named)."""
-    from tokenfocus.backbones import BackboneError
-    from tokenfocus.stages import build_stage
-
-    p = _params(params)
-    for slug in backbone or list(p.backbones):
-        try:
-            path = build_stage(slug, p)
-        except (BackboneError, ConfigError) as exc:
-            fail(str(exc))
-        typer.echo(f"{slug}: {path or 'real checkpoint, nothing to build'}")
-
-
-@backbones_app.command("pretrain")
-def backbones_pretrain(
-    params: str = PARAMS,
-    backbone: list[str] = typer.Option(None, "--backbone", "-b"),
-    track: bool = typer.Option(True, help="log to MLflow"),
-) -> None:
-    """Pre-train built tiny bases on fresh scenes (all of params.yaml's, or those named)."""
-    from tokenfocus.backbones import BackboneError
-    from tokenfocus.stages import pretrain_stage
-
-    p = _params(params)
-    for slug in backbone or list(p.backbones):
-        try:
-            path = pretrain_stage(slug, p, track=track)
-        except (BackboneError, ConfigError) as exc:
-            fail(str(exc))
-        typer.echo(f"{slug}: {path or 'real checkpoint, arrives pre-trained'}")
-
-
-@backbones_app.command("plan")
-def backbones_plan(
-    params: str = PARAMS,
-    backbone: list[str] = typer.Option(None, "--backbone", "-b"),
-    config: str = typer.Option(None, help="a config.json to read instead of the backbone's source"),
-    seq_len: int = typer.Option(None, help="tokens per row (default: the config's image tokens + text)"),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Memory estimate from each backbone's config alone (never its weights): training and scoring."""
-    from dataclasses import asdict
-
-    from tokenfocus.plan import load_config, plan
-
-    p = _params(params)
-    out = {}
-    for slug in backbone or list(p.backbones):
-        try:
-            bb = p.backbone(slug)
-            cfg = load_config(bb.source, config)
-        except (ConfigError, FileNotFoundError, ValueError) as exc:
-            fail(str(exc))
-        result = plan(cfg, bb, p.train_for(slug), seq_len=seq_len)
-        out[slug] = asdict(result)
-        if not as_json:
-            typer.echo(result.table(f"{slug} ({bb.source}, {bb.tuning})"))
-    if as_json:
-        typer.echo(json.dumps(out, indent=1))
-
-
-@backbones_app.command("list")
-def backbones_list(params: str = PARAMS) -> None:
-    """List the registry: slug, source, family, tuning."""
-    for slug, bb in _params(params).backbones.items():
-        typer.echo(f"{slug:24s} {bb.source:40s} {bb.family or '-':10s} {bb.tuning}")
-
-
 @app.command("env")
 def show_env() -> None:
     """Print the environment every command runs under: offline switches and pinned CPU kernels."""
@@ -212,24 +128,45 @@ def golden(params: str = PARAMS) -> None:
     print(json.dumps(golden_pass(params), indent=1))
 
 
+def _ranks(p, backbone: str) -> None:
+    """``backbones.<slug>.nproc`` > 1: this command again as torchrun ranks (DVC and flows as is)."""
+    from tokenfocus.distributed import launch_if_needed
+
+    if (rc := launch_if_needed(p.backbone(backbone).nproc if backbone in p.backbones else 1)) is not None:
+        raise typer.Exit(rc)
+
+
+def _report(summary: dict, result: Path | None) -> None:
+    """Print a stage's result (and write it to ``result``): rank 0 only, under torchrun."""
+    from tokenfocus.distributed import world
+
+    if world().main:
+        _ = result.write_text(json.dumps(summary, indent=1)) if result else None
+        typer.echo(json.dumps(summary, indent=1))
+
+
 @app.command()
 def train(
     params: str = PARAMS,
     backbone: str = typer.Option(..., "--backbone", "-b"),
     loss: str = typer.Option(None, help="focus | lm (default train.loss)"),
     track: bool = typer.Option(True, help="log to MLflow"),
+    parent_run: str = typer.Option(None, hidden=True, help="MLflow parent run id (the flows)"),
+    result: Path = typer.Option(None, hidden=True, help="write the summary here (rank 0)"),
 ) -> None:
-    """Fine-tune one backbone; resumes from its last checkpoint."""
+    """Fine-tune one backbone; resumes from its last checkpoint. With ``backbones.<slug>.nproc``
+    > 1, as that many data-parallel torchrun ranks."""
     from tokenfocus.stages import train_stage
 
     p = _params(params)
+    _ranks(p, backbone)
     if loss:
         p.train.loss = loss
     try:
-        summary = train_stage(backbone, p, track=track)
+        summary = train_stage(backbone, p, track=track, pid=parent_run)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
-    typer.echo(json.dumps(summary, indent=1))
+    _report(summary, result)
 
 
 @app.command()
@@ -238,21 +175,25 @@ def score(
     backbone: str = typer.Option(..., "--backbone", "-b"),
     split: str = typer.Option("all", help="val | test | ntire | heldout_style | all"),
     track: bool = typer.Option(True, help="log to MLflow"),
+    parent_run: str = typer.Option(None, hidden=True, help="MLflow parent run id (the flows)"),
+    result: Path = typer.Option(None, hidden=True, help="write the metrics here (rank 0)"),
 ) -> None:
-    """Score splits with a trained backbone: prediction tables, NTIRE output.json, metrics."""
+    """Score splits with a trained backbone: prediction tables, NTIRE output.json, metrics. With
+    ``backbones.<slug>.nproc`` > 1, as that many torchrun ranks, each scoring a shard."""
     from tokenfocus.predictions import scored_splits
     from tokenfocus.stages import score_stage
 
     p = _params(params)
+    _ranks(p, backbone)
     known = scored_splits(p)
     splits = known if split == "all" else (split,)
     if any(s not in known for s in splits):
         fail(f"unknown split {split!r}; choose from {known} or all")
     try:
-        metrics = score_stage(backbone, p, splits=splits, track=track)
+        metrics = score_stage(backbone, p, splits=splits, track=track, pid=parent_run)
     except (ConfigError, FileNotFoundError) as exc:
         fail(str(exc))
-    typer.echo(json.dumps(metrics, indent=1))
+    _report(metrics, result)
 
 
 @app.command("score-one")
