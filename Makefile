@@ -67,6 +67,7 @@ lint: setup
 
 bench: bases
 	$(BIN)/dvc repro split pretrain  # the splits and tiny bases it times (no-ops once there)
+	$(PY) scripts/bench_dp.py  # data-parallel: 1 vs 2 ranks on the CPU, the plan for 1-8 GPUs
 	$(PY) scripts/bench.py
 
 # The triggered retrain deployment against `dvc repro` on the same work (after `make run`).

@@ -392,7 +392,7 @@ def main() -> None:
         + "\nTraining throughput (30 steps, one process each, native and pinned in alternation; medians):\n\n"
         + table(rows["dispatch_speed"])
     )
-    for extra in (Path("docs/retrain-bench.md"), Path("docs/loadtest.md")):
+    for extra in (Path("docs/dp-bench.md"), Path("docs/retrain-bench.md"), Path("docs/loadtest.md")):
         if extra.exists():
             text += "\n" + extra.read_text()
     Path("docs").mkdir(exist_ok=True)
