@@ -185,6 +185,7 @@ class TrainConfig:
     # random lighting on the training images (brightness/contrast up to this fraction either way,
     # colour temperature a third of it), drawn from (seed, step): iMatch's augmentation; 0 = off
     augment_lighting: float = 0.0
+    image_cache: int = 4096  # decoded training images kept at a time (least recently used out)
     soft_target: bool = True  # two-hot target around the mean human score
     eval_every: int = 200
     log_every: int = 10  # steps between the loss and learning-rate points logged to MLflow
@@ -200,6 +201,9 @@ class ScoreConfig:
     threads: int = 2
     out: str = "work/scores"
     prefix_reuse: bool = True
+    # pairs scored, and appended to <split>.partial.jsonl, at a time: memory stays bounded and a
+    # killed run resumes after the last whole chunk
+    chunk: int = 256
 
 
 @dataclass

@@ -98,3 +98,51 @@ def load_images(root: str | Path, img_paths: list[str], *, max_pixels: int = DEF
     """Decode each distinct image once: ``{img_path: RGB image}``."""
     root = Path(root)
     return {p: open_image(root / p, max_pixels=max_pixels, name=p) for p in dict.fromkeys(img_paths)}
+
+
+class ImageCache:
+    """``{img_path: RGB image}`` decoded on first use and kept for at most ``max_items`` images
+    (least recently used out first), so a trainer's memory does not grow with its split.
+
+    Args:
+        root: the folder ``img_path`` values are relative to.
+        max_items: how many decoded images to keep.
+        max_side: shrink (never enlarge) an image whose longer side exceeds this, keeping its
+            aspect; 0 keeps every image as decoded. Set it to what the processor resizes to.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        max_items: int = 4096,
+        max_side: int = 0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
+        from collections import OrderedDict
+
+        self.root, self.max_items, self.max_side, self.max_pixels = (
+            Path(root),
+            max_items,
+            max_side,
+            max_pixels,
+        )
+        self._cache: OrderedDict[str, Image.Image] = OrderedDict()
+        self.decoded = 0  # images decoded so far (misses), for tests and logs
+
+    def __getitem__(self, img_path: str) -> Image.Image:
+        img = self._cache.get(img_path)
+        if img is not None:
+            self._cache.move_to_end(img_path)
+            return img
+        img = open_image(self.root / img_path, max_pixels=self.max_pixels, name=img_path)
+        if self.max_side and max(img.size) > self.max_side:
+            img.thumbnail((self.max_side, self.max_side), Image.BICUBIC)
+        self.decoded += 1
+        self._cache[img_path] = img
+        if len(self._cache) > self.max_items:
+            self._cache.popitem(last=False)
+        return img
+
+    def __len__(self) -> int:
+        return len(self._cache)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,6 @@ def score_backbone(
     Returns:
         Metrics per split (empty for a split without labels).
     """
-    from tokenfocus.images import load_images
     from tokenfocus.scoring import Scorer
 
     model_dir = Path(model_dir or Path(params.train.out) / slug / "model")
@@ -144,15 +144,9 @@ def score_backbone(
     metrics = {}
     for split in splits:
         records = split_records(params, split)
-        mine = w.shard(list(range(len(records))))
-        recs = [records[i] for i in mine]
-        images = load_images(image_root(params, split), [r.img_path for r in recs])
-        results = scorer(
-            [images[r.img_path] for r in recs],
-            [r.prompt for r in recs],
-            [[e.key for e in r.elements] for r in recs],
-        )
-        rows = prediction_rows(recs, results)
+        recs = [records[i] for i in w.shard(list(range(len(records))))]
+        stem = out / (split if w.size == 1 else f"{split}.rank{w.rank}")
+        rows = score_resumably(scorer, recs, image_root(params, split), stem, params.score.chunk, model_dir)
         if w.size > 1:
             rows = _merge_shards(out / split, rows, w, len(records))
             if rows is None:  # not rank 0: its shard is on disk for rank 0
@@ -163,6 +157,73 @@ def score_backbone(
         metrics[split] = metrics_of(rows)
         log.info("%s %s: %s", slug, split, metrics[split])
     return metrics
+
+
+def score_resumably(
+    scorer,
+    records: list[Record],
+    root: Path,
+    stem: Path,
+    chunk: int,
+    model_dir: Path,
+    *,
+    stop_after: int | None = None,
+) -> list[dict]:
+    """Score ``records`` ``chunk`` pairs at a time, appending each chunk's rows to
+    ``<stem>.partial.jsonl`` as it goes; a run killed midway resumes after the last whole chunk.
+
+    Only one chunk's images are decoded at a time, so memory does not grow with the split. Every
+    run scores the same chunks, so a resumed table equals an uninterrupted one byte for byte. The
+    partial file starts with what it was made from (the model's digest, the pairs); another model
+    or another split starts it afresh. ``stop_after`` (tests): return after that many chunks.
+    """
+    import hashlib
+
+    from tokenfocus.checkpoint import folder_digest
+    from tokenfocus.images import load_images
+
+    partial = stem.with_name(stem.name + ".partial.jsonl")
+    head = {
+        "model": folder_digest(model_dir),
+        "pairs": hashlib.sha1("\n".join(r.img_path for r in records).encode()).hexdigest(),
+        "chunk": chunk,
+    }
+    rows: list[dict] = []
+    if partial.exists():
+        lines = partial.read_text().splitlines()
+        if lines and json.loads(lines[0]) == head:
+            for line in lines[1:]:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:  # a line cut by the kill: that chunk is scored again
+                    break
+            rows = rows[: len(rows) // chunk * chunk]  # whole chunks only
+            log.info("%s: resuming after %d of %d pairs", partial.name, len(rows), len(records))
+        else:
+            log.warning("%s: made from another model or split; scoring afresh", partial.name)
+            rows = []
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    with partial.open("w") as f:  # rewritten: the kept rows, then each new chunk as it is scored
+        f.write(json.dumps(head) + "\n")
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+        f.flush()
+        for k, start in enumerate(range(len(rows), len(records), chunk)):
+            if stop_after is not None and k >= stop_after:
+                return rows
+            part = records[start : start + chunk]
+            images = load_images(root, [r.img_path for r in part])
+            results = scorer(
+                [images[r.img_path] for r in part],
+                [r.prompt for r in part],
+                [[e.key for e in r.elements] for r in part],
+            )
+            new = prediction_rows(part, results)
+            f.writelines(json.dumps(r) + "\n" for r in new)
+            f.flush()
+            os.fsync(f.fileno())
+            rows += new
+    partial.unlink()
+    return rows
 
 
 def _merge_shards(stem: Path, rows: list[dict], w, n: int) -> list[dict] | None:

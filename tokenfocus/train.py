@@ -31,7 +31,7 @@ from tokenfocus.config import Params
 from tokenfocus.distributed import average_gradients, barrier, broadcast, init, mean_over_ranks, world
 from tokenfocus.env import torch_threads
 from tokenfocus.evalmuse import Record, write_json_atomic
-from tokenfocus.images import load_images
+from tokenfocus.images import ImageCache
 from tokenfocus.losses import answer_lm_loss, element_loss, focus_loss
 from tokenfocus.metrics import evaluate as ntire_metrics
 from tokenfocus.predictions import split_records
@@ -104,8 +104,8 @@ class Trainer:
         self.val_records = split_records(self.params, "val")
         if not self.train_records:
             raise ValueError(f"{self.slug}: the train split is empty")
-        root = Path(self.params.validate.data) / "images"
-        self.images = load_images(root, [r.img_path for r in self.train_records + self.val_records])
+        # decoded on first use, at most train.image_cache at a time: memory bounded on EvalMuse-40K
+        self.images = ImageCache(Path(self.params.validate.data) / "images", max_items=self.cfg.image_cache)
 
     def _batch(self, step: int, micro: int):
         """The step's examples: a function of (seed, step) alone, so a resumed run sees the same."""

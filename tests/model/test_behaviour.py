@@ -12,25 +12,11 @@ import random
 
 import pytest
 
-from tests.conftest import ROOT
-from tokenfocus.config import load_params
 from tokenfocus.pretrain.curriculum import fresh_scene
 from tokenfocus.render import COLORS, COUNTS, SHAPES, Scene, render
 from tokenfocus.synth import elements_of, make_prompt
 
-PARAMS = load_params(ROOT / "params.yaml")
-SHIPPED = [s for s, bb in PARAMS.backbones.items() if bb.family]
 N = 96
-
-
-@pytest.fixture(scope="module", params=SHIPPED)
-def scorer(request):
-    from tokenfocus.scoring import Scorer
-
-    source = ROOT / PARAMS.backbone(request.param).source
-    if not list(source.glob("model*.safetensors")):  # weights, whole or sharded
-        pytest.fail(f"{source} is missing: `make bases` (or `dvc pull pretrain`) brings the shipped bases")
-    return Scorer.load(source, params=ROOT / "params.yaml")
 
 
 def _swap(scene: Scene, kind: str, rng: random.Random) -> Scene:
