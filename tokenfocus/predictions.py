@@ -24,11 +24,18 @@ log = logging.getLogger(__name__)
 SCORED_SPLITS = ("val", "test", "ntire")
 #: The test split's pairs drawn in the held-out style family (SynthMuse's ``heldout_style/``).
 HELDOUT = "heldout_style"
+#: The test split's pairs with SynthMuse's element keys in EvalMuse's short form (same images, labels).
+SHORT = "test_short"
+#: The test split's variants, reported beside it in the same form.
+TEST_VARIANTS = (HELDOUT, SHORT)
 
 
 def scored_splits(params: Params) -> tuple[str, ...]:
-    """:data:`SCORED_SPLITS`, plus :data:`HELDOUT` where the data holds a held-out style set."""
-    return SCORED_SPLITS + ((HELDOUT,) if (Path(params.validate.data) / HELDOUT / "images").is_dir() else ())
+    """:data:`SCORED_SPLITS`, plus on SynthMuse (its ``styles.json``) :data:`SHORT`, and
+    :data:`HELDOUT` where the data holds a held-out style set."""
+    root = Path(params.validate.data)
+    short = (SHORT,) if (root / "styles.json").exists() else ()
+    return SCORED_SPLITS + short + ((HELDOUT,) if (root / HELDOUT / "images").is_dir() else ())
 
 
 def image_root(params: Params, split: str) -> Path:
@@ -42,6 +49,10 @@ def split_records(params: Params, split: str) -> list[Record]:
     with labels from eval.json when it exists), or ``heldout_style`` (the test split's records,
     whose images :func:`image_root` finds in the held-out style set)."""
     root = Path(params.validate.data)
+    if split == SHORT:
+        from tokenfocus.synth import shorten
+
+        return [_rekeyed(r, shorten(list(r.element_score))) for r in split_records(params, "test")]
     if split == HELDOUT:
         split = "test"
     if split.startswith("train-fold"):  # one stacking fold of the train split
@@ -60,6 +71,16 @@ def split_records(params: Params, split: str) -> list[Record]:
                     {k: t.element_score.get(k) for k in r.element_score},
                 )
     return records
+
+
+def _rekeyed(r: Record, keys: list[str]) -> Record:
+    """``r`` with its element keys renamed, in order (the labels follow their key)."""
+    from dataclasses import replace
+
+    from tokenfocus.evalmuse import parse_element_key
+
+    scores = dict(zip(keys, r.element_score.values(), strict=True))
+    return replace(r, element_score=scores, elements=[parse_element_key(k) for k in keys])
 
 
 def prediction_rows(records: list[Record], results) -> list[dict]:

@@ -98,17 +98,14 @@ def bases_table(params: Params) -> str:
         "|---|---|" + "---|" * (len(attrs) + len(cats)),
     ]
     for slug, pt in rows:
-        for prefix, label in (("", slug), ("heldout_", f"{slug}, held-out style")):
-            if f"{prefix}check_accuracy" not in pt:
-                continue
-            ca, ea = pt[f"{prefix}check_accuracy"], pt[f"{prefix}element_accuracy"]
-            lines.append(
-                f"| {label} | {_f(pt['cpu_minutes'], 1) if not prefix else ''} | "
-                + " | ".join(_f(ca.get(a), 3) for a in attrs)
-                + " | "
-                + " | ".join(_f(ea.get(c), 3) for c in cats)
-                + " |"
-            )
+        ca, ea = pt["check_accuracy"], pt["element_accuracy"]
+        lines.append(
+            f"| {slug} | {_f(pt['cpu_minutes'], 1)} | "
+            + " | ".join(_f(ca.get(a), 3) for a in attrs)
+            + " | "
+            + " | ".join(_f(ea.get(c), 3) for c in cats)
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -123,32 +120,25 @@ def _accuracy_grid(by_row: dict[str, dict[str, float]], label: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def key_form_table() -> str:
-    """The ensemble's test element accuracy per category, short keys against compositional ones."""
-    return _accuracy_grid(
-        _load(Path("eval") / "ensemble" / "metrics.json").get("key_forms", {}), "element keys"
-    )
-
-
-def heldout_table(params: Params) -> str:
-    """In distribution (test) beside the same prompts drawn in the held-out style family."""
+def variant_table(params: Params, variant: str, label: str) -> str:
+    """Per backbone and for the ensemble: the test split beside one of its variants (the same
+    prompts drawn in the held-out style family, or keyed in EvalMuse's short form)."""
     ens = _load(Path("eval") / "ensemble" / "metrics.json")
-    held = ens.get("heldout_style") if ens else None
-    if not held:
-        return "_No held-out style set in the data (`styles.heldout_family`)._\n"
+    if not ens or not ens.get(variant):
+        return f"_Not measured: the data has no {variant} set._\n"
     lines = [
-        "| model | SRCC test | SRCC held-out | PLCC test | PLCC held-out | element acc test | "
-        "element acc held-out | NTIRE test | NTIRE held-out | NTIRE drop |",
+        f"| model | SRCC test | SRCC {label} | PLCC test | PLCC {label} | element acc test | "
+        f"element acc {label} | NTIRE test | NTIRE {label} | NTIRE difference |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     models = [(s, _load(Path("eval") / s / "metrics.json")) for s in params.backbones]
     models.append(("ensemble", ens))
     for name, m in models:
-        t, h = m.get("test", {}), m.get("heldout_style", {})
+        t, h = m.get("test", {}), m.get(variant, {})
         if not t or not h:
             continue
         cells = [_f(x.get(k)) for k in ("srcc", "plcc", "element_acc", "final") for x in (t, h)]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {t['final'] - h['final']:+.4f} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {h['final'] - t['final']:+.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -189,16 +179,20 @@ def main(params: Params, *, write: bool = True) -> str:
         + ensemble_gain()
         + "\n## Element accuracy per category (test)\n\n"
         + category_table()
-        + "\nThe ensemble's test element accuracy by key form: EvalMuse's short spans of the prompt\n"
-        "(`red (color)`, `two (counting)`, `left of (spatial)`; `synth.short_keys` of the prompts)\n"
-        "against the compositional keys (`red circles (color)`). Object keys are one noun in both.\n\n"
-        + key_form_table()
         + "\n## A style family no model saw (`styles.heldout_family`)\n\n"
         "The test split's pairs again, each drawn scene redrawn in the held-out family: same\n"
         "prompts, elements and labels, pixels that neither pre-training nor fine-tuning drew.\n\n"
-        + heldout_table(params)
+        + variant_table(params, "heldout_style", "held-out")
         + "\nElement accuracy per category, held-out family:\n\n"
         + category_table("heldout_style")
+        + "\n## EvalMuse's short element keys\n\n"
+        "The test split's pairs again, same images and labels, each compositional key\n"
+        "(`red circles (color)`, `two circles (counting)`, `circle left of star (spatial)`) in\n"
+        "EvalMuse's short form, a span of the prompt (`red (color)`, `two (counting)`, `left of\n"
+        "(spatial)`); object keys are one noun in both, and a span two groups share keeps its long key.\n\n"
+        + variant_table(params, "test_short", "short keys")
+        + "\nElement accuracy per category, short keys:\n\n"
+        + category_table("test_short")
         + "\n## Pre-trained tiny bases (checks on fresh scenes, never the benchmark's; 0.5 is chance)\n\n"
         + bases_table(params)
         + "\nThe focus-vs-lm loss study is in docs/loss-study.md (`scripts/loss_study.py`).\n"

@@ -79,13 +79,8 @@ def pretrain_stage(slug: str, params: Params, *, track: bool = True, pid: str | 
 
 def pretrain_checks(report: dict) -> dict[str, float]:
     """A pre-training report's check accuracies, flat: ``check_<attribute>``, ``element_<category>``."""
-    out = {}
-    for prefix in ("", "heldout_"):  # heldout_: the same checks drawn in the held-out style family
-        out |= {f"{prefix}check_{k}": float(v) for k, v in report.get(f"{prefix}check_accuracy", {}).items()}
-        out |= {
-            f"{prefix}element_{k}": float(v) for k, v in report.get(f"{prefix}element_accuracy", {}).items()
-        }
-    return out
+    out = {f"check_{k}": float(v) for k, v in report.get("check_accuracy", {}).items()}
+    return out | {f"element_{k}": float(v) for k, v in report.get("element_accuracy", {}).items()}
 
 
 def train_stage(slug: str, params: Params, *, track: bool = True, pid: str | None = None) -> dict:
@@ -131,7 +126,7 @@ def score_stage(
     from tokenfocus.distributed import world
     from tokenfocus.plots import category_accuracy, figures, write_plot_data
     from tokenfocus.predictions import (
-        HELDOUT,
+        TEST_VARIANTS,
         metrics_of,
         read_table,
         score_backbone,
@@ -178,9 +173,11 @@ def score_stage(
         "members": len(members),
         "train": read_metrics(Path(params.train.out) / slug / "metrics.json"),
     }
-    if HELDOUT in metrics:  # the test split's pairs in a style family no model learned from
-        held = read_table(scores_dir / f"{HELDOUT}.json")
-        summary[HELDOUT] = metrics[HELDOUT] | {"category_accuracy": category_accuracy(held)}
+    for variant in TEST_VARIANTS:  # the test pairs drawn in the held-out style family, or short-keyed
+        if variant in metrics:
+            summary[variant] = metrics[variant] | {
+                "category_accuracy": category_accuracy(read_table(scores_dir / f"{variant}.json"))
+            }
     if (Path(params.validate.data) / "latent.json").exists() and rows:
         summary["ceiling_srcc"] = ceiling(params.validate.data, [r["img_path"] for r in rows])
     write_json_atomic(out_dir / "metrics.json", summary)
@@ -212,15 +209,23 @@ def read_metrics(path: str | Path) -> dict:
 def stack_stage(params: Params) -> dict:
     """Fit the ensemble on held-out predictions (val, or out-of-fold), compare it on test, write
     output.json and metrics."""
-    from tokenfocus.predictions import HELDOUT, metrics_of, read_table, split_records, write_table_submission
+    from tokenfocus.predictions import (
+        TEST_VARIANTS,
+        metrics_of,
+        read_table,
+        split_records,
+        write_table_submission,
+    )
     from tokenfocus.stack import comparison, fit_ensemble
 
     slugs = list(params.backbones)
     fit_split = "oof" if fold_models(slugs[0], params) else "val"
-    held = all((Path(params.score.out) / s / f"{HELDOUT}.json").exists() for s in slugs)
+    variants = tuple(
+        v for v in TEST_VARIANTS if all((Path(params.score.out) / s / f"{v}.json").exists() for s in slugs)
+    )
     tables = {
         split: {s: read_table(Path(params.score.out) / s / f"{split}.json") for s in slugs}
-        for split in (fit_split, "test", "ntire") + ((HELDOUT,) if held else ())
+        for split in (fit_split, "test", "ntire", *variants)
     }
     # val rows: no backbone trained on them. oof rows: each came from the fold model that excluded
     # its fold (fold_models, Trainer.exclude_fold), so the full-train check does not apply there.
@@ -269,21 +274,14 @@ def stack_stage(params: Params) -> dict:
             **{s: category_accuracy(tables["test"][s]) for s in slugs},
         },
     }
-    from tokenfocus.synth import key_form
-
-    # EvalMuse's short spans ("red (color)") against the compositional keys, test split
-    summary["key_forms"] = {
-        form: category_accuracy(test_rows, keep=lambda k, f=form: key_form(k) == f)
-        for form in ("compositional", "short")
-    }
-    if held:  # the same ensemble on the test prompts drawn in the held-out style family
-        held_rows = ens.combine(tables[HELDOUT])
-        summary[HELDOUT] = metrics_of(held_rows) | {
+    for variant in variants:  # the same ensemble on the test pairs, redrawn or short-keyed
+        rows_v = ens.combine(tables[variant])
+        summary[variant] = metrics_of(rows_v) | {
             "category_accuracy": {
-                "ensemble": category_accuracy(held_rows),
-                **{s: category_accuracy(tables[HELDOUT][s]) for s in slugs},
+                "ensemble": category_accuracy(rows_v),
+                **{s: category_accuracy(tables[variant][s]) for s in slugs},
             },
-            "backbones": {s: metrics_of(tables[HELDOUT][s]) for s in slugs},
+            "backbones": {s: metrics_of(tables[variant][s]) for s in slugs},
         }
     write_json_atomic(Path("eval") / "ensemble" / "metrics.json", summary)
     write_json_atomic(Path("eval") / "ensemble" / "comparison.json", rows)

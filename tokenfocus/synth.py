@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from tokenfocus.config import StylesConfig, SynthConfig
-from tokenfocus.evalmuse import write_json_atomic
+from tokenfocus.evalmuse import parse_element_key, write_json_atomic
 from tokenfocus.render import (
     COLORS,
     COUNTS,
@@ -147,24 +147,27 @@ def elements_of(scene: Scene) -> list[tuple[str, str, str, int]]:
     return out
 
 
-def short_keys(scene: Scene) -> list[str]:
-    """EvalMuse's short form of :func:`elements_of`'s keys, a span of the prompt and its category
-    (``red (color)``, ``two (counting)``, ``left of (spatial)``); a span two groups share keeps its
-    compositional key, so that every key of a prompt stays unique."""
+def shorten(keys: list[str]) -> list[str]:
+    """EvalMuse's short form of SynthMuse's compositional keys, a span of the prompt and its
+    category: ``red circles (color)`` -> ``red (color)``, ``two circles (counting)`` -> ``two
+    (counting)``, ``circle left of star (spatial)`` -> ``left of (spatial)``; object keys are one
+    noun already. A span two elements share keeps its compositional key, so keys stay unique."""
+    nouns = {w for s in SHAPES for w in (s, plural(s, 2))}
     spans = []
-    for key, cat, kind, i in elements_of(scene):
-        g = scene.groups[i]
-        text = {"count": COUNTS[g.count], "color": g.color, "size": g.size, "relation": scene.relation}
-        spans.append((key, f"{text[kind]} ({cat})" if kind in text else key))
-    clash = {s for _, s in spans if [t for _, t in spans].count(s) > 1}
-    return [key if s in clash else s for key, s in spans]
+    for key in keys:
+        el = parse_element_key(key)
+        words = el.text.split()
+        if el.category in ("counting", "color", "attribute", "spatial") and nouns & set(words):
+            spans.append(f"{' '.join(w for w in words if w not in nouns)} ({el.category})")
+        else:
+            spans.append(key)
+    clash = {s for s in spans if spans.count(s) > 1}
+    return [key if s in clash else s for key, s in zip(keys, spans, strict=True)]
 
 
-def key_form(key: str) -> str:
-    """``short`` for a key that names no shape (EvalMuse's spans), else ``compositional``;
-    object keys name only their shape, and count as compositional."""
-    text = key.rsplit("(", 1)[0].split()
-    return "compositional" if {w for s in SHAPES for w in (s, plural(s, 2))} & set(text) else "short"
+def short_keys(scene: Scene) -> list[str]:
+    """:func:`shorten` of a scene's element keys."""
+    return shorten([k for k, *_ in elements_of(scene)])
 
 
 def realised(prompt: Scene, drawn: Scene) -> list[bool]:

@@ -8,6 +8,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[2] / "tokenfocus"
 #: Modules that hold one concern at more than 300 lines, and why they stay whole.
 LONG = {
+    "cli": "one typer app, a subcommand per verb (the backbones group apart, in cli/backbones.py)",
     "config": "the typed dataclasses of every stage",
     "scoring": "the scorer's two paths (plain, prefix reuse) and their batching",
     "stages": "the stage bodies the DVC pipeline and the flows share",
@@ -74,4 +75,5 @@ def test_modules_stay_readable():
         if (n := len(p.read_text().splitlines())) > 300 and _name(p).split(".")[-1] not in LONG
     }
     assert not over, f"modules over 300 lines (split them, or say in LONG why not): {over}"
-    assert all(len((PKG / f"{m}.py").read_text().splitlines()) <= 400 for m in LONG)
+    paths = [PKG / f"{m}.py" if (PKG / f"{m}.py").exists() else PKG / m / "__init__.py" for m in LONG]
+    assert all(len(p.read_text().splitlines()) <= 400 for p in paths)

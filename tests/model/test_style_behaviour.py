@@ -1,10 +1,13 @@
-"""Issue 23, section 6: the shipped bases under styles no training drew, relation swaps and
-counts off by one (tests/model/style_probes.py draws the scenes; seeds of their own).
+"""Issue 23, section 6, on the shipped bases: styles no training drew, relation swaps and counts
+off by one (tests/model/style_probes.py draws the scenes, from seeds of their own).
 
-The floors sit just under what the shipped bases measure (docs/results.md, "Behaviour of the
-shipped bases"), so a real regression fails; the issue's targets (0.90 / 0.85 / 0.80) are said
-beside each floor, and where a base falls short of its target, the floor says so.
+Two kinds of check per probe. A floor a little under what each base measures (docs/styles.md),
+so that a real regression fails. And the issue's target (0.90 / 0.85 / 0.80): where a base falls
+short it is a strict expected failure that names the measurement, so the shortfall stays visible
+and the day a base reaches the target the suite says so.
 """
+
+import pytest
 
 from tests.model.conftest import PARAMS
 from tests.model.style_probes import count_off_by_one, relation_swap, style_invariance
@@ -13,28 +16,45 @@ BOOK = PARAMS.styles.book()
 #: classic (the benchmark's), one training style, and the held-out family no model saw
 STYLES = [BOOK.catalog["classic"], BOOK.catalog["mixed"], BOOK.heldout[0]]
 
-#: measured on the shipped bases, minus a margin of about two standard errors (n = 128 elements
-#: or 64 scenes); FLOORS[probe][slug]
-FLOORS: dict[str, dict[str, float]] = {}
+#: measured on the shipped (classic-only) bases (scripts/style_checks.py): invariance is the share
+#: of 128 elements right in all three styles at once, the others shares of 64 scenes
+MEASURED = {
+    "invariance": {"fastvlm_llama": 0.531, "fastvlm_qwen2": 0.500, "fastvlm_gemma": 0.516},
+    "relation_swap": {"fastvlm_llama": 0.484, "fastvlm_qwen2": 0.484, "fastvlm_gemma": 0.516},
+    "count_off_by_one": {"fastvlm_llama": 0.891, "fastvlm_qwen2": 0.766, "fastvlm_gemma": 0.750},
+}
+MARGIN = 0.07  # about 1.5 standard errors of a share of 64 near 0.5
 TARGETS = {"invariance": 0.90, "relation_swap": 0.85, "count_off_by_one": 0.80}
+_RATES: dict[tuple[str, str], float] = {}
 
 
-def _floor(probe: str, slug: str) -> float:
-    return FLOORS[probe][slug]
+def _rate(scorer, probe: str) -> float:
+    key = (scorer.slug, probe)
+    if key not in _RATES:
+        if probe == "invariance":
+            _RATES[key] = style_invariance(scorer, STYLES)["all"]
+        else:
+            _RATES[key] = {"relation_swap": relation_swap, "count_off_by_one": count_off_by_one}[probe](
+                scorer
+            )
+    return _RATES[key]
 
 
-def test_true_and_false_objects_stay_apart_in_every_style(scorer):
-    """The same scenes in classic, a training style and the held-out family: a named but absent
-    shape below P(yes) 0.5 and a present one above it, in all three at once."""
-    rates = style_invariance(scorer, STYLES)
-    assert rates["all"] >= _floor("invariance", scorer.slug), (scorer.slug, rates)
+@pytest.mark.parametrize("probe", list(MEASURED))
+def test_no_base_falls_below_what_it_measured(scorer, probe):
+    rate = _rate(scorer, probe)
+    assert rate >= MEASURED[probe][scorer.slug] - MARGIN, (scorer.slug, probe, rate)
 
 
-def test_swapping_a_relation_lowers_its_p_yes(scorer):
-    rate = relation_swap(scorer)
-    assert rate >= _floor("relation_swap", scorer.slug), (scorer.slug, rate)
-
-
-def test_a_count_one_off_lowers_its_p_yes(scorer):
-    rate = count_off_by_one(scorer)
-    assert rate >= _floor("count_off_by_one", scorer.slug), (scorer.slug, rate)
+@pytest.mark.parametrize("probe", list(TARGETS))
+def test_the_issue_targets(scorer, probe, request):
+    measured = MEASURED[probe][scorer.slug]
+    if measured < TARGETS[probe]:
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason=f"{scorer.slug} measures {measured:.3f} on {probe}, short of the target "
+                f"{TARGETS[probe]:.2f} (docs/styles.md says why)",
+            )
+        )
+    assert _rate(scorer, probe) >= TARGETS[probe]
