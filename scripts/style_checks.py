@@ -35,14 +35,17 @@ def measure(folder: str, params) -> dict:
     out: dict = {"base": folder}
     for name, styles in (
         ("classic", (book.catalog["classic"],)),
-        ("training styles", book.styles("pretrain")),
+        (
+            "other styles",
+            tuple(s for s in book.catalog.values() if not s.plain and s.family != book.heldout_family),
+        ),
         ("held-out family", book.heldout),
     ):
         out[name] = {
             "checks": check_accuracy(
                 model, proc, 64, ["shape", "color", "count", "size"], n=240, seed=101, styles=styles
             ),
-            "elements": element_accuracy(model, proc, params.prompts, 64, n=240, seed=103, styles=styles),
+            "elements": element_accuracy(model, proc, params.prompts, 64, n=240, seed=102, styles=styles),
         }
     probes = [book.catalog["classic"], book.catalog["mixed"], book.heldout[0]]
     out["probes"] = {
@@ -67,7 +70,7 @@ def main() -> None:
     print("| base | drawn in | check shape | colour | count | size | element object | counting | spatial |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        for name in ("classic", "training styles", "held-out family"):
+        for name in ("classic", "other styles", "held-out family"):
             c, e = r[name]["checks"], r[name]["elements"]
             print(
                 f"| {r['base']} | {name} | {c['shape']:.3f} | {c['color']:.3f} | {c['count']:.3f} | {c['size']:.3f} | "
