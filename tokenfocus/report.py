@@ -138,7 +138,9 @@ def variant_table(params: Params, variant: str, label: str) -> str:
         if not t or not h:
             continue
         cells = [_f(x.get(k)) for k in ("srcc", "plcc", "element_acc", "final") for x in (t, h)]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {h['final'] - t['final']:+.4f} |")
+        both = h.get("final") is not None and t.get("final") is not None  # constant output: no NTIRE
+        diff = f"{h['final'] - t['final']:+.4f}" if both else "-"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {diff} |")
     return "\n".join(lines) + "\n"
 
 
