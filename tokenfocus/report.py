@@ -155,7 +155,8 @@ def category_table(split: str = "test") -> str:
 def ensemble_gain() -> str:
     """The ensemble's NTIRE score minus the best single backbone's, with its bootstrap 95% CI."""
     g = _load(Path("eval") / "ensemble" / "metrics.json").get("vs_best_single")
-    if not g:
+    keys = ("ci_low", "ci_high", "ensemble_final", "best_single_final", "diff")
+    if not g or any(g.get(k) is None for k in keys):  # no ranking at all: no interval to show
         return ""
     verdict = (
         "beats" if g["ci_low"] > 0 else ("is below" if g["ci_high"] < 0 else "is not distinguishable from")
