@@ -189,9 +189,21 @@ def check_scores(records: Iterable[Record], *, source: str = "records") -> None:
                 raise EvalMuseError(f"{source}[{i}] ({r.img_path}).element_score[{k!r}]: {v} not in 0..1")
 
 
+def finite(obj: Any) -> Any:
+    """``obj`` with every NaN float, however deep, as None (JSON has no NaN; a metric of a model
+    without any ranking, such as a bootstrap interval, is undefined, not a number)."""
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return None if isinstance(obj, float) and obj != obj else obj
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
+    """Write JSON through a temporary file and a rename, so a reader never sees half a file.
+    A NaN is written as null (:func:`finite`)."""
     path = Path(path)
+    obj = finite(obj)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

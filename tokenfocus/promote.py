@@ -123,8 +123,8 @@ def _compare(client, tc: TrackingConfig, champion, challenger, params: Params, r
     return {
         **figs,
         "promoted": better,
-        "reason": f"challenger {verdict} on test NTIRE by {figs['diff']:+.4f} "
-        f"(95% CI {figs['ci_low']:+.4f}..{figs['ci_high']:+.4f}, {figs['prompts']} prompts)",
+        "reason": f"challenger {verdict} on test NTIRE by {_num(figs['diff'])} "
+        f"(95% CI {_num(figs['ci_low'])}..{_num(figs['ci_high'])}, {figs['prompts']} prompts)",
     }
 
 
@@ -181,3 +181,8 @@ def promote(params: Params, *, force: bool | None = None, rows_of=None) -> dict[
     write_json_atomic("eval/promotion.json", decision)
     log.info("promotion: %s", decision["reason"])
     return decision
+
+
+def _num(v) -> str:
+    """A signed figure, or "undefined" for NaN/None (models without any ranking)."""
+    return "undefined" if v is None or v != v else f"{v:+.4f}"

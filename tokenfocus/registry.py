@@ -175,7 +175,7 @@ def describe(
         )
         + ".",
     ]
-    if gain:
+    if gain and all(gain.get(k) is not None for k in ("diff", "ci_low", "ci_high")):
         lines.append(
             f"vs best single ({gain['backbone']}): NTIRE {gain['diff']:+.4f}, "
             f"95% CI [{gain['ci_low']:+.4f}, {gain['ci_high']:+.4f}]."

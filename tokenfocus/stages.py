@@ -201,15 +201,6 @@ def score_stage(
     return metrics
 
 
-def _finite(obj):
-    """``obj`` with every NaN float, however deep, as None (JSON has no NaN)."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return None if isinstance(obj, float) and obj != obj else obj
-
-
 def read_metrics(path: str | Path) -> dict:
     p = Path(path)
     return json.loads(p.read_text()) if p.exists() else {}
@@ -293,8 +284,8 @@ def stack_stage(params: Params) -> dict:
             "backbones": {s: metrics_of(tables[variant][s]) for s in slugs},
         }
     # a bootstrap of models without any ranking (tiny, a few steps) has no interval: None, not NaN
-    write_json_atomic(Path("eval") / "ensemble" / "metrics.json", _finite(summary))
-    write_json_atomic(Path("eval") / "ensemble" / "comparison.json", _finite(rows))
+    write_json_atomic(Path("eval") / "ensemble" / "metrics.json", summary)
+    write_json_atomic(Path("eval") / "ensemble" / "comparison.json", rows)
     write_json_atomic(Path(params.stack.out) / "test_predictions.json", test_rows)  # for the plots
     from tokenfocus.plots import write_plot_data
 
