@@ -28,6 +28,9 @@ import yaml  # noqa: E402
 from tokenfocus.config import load_params  # noqa: E402
 from tokenfocus.plan import load_config, plan  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import table  # noqa: E402  (the one markdown table of make bench)
+
 SLUG, STEPS, BATCH = "fastvlm_gemma", 30, 16
 
 
@@ -67,18 +70,6 @@ def train_rate(nproc: int, work: Path) -> dict:
         "wall_s": round(wall, 1),
         "samples_per_s": round(STEPS * BATCH / wall, 2),
     }
-
-
-def table(rows: list[dict]) -> str:
-    keys = list(rows[0])
-    return (
-        "| "
-        + " | ".join(keys)
-        + " |\n|"
-        + "---|" * len(keys)
-        + "\n"
-        + "".join("| " + " | ".join(str(r[k]) for k in keys) + " |\n" for r in rows)
-    )
 
 
 def main() -> None:
