@@ -126,7 +126,12 @@ def test_submission_missing_element_is_an_error(tmp_path):
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     p = write_json_atomic(tmp_path / "x.json", {"ok": 1})
-    with pytest.raises(ValueError):
-        write_json_atomic(p, {"bad": math.nan})  # NaN is not JSON
+    with pytest.raises(ValueError):  # infinity is not JSON; fails half-way through the dump
+        write_json_atomic(p, {"fine": list(range(100)), "bad": math.inf})
     assert json.loads(p.read_text()) == {"ok": 1}
     assert [f.name for f in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_atomic_write_turns_nan_into_null(tmp_path):
+    p = write_json_atomic(tmp_path / "x.json", {"ci": [math.nan, 0.5], "deep": {"v": math.nan}})
+    assert json.loads(p.read_text()) == {"ci": [None, 0.5], "deep": {"v": None}}
