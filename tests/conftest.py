@@ -79,6 +79,12 @@ VIT_BACKBONES = {
         "lora": {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
     },
 }
+#: Tokenizer kinds and chat templates of real checkpoints (tokenfocus/tiny_families.yaml).
+REAL_TOKENIZERS = {
+    "qwen2_vl_bpe": {"tokenizer": "byte_bpe", "chat_template": "chatml"},
+    "gemma3_spm": {"tokenizer": "metaspace", "chat_template": "gemma"},
+    "llava_llama2": {"tokenizer": "metaspace", "chat_template": "llama2"},
+}
 #: Families that prove the code path real checkpoints take (Qwen2-VL / Qwen2.5-VL's 3-D rotary
 #: positions and dynamic resolution, InternVL): built, not pre-trained (issue 15), never in the default.
 PATH_BACKBONES = {
@@ -94,6 +100,17 @@ PATH_BACKBONES = {
         },
     },
     "internvl_tiny": {"family": "internvl", "tuning": "full"},
+    # the tokenizers and chat templates of real checkpoints (issue 25): byte-level BPE after ChatML's
+    # "assistant\n" (Qwen2), SentencePiece-style Metaspace after Gemma's "model\n" and after Llama 2's
+    # " [/INST]"; the word-level bases can hide what these show
+    "qwen2_vl_bpe": {"family": "qwen2_vl", "tuning": "full", "tiny": REAL_TOKENIZERS["qwen2_vl_bpe"]},
+    "gemma3_spm": {
+        "family": "gemma3",
+        "tuning": "lora",
+        "lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
+        "tiny": REAL_TOKENIZERS["gemma3_spm"],
+    },
+    "llava_llama2": {"family": "llava", "tuning": "full", "tiny": REAL_TOKENIZERS["llava_llama2"]},
 }
 FAMILIES = {
     "idefics3_tiny": "idefics3",

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from tokenfocus.config import BackboneConfig, Params
 
@@ -84,6 +86,31 @@ def _dtype(name: str):
         raise BackboneError(f"unknown dtype {name!r}") from None
 
 
+def training_precision(cfg: BackboneConfig) -> tuple[BackboneConfig, Callable[[], Any]]:
+    """How a backbone trains in its ``dtype``: the config to load it with, and a function that
+    opens the forward pass's autocast context (a no-op unless mixed precision).
+
+    Why: full fine-tuning of bf16 weights rounds every small update away (bf16 keeps 8 bits of
+    mantissa; an update under 1/256 of a weight is lost). So full fine-tuning in bfloat16 is mixed
+    precision: the weights (the optimizer's master copy) load in float32 and the forward runs under
+    bf16 autocast. LoRA keeps the base in its dtype: only the adapter (float32, as peft makes it)
+    is updated. float16 would also need loss scaling, which this project does not do.
+    """
+    import contextlib
+
+    import torch
+
+    if cfg.tuning != "full" or cfg.dtype == "float32":
+        return cfg, contextlib.nullcontext
+    if cfg.dtype != "bfloat16":
+        raise BackboneError(
+            f"full fine-tuning in {cfg.dtype} is not supported (it needs loss scaling): "
+            "use dtype bfloat16 (mixed precision) or float32, or tuning lora"
+        )
+    device = resolve_device(cfg.device)
+    return replace(cfg, dtype="float32"), lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 def resolve_device(name: str):
     """The torch device a backbone runs on: ``auto`` is CUDA when there is one, else the CPU."""
     import torch
@@ -104,7 +131,9 @@ def _looks_local(source: str) -> bool:
     return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
 
 
-def load_model_and_processor(source: str | Path, cfg: BackboneConfig, *, slug: str = ""):
+def load_model_and_processor(
+    source: str | Path, cfg: BackboneConfig, *, slug: str = "", merge_lora: bool = True
+):
     """Load a processor and model through the Auto classes (plus a LoRA adapter if the folder has one).
 
     Args:
@@ -112,6 +141,8 @@ def load_model_and_processor(source: str | Path, cfg: BackboneConfig, *, slug: s
         cfg: the backbone's params (dtype, device, attn_implementation, max_pixels,
             trust_remote_code).
         slug: for messages.
+        merge_lora: merge a LoRA adapter into the base weights (for scoring); False keeps the
+            ``PeftModel``.
 
     Returns:
         ``(model, processor)``, the model in eval mode on its device.
@@ -170,6 +201,10 @@ def load_model_and_processor(source: str | Path, cfg: BackboneConfig, *, slug: s
 
         with _LOAD_LOCK:
             model = PeftModel.from_pretrained(model, str(path))
+        # Merged for scoring: one matmul per layer instead of base + adapter (the same outputs
+        # within float rounding; tests/code/test_train.py).
+        if merge_lora:
+            model = model.merge_and_unload()
     model.eval()
     return model, processor
 

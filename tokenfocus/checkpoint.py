@@ -55,7 +55,8 @@ def trainable_state(model, tuning: str) -> dict[str, torch.Tensor]:
         from peft import get_peft_model_state_dict
 
         return get_peft_model_state_dict(model)
-    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    # copied to host memory one tensor at a time: never a second full copy of the model on the device
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
 
 
 def save_checkpoint(ckpt: Path, weights: dict[str, torch.Tensor], optim: dict, state: dict) -> None:

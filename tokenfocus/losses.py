@@ -68,6 +68,23 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     )
 
 
+def answer_target_ids(tokenizer, texts: list[str], answers: list[str], end: str) -> list[list[int]]:
+    """The token ids each answer (+ end of turn) takes after its chat text, in context.
+
+    Why in context: a byte-level BPE or a SentencePiece tokenizer writes an answer that follows
+    "assistant\\n" or " [/INST]" with other tokens than the answer encoded alone (" yes" vs "yes"),
+    and may merge across the boundary; the loss must target the tokens the model reads.
+    """
+    out = []
+    for text, answer in zip(texts, answers, strict=True):
+        before = tokenizer.encode(text, add_special_tokens=False)
+        after = tokenizer.encode(text + answer + end, add_special_tokens=False)
+        if after[: len(before)] != before:
+            raise ValueError(f"the answer {answer!r} merges with the end of its chat text {text[-30:]!r}")
+        out.append(after[len(before) :])
+    return out
+
+
 def answer_lm_loss(model, processor, texts: list[str], answers: list[str], images, end: str) -> torch.Tensor:
     """:func:`lm_loss` on the answer tokens (answer + end of turn) of chat texts.
 
@@ -77,8 +94,7 @@ def answer_lm_loss(model, processor, texts: list[str], answers: list[str], image
         images: one PIL image per text.
         end: what the chat template writes after an assistant answer.
     """
-    tok = processor.tokenizer
-    n_ans = [len(tok.encode(a + end, add_special_tokens=False)) for a in answers]
+    n_ans = [len(ids) for ids in answer_target_ids(processor.tokenizer, texts, answers, end)]
     batch = encode(processor, [t + a + end for t, a in zip(texts, answers, strict=True)], images)
     batch = batch.to(model.device)
     t = max(n_ans)

@@ -8,7 +8,6 @@ is a yes/no question: P(yes) = p(yes) / (p(yes) + p(no)), a softmax over the two
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from collections.abc import Sequence
@@ -23,11 +22,13 @@ from tokenfocus.backbones import META_FILE, load_model_and_processor, template_p
 from tokenfocus.config import BackboneConfig, PromptConfig, load_params
 from tokenfocus.env import torch_threads
 from tokenfocus.images import open_image
+from tokenfocus.prefix import extend, ids_after, prefill, select_cache  # noqa: F401 - re-exported
 from tokenfocus.prompts import (
     answer_tokens,
     element_prefix,
     element_suffix,
     element_text,
+    overall_question,
     overall_text,
 )
 
@@ -57,21 +58,6 @@ def distribution_stats(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     values = torch.arange(1, probs.shape[-1] + 1, dtype=probs.dtype, device=probs.device)
     entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
     return (probs * values).sum(-1), entropy
-
-
-def select_cache(cache, rows: torch.Tensor):
-    """A new cache holding ``rows`` of ``cache`` (repeats allowed), leaving ``cache`` untouched.
-
-    Cheaper than a deep copy followed by a selection: only the selected rows are copied.
-    """
-    sub = copy.copy(cache)
-    sub.layers = []
-    for layer in cache.layers:
-        new = copy.copy(layer)
-        if getattr(layer, "keys", None) is not None and layer.keys.numel():
-            new.keys, new.values = layer.keys[rows], layer.values[rows]
-        sub.layers.append(new)
-    return sub
 
 
 def encode(processor, texts: list[str], images: list[Image.Image]):
@@ -219,79 +205,82 @@ class Scorer:
     def elements_prefix(
         self, images: list[Image.Image], prompts: list[str], elements: list[list[str]]
     ) -> list[dict[str, float]]:
-        """P(yes) per element, encoding each image and its prompt once.
-
-        The shared prefix (image + prompt) runs once per image with ``use_cache``; its past key
-        values are then selected per question, and only the short question suffixes run.
-        Suffixes are right-padded, so each row's answer position is its own last real token.
-        """
-        tok = self.processor.tokenizer
-        device = self.model.device
+        """P(yes) per element, encoding each image with its prompt and the question's shared words
+        once (one level of reuse; the overall question encodes the image again). Kept as the
+        reference that :meth:`shared` is measured against (``make bench``)."""
         out: list[dict[str, float]] = [{} for _ in images]
         prefixes = [element_prefix(self.parts, self.prompts, p) for p in prompts]
-        token_ids = self._suffix_ids({k for ks in elements for k in ks})
         for idx in self._batches(len(images), [len(t) for t in prefixes], "elements"):
             idx = [i for i in idx if elements[i]]
-            if not idx:
-                continue
-            batch = encode(self.processor, [prefixes[i] for i in idx], [images[i] for i in idx])
-            batch = batch.to(device)
-            cache = self.model(**batch, use_cache=True, logits_to_keep=1).cache
-            starts = self._next_positions(batch["attention_mask"])
-            rows = [(b, elements[i][j]) for b, i in enumerate(idx) for j in range(len(elements[i]))]
-            suffix_ids = [token_ids[k] for _, k in rows]
-            # Suffixes are short: a larger chunk than the image batch costs little memory.
-            step = self.batch_size * self.suffix_chunk_factor
-            for start in range(0, len(rows), step):
-                chunk = rows[start : start + step]
-                ids = suffix_ids[start : start + step]
-                width = max(len(x) for x in ids)
-                pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-                input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
-                suffix_mask = torch.tensor(
-                    [[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device
-                )
-                owner = torch.tensor([b for b, _ in chunk], device=device)
-                sub = select_cache(cache, owner)
-                mask = torch.cat([batch["attention_mask"][owner], suffix_mask], dim=1)
-                last = suffix_mask.sum(1) - 1
-                keep = torch.unique(last)
-                positions = starts[owner, None] + torch.arange(width, device=device)
-                logits = self.model(
-                    input_ids=input_ids,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    cache=sub,
-                    logits_to_keep=keep,
-                ).logits
-                picked = logits[torch.arange(len(chunk), device=device), torch.searchsorted(keep, last)]
-                for (b, k), p in zip(chunk, self._yes_prob(picked).cpu().tolist(), strict=True):
-                    out[idx[b]][k] = p
+            if idx:
+                batch = encode(self.processor, [prefixes[i] for i in idx], [images[i] for i in idx])
+                self._element_rows(prefill(self.model, batch, self._rope_state), idx, elements, out)
         return out
 
-    def _next_positions(self, prefix_mask: torch.Tensor) -> torch.Tensor:
-        """Each prefix row's next rotary position, where its question suffix starts.
+    @torch.inference_mode()
+    def shared(
+        self, images: list[Image.Image], prompts: list[str], elements: list[list[str]]
+    ) -> tuple[torch.Tensor, list[dict[str, float]]]:
+        """The overall distributions (N, 5) and element P(yes) of pairs, from one image prefix each.
 
-        Why explicit: a family with 1-D positions numbers the left-padded prefix 0..L-1, so the
-        suffix starts at L (what the model would assume). A family with multimodal 3-D positions
-        (Qwen2-VL's M-RoPE) numbers the image by its grid and keeps a per-row offset from the
-        prefill (``rope_deltas``); left to itself, it would apply the prefill batch's offsets to
-        the suffix rows by count, not by owner, and shift or fail. Its suffix starts at the row's
-        real length plus its offset, and the suffix rows are then selected by owner like the cache.
+        Per batch of pairs, the image alone (the template's head) runs once, through the tower and
+        the prefill. From its cache: the overall question (one row per pair), and the element
+        questions' shared words (prompt + "Does the image show"), whose longer cache then serves
+        each element's few words. Outputs equal the plain path's within float rounding.
         """
-        deltas = getattr(self._rope_state, "rope_deltas", None)
-        if deltas is None:
-            return torch.full(
-                (prefix_mask.shape[0],), prefix_mask.shape[1], dtype=torch.long, device=prefix_mask.device
+        tok = self.processor.tokenizer
+        head = self.parts.head
+        dists = torch.empty(len(images), len(self.tokens.score_ids))
+        probs: list[dict[str, float]] = [{} for _ in images]
+        questions = [
+            overall_question(self.prompts, p, elements[i] or None) + self.parts.tail
+            for i, p in enumerate(prompts)
+        ]
+        contexts = [element_prefix(self.parts, self.prompts, p)[len(head) :] for p in prompts]
+        for idx in self._batches(len(images), [len(q) for q in questions], "pairs"):
+            image = prefill(
+                self.model,
+                encode(self.processor, [head] * len(idx), [images[i] for i in idx]),
+                self._rope_state,
             )
-        return prefix_mask.long().sum(1) + deltas.view(-1).long().to(prefix_mask.device)
+            rows = torch.arange(len(idx))
+            logits, _ = extend(
+                self.model, image, rows, ids_after(tok, head, [questions[i] for i in idx]), self._pad
+            )
+            self._check_mass(logits)
+            dists[idx] = torch.softmax(self.tokens.score_logits(logits).float(), dim=-1).cpu()
+            has = [b for b, i in enumerate(idx) if elements[i]]
+            if has:
+                ctx_ids = ids_after(tok, head, [contexts[idx[b]] for b in has])
+                _, words = extend(self.model, image, torch.tensor(has), ctx_ids, self._pad, keep=True)
+                self._element_rows(words, [idx[b] for b in has], elements, probs)
+        return dists, probs
+
+    def _element_rows(self, prefix, idx: list[int], elements: list[list[str]], out: list[dict]) -> None:
+        """Each element's question words after its pair's prefix row (``idx[b]`` is row b's pair)."""
+        token_ids = self._suffix_ids({k for i in idx for k in elements[i]})
+        rows = [(b, k) for b, i in enumerate(idx) for k in elements[i]]
+        # Suffixes are short: a larger chunk than the image batch costs little memory.
+        step = self.batch_size * self.suffix_chunk_factor
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            owner = torch.tensor([b for b, _ in chunk])
+            logits, _ = extend(self.model, prefix, owner, [token_ids[k] for _, k in chunk], self._pad)
+            for (b, k), p in zip(chunk, self._yes_prob(logits).cpu().tolist(), strict=True):
+                out[idx[b]][k] = p
+
+    @property
+    def _pad(self) -> int:
+        pad = self.processor.tokenizer.pad_token_id
+        return pad if pad is not None else 0
 
     def _suffix_ids(self, keys: set[str]) -> dict[str, list[int]]:
-        """Token ids of each element's question suffix, tokenised once per scorer.
+        """Token ids of each element's question suffix, as they follow the shared words.
 
-        Elements repeat across images and across calls (a served model sees the same element
-        vocabulary request after request), and a tokenizer call costs as much as a small forward
-        pass here (measured: 0.9 ms of a 27 ms call scoring 16 images x 8 elements).
+        Tokenised once per scorer: elements repeat across images and across calls (a served model
+        sees the same element vocabulary request after request), and a tokenizer call costs as
+        much as a small forward pass here (measured: 0.9 ms of a 27 ms call scoring 16 images x 8
+        elements). In context of the shared words, which end the same for every prompt.
         """
         new = sorted(k for k in keys if k not in self._suffix_cache)
         if new and len(self._suffix_cache) + len(new) > SUFFIX_CACHE_MAX:
@@ -299,26 +288,30 @@ class Scorer:
             new = sorted(keys)  # the keys this call needs that were cached went with the rest
         if new:
             texts = [element_suffix(self.parts, self.prompts, k) for k in new]
-            ids = self.processor.tokenizer(texts, add_special_tokens=False)["input_ids"]
-            self._suffix_cache.update(zip(new, ids, strict=True))
+            context = element_prefix(self.parts, self.prompts, "a")
+            self._suffix_cache.update(
+                zip(new, ids_after(self.processor.tokenizer, context, texts), strict=True)
+            )
         return {k: self._suffix_cache[k] for k in keys}
 
-    def element_probs(
+    def score_pairs(
         self, images: list[Image.Image], prompts: list[str], elements: list[list[str]]
-    ) -> list[dict[str, float]]:
-        """Element P(yes), with prefix reuse where the family allows it."""
-        if not any(elements):
-            return [{} for _ in images]
+    ) -> tuple[torch.Tensor, list[dict[str, float]]]:
+        """Overall distributions (N, 5) and element P(yes), from a shared image prefix where the
+        family allows it."""
         if self.prefix_reuse:
             try:
-                return self._halving_on_oom(self.elements_prefix, images, prompts, elements)
+                return self._halving_on_oom(self.shared, images, prompts, elements)
             except CACHE_UNSUPPORTED as exc:  # a family whose forward cannot take a reused cache
                 # only a family's own incapacity switches reuse off for good: a transient error
                 # (a CUDA fault, a full disk) is raised, never turned into 8x the work for ever
-                log.warning("%s: prefix reuse unavailable (%r); scoring elements one by one", self.slug, exc)
+                log.warning("%s: prefix reuse unavailable (%r); scoring questions one by one", self.slug, exc)
                 self._warned_fallback = True
                 self.prefix_reuse = False
-        return self._halving_on_oom(self.elements_plain, images, prompts, elements)
+        dists = self._halving_on_oom(self.overall, images, prompts, elements if any(elements) else None)
+        if not any(elements):
+            return dists, [{} for _ in images]
+        return dists, self._halving_on_oom(self.elements_plain, images, prompts, elements)
 
     def _halving_on_oom(self, fn, *args):
         """``fn(*args)``, retried with half the batch while the device runs out of memory."""
@@ -365,9 +358,8 @@ class Scorer:
         prompts = [self.fit_prompt(p, f"prompt {i}") for i, p in enumerate(prompts)]
         pil = [open_image(im) for im in images]
         els = [list(e or []) for e in elements] if elements is not None else [[] for _ in pil]
-        dists = self._halving_on_oom(self.overall, pil, list(prompts), els if any(els) else None)
+        dists, probs = self.score_pairs(pil, list(prompts), els)
         scores, entropy = distribution_stats(dists)
-        probs = self.element_probs(pil, list(prompts), els)
         return [
             ScoreResult(float(s), [float(x) for x in d], float(h), probs[i])
             for i, (s, d, h) in enumerate(zip(scores, dists, entropy, strict=True))

@@ -35,10 +35,21 @@ CHAT_TEMPLATE = (
 )
 
 
+def _recipes() -> dict[str, Any]:
+    text = resources.files("tokenfocus").joinpath("tiny_families.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
 def families() -> dict[str, dict[str, Any]]:
     """The tiny-build recipes, keyed by family name."""
-    text = resources.files("tokenfocus").joinpath("tiny_families.yaml").read_text(encoding="utf-8")
-    return {k: v for k, v in yaml.safe_load(text).items() if not k.startswith("_")}
+    return {k: v for k, v in _recipes().items() if not k.startswith("_")}
+
+
+def chat_templates() -> dict[str, tuple[str, list[str]]]:
+    """Chat templates by name: (template, its markers as special tokens); ``minimal`` is the
+    default bases' own, the others are real checkpoints' (``tiny_families.yaml``)."""
+    real = _recipes()["_chat_templates"]
+    return {"minimal": (CHAT_TEMPLATE, []), **{k: (v["template"], v["special"]) for k, v in real.items()}}
 
 
 def _fill(obj: Any, values: dict[str, int]) -> Any:
@@ -59,22 +70,69 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+TOKENIZER_KINDS = ("word", "byte_bpe", "metaspace")
+
+
 def train_tokenizer(
-    corpus: Iterable[str], prompts: PromptConfig, extra_special: list[str], named: dict[str, str]
+    corpus: Iterable[str],
+    prompts: PromptConfig,
+    extra_special: list[str],
+    named: dict[str, str],
+    *,
+    kind: str = "word",
+    vocab_size: int = 3000,
 ):
-    """A word-level tokenizer trained locally: every digit, yes/no and special token is one token."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    """A tokenizer trained locally, of one of the kinds real checkpoints use.
+
+    - ``word`` (the default bases): word level, every digit, yes/no and special token one token.
+    - ``byte_bpe`` (Qwen2, Llama 3): byte-level BPE; "yes" and " yes" are different tokens.
+    - ``metaspace`` (Llama 2, Gemma; SentencePiece style): BPE over words marked with "▁"; a
+      word at the start of a text gets a "▁" it does not get after a newline.
+
+    Every answer word is in the training text in each surface form and context the templates put
+    it in, so it is one token there, as it is in a real checkpoint's vocabulary.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)]
-    )
+    if kind not in TOKENIZER_KINDS:
+        raise BackboneError(f"unknown tiny tokenizer kind {kind!r}; known: {list(TOKENIZER_KINDS)}")
     template_text = " ".join(str(v) for v in vars(prompts).values() if isinstance(v, str))
     must = " ".join([*prompts.score_tokens, prompts.yes_token, prompts.no_token, template_text])
-    trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL + extra_special, min_frequency=1)
-    tok.train_from_iterator([must, *corpus], trainer)
+    specials = SPECIAL + extra_special
+    if kind == "word":
+        tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+        tok.normalizer = normalizers.Lowercase()
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)]
+        )
+        trainer = trainers.WordLevelTrainer(special_tokens=specials, min_frequency=1)
+        tok.train_from_iterator([must, *corpus], trainer)
+    else:
+        words = [*prompts.score_tokens, prompts.yes_token, prompts.no_token]
+        forms = [f for w in words for f in (w, w.capitalize())]
+        # the answers as they follow a generation prompt: after a newline, after a space
+        answers = [f"\n{f}\n {f} {f}." for f in forms] * 50
+        if kind == "byte_bpe":
+            tok = Tokenizer(models.BPE())
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            tok.decoder = decoders.ByteLevel()
+            alphabet = pre_tokenizers.ByteLevel.alphabet()
+        else:
+            tok = Tokenizer(models.BPE(unk_token="<unk>"))
+            # a newline is a piece of its own, as SentencePiece's byte fallback makes it
+            tok.pre_tokenizer = pre_tokenizers.Sequence(
+                [
+                    pre_tokenizers.Split(Regex("\n"), behavior="isolated"),
+                    pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
+                ]
+            )
+            tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+            alphabet = []
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet, min_frequency=1
+        )
+        tok.train_from_iterator([must, *answers, *corpus], trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",
@@ -136,12 +194,25 @@ def _init_tiny(
         "image_tokens": (cfg.image_size // patch) ** 2 // r["image_tokens_divisor"],
     }
     r = _fill(r, values)
-    tok = train_tokenizer(corpus, prompts, r["special_tokens"], r["named_tokens"])
+    # the word-level tokenizer and minimal template unless the entry asks for a real-checkpoint kind
+    templates = chat_templates()
+    if r.get("chat_template", "minimal") not in templates:
+        raise BackboneError(
+            f"{slug}: unknown tiny chat template {r['chat_template']!r}; known: {sorted(templates)}"
+        )
+    template, markers = templates[r.get("chat_template", "minimal")]
+    tok = train_tokenizer(
+        corpus,
+        prompts,
+        r["special_tokens"] + markers,
+        r["named_tokens"],
+        kind=r.get("tokenizer", "word"),
+    )
     image_processor = getattr(transformers, r["image_processor"])(**r["image_processor_kwargs"])
     processor = stock_or_image_only(r["processor"])(
         image_processor,
         tok,
-        chat_template=CHAT_TEMPLATE.replace("IMAGE", r["image_placeholder"]),
+        chat_template=template.replace("IMAGE", r["image_placeholder"]),
         **r["processor_kwargs"],
     )
     config_kwargs = copy.deepcopy(r["config"])

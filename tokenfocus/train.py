@@ -19,7 +19,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tokenfocus.backbones import apply_lora, assistant_end, load_model_and_processor, train_mode
+from tokenfocus.backbones import (
+    apply_lora,
+    assistant_end,
+    load_model_and_processor,
+    train_mode,
+    training_precision,
+)
 from tokenfocus.checkpoint import (
     folder_digest,
     load_checkpoint,
@@ -59,9 +65,8 @@ def evaluate_split(scorer: Scorer, records: list[Record], images: dict) -> dict[
     pil = [images[r.img_path] for r in records]
     prompts = [scorer.fit_prompt(r.prompt, r.img_path) for r in records]  # as scoring will cut them
     els = [[e.key for e in r.elements] for r in records]
-    dists = scorer.overall(pil, prompts, els)
+    dists, probs = scorer.score_pairs(pil, prompts, els)  # as the scoring stage reads them
     scores, _ = distribution_stats(dists)
-    probs = scorer.element_probs(pil, prompts, els)
     pe = [probs[i][k] for i, r in enumerate(records) for k in els[i]]
     ge = [r.element_score[k] for i, r in enumerate(records) for k in els[i]]
     return ntire_metrics(scores.tolist(), [r.total_score for r in records], pe, ge)
@@ -253,7 +258,9 @@ class Trainer:
                     f"{self.world.size} ranks (backbones.{self.slug}.nproc)"
                 )
             init(self.world)
-        self.model, self.processor = load_model_and_processor(self.source, self.bb, slug=self.slug)
+        # bf16 full fine-tuning: float32 master weights, bf16 autocast forward (mixed precision)
+        load_as, self.amp = training_precision(self.bb)
+        self.model, self.processor = load_model_and_processor(self.source, load_as, slug=self.slug)
         if self.bb.gradient_checkpointing:
             # Activations are recomputed in the backward pass: a real checkpoint's batch fits in
             # less memory. Non-reentrant, so frozen inputs (LoRA's base) still pass gradients on.
@@ -304,7 +311,10 @@ class Trainer:
             for micro in range(cfg.grad_accum):
                 recs, keys = self._batch(step, micro)  # the global batch, the same on every rank
                 pos = self.world.shard(list(range(len(recs))))
-                out = self._loss([recs[i] for i in pos], [keys[i] for i in pos], step, pos=pos, micro=micro)
+                with self.amp():
+                    out = self._loss(
+                        [recs[i] for i in pos], [keys[i] for i in pos], step, pos=pos, micro=micro
+                    )
                 (out["loss"] / cfg.grad_accum).backward()
                 for k, v in out.items():
                     parts[k] = parts.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
@@ -324,7 +334,8 @@ class Trainer:
             last = state.step == cfg.steps
             if (state.step % cfg.eval_every == 0 or last) and main:
                 self.model.eval()
-                m = evaluate_split(self.scorer, self.val_records, self.images)
+                with self.amp():
+                    m = evaluate_split(self.scorer, self.val_records, self.images)
                 state.history.append({"step": state.step, **m})
                 self.log_fn({f"val_{k}": v for k, v in m.items()}, state.step)
                 srcc = m["srcc"] if m["srcc"] is not None else -1.0  # constant output: no ranking yet

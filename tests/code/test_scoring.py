@@ -54,9 +54,14 @@ def test_distributions_and_prefix_reuse(tiny_params, sample, slug):
         assert list(r.elements) == keys and all(0 <= p <= 1 for p in r.elements.values())
     plain = scorer.elements_plain(imgs, prompts, els)
     reused = scorer.elements_prefix(imgs, prompts, els)
+    dists, shared = scorer.shared(imgs, prompts, els)  # one image prefix for every question of a pair
     assert not scorer._warned_fallback
-    diffs = [abs(plain[i][k] - reused[i][k]) for i in range(len(recs)) for k in els[i]]
-    assert max(diffs) < TOL
+    for got in (reused, shared):
+        diffs = [abs(plain[i][k] - got[i][k]) for i in range(len(recs)) for k in els[i]]
+        assert max(diffs) < TOL
+    overall = scorer.overall(imgs, prompts, els)
+    assert (dists - overall).abs().max().item() < TOL
+    assert _spread(distribution_stats(overall)[0].tolist()) > SPREAD * TOL
     # the equality proves something only if the outputs move far more than the tolerance
     assert _spread([p[k] for i, p in enumerate(plain) for k in els[i]]) > SPREAD * TOL
 
@@ -206,7 +211,7 @@ def test_out_of_memory_halves_the_batch_and_a_transient_error_keeps_prefix_reuse
     prompts, els = [r.prompt for r in recs], [[e.key for e in r.elements] for r in recs]
     scorer = Scorer.load(_source(tiny_params, "shipped:fastvlm_gemma"), batch_size=8)
     expected = scorer(imgs, prompts, els)
-    real = scorer.elements_prefix
+    real = scorer.shared
     calls = []
 
     def flaky(*args):
@@ -215,15 +220,16 @@ def test_out_of_memory_halves_the_batch_and_a_transient_error_keeps_prefix_reuse
             raise torch.OutOfMemoryError("injected")
         return real(*args)
 
-    scorer.elements_prefix = flaky
+    scorer.shared = flaky
     got = scorer(imgs, prompts, els)
     assert calls == [8, 4, 2] and scorer.batch_size == 2 and scorer.prefix_reuse
     assert all(a.elements == pytest.approx(b.elements, abs=TOL) for a, b in zip(got, expected, strict=True))
+    assert all(a.score == pytest.approx(b.score, abs=TOL) for a, b in zip(got, expected, strict=True))
 
     def transient(*args):
         raise RuntimeError("injected: device fault")
 
-    scorer.elements_prefix = transient
+    scorer.shared = transient
     with pytest.raises(RuntimeError, match="device fault"):
         scorer(imgs, prompts, els)
     assert scorer.prefix_reuse and not scorer._warned_fallback
@@ -231,7 +237,7 @@ def test_out_of_memory_halves_the_batch_and_a_transient_error_keeps_prefix_reuse
     def incapable(*args):
         raise TypeError("injected: forward() got an unexpected keyword argument 'cache'")
 
-    scorer.elements_prefix = incapable
+    scorer.shared = incapable
     fallback = scorer(imgs, prompts, els)
     assert not scorer.prefix_reuse and scorer._warned_fallback
     assert all(
