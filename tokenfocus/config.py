@@ -204,6 +204,9 @@ class ScoreConfig:
     # pairs scored, and appended to <split>.partial.jsonl, at a time: memory stays bounded and a
     # killed run resumes after the last whole chunk
     chunk: int = 256
+    # MiB that one chunk of element questions may hold in copies of its pairs' key/value cache (each
+    # question row copies its pair's prefix: ~38 MiB a row for a 7B model at 700 prefix tokens)
+    kv_budget_mib: int = 1024
 
 
 @dataclass

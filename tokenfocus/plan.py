@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenfocus.config import BackboneConfig, TrainConfig
+from tokenfocus.config import BackboneConfig, ScoreConfig, TrainConfig
 
 GIB = 2**30
 #: Question + prompt + element list + chat template, in tokens, beside the image tokens.
@@ -42,6 +42,8 @@ class MemoryPlan:
     score_gib: float
     nproc: int = 1  # data-parallel ranks: each holds the whole model and 1/nproc of the batch
     allreduce_gib: float = 0.0  # the flat gradient bucket each rank all-reduces (distributed.py)
+    score_kv_gib: float = 0.0  # the scoring batch's caches: the image prefix, the overall and context rows
+    score_copies_gib: float = 0.0  # one chunk of element question rows, each a copy of its pair's cache
 
     def table(self, name: str) -> str:
         """A markdown table of the plan."""
@@ -65,7 +67,12 @@ class MemoryPlan:
             ("data-parallel ranks (per-rank figures)", f"{self.nproc}"),
             ("gradient all-reduce bucket", f"{self.allreduce_gib:.2f} GiB"),
             ("**training, total**", f"**{self.train_gib:.1f} GiB**"),
-            ("**scoring (weights + KV cache + one layer)**", f"**{self.score_gib:.1f} GiB**"),
+            (
+                "scoring: KV caches of a batch (image prefix, overall, context)",
+                f"{self.score_kv_gib:.2f} GiB",
+            ),
+            ("scoring: KV copies of one chunk of element questions", f"{self.score_copies_gib:.2f} GiB"),
+            ("**scoring (weights + KV + one layer)**", f"**{self.score_gib:.1f} GiB**"),
         ]
         return f"| {name} | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
 
@@ -109,6 +116,7 @@ def plan(
     *,
     seq_len: int | None = None,
     nproc: int = 1,
+    score: ScoreConfig | None = None,
 ) -> MemoryPlan:
     """Count parameters on the meta device and estimate training and scoring memory.
 
@@ -121,6 +129,7 @@ def plan(
         seq_len: tokens per row; default: the image tokens the config implies + TEXT_TOKENS.
         nproc: data-parallel ranks (``backbones.<slug>.nproc``): the figures are per rank, each
             with the whole model and ``batch_size / nproc`` examples, plus its all-reduce bucket.
+        score: the scoring params (batch_size, kv_budget_mib); default :class:`ScoreConfig`.
     """
     import torch
     from transformers import AutoModelForImageTextToText
@@ -168,8 +177,9 @@ def plan(
     optimizer = 2 * trainable * tbytes
     allreduce = min(trainable, 25_000_000) * tbytes if nproc > 1 else 0  # distributed.average_gradients
     train_bytes = weights + grads + optimizer + activations + allreduce
-    kv = 2 * layers * kv_heads * head_dim * seq * train.batch_size * wbytes
-    score_bytes = total * wbytes + kv + per_layer // 17  # one layer's working set at inference
+    score_bytes, kv, copies = score_memory(
+        score or ScoreConfig(), seq, 2 * layers * kv_heads * head_dim * wbytes, h, act16, total * wbytes
+    )
     return MemoryPlan(
         model_class=type(model).__name__,
         params_total=total,
@@ -185,9 +195,30 @@ def plan(
         activations_gib=activations / GIB,
         train_gib=train_bytes / GIB,
         score_gib=score_bytes / GIB,
+        score_kv_gib=kv / GIB,
+        score_copies_gib=copies / GIB,
         nproc=nproc,
         allreduce_gib=allreduce / GIB,
     )
+
+
+def score_memory(
+    score: ScoreConfig, seq: int, kv_per_token: int, hidden: int, act_bytes: int, weight_bytes: int
+) -> tuple[int, int, int]:
+    """Scoring bytes (total, KV caches, KV copies) of one batch on the shared-prefix path.
+
+    A batch of B pairs keeps the image prefix's cache and two extended copies of it (the overall
+    question's rows and the element questions' shared words), each at most ``seq`` tokens a row.
+    Every element question row then copies its pair's cache: ``Scorer.element_chunk`` runs as many
+    as ``score.kv_budget_mib`` holds, and at most 4 B. On top: one layer's inference working set.
+    """
+    b = score.batch_size
+    row = seq * kv_per_token
+    kv = 3 * b * row
+    rows = max(1, min(4 * b, int(score.kv_budget_mib * 2**20 // max(1, row))))
+    copies = rows * row
+    working = seq * b * hidden * act_bytes
+    return weight_bytes + kv + copies + working, kv, copies
 
 
 def _image_tokens(config, bb: BackboneConfig) -> int:

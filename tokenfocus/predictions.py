@@ -160,6 +160,7 @@ def score_backbone(
         batch_size=params.score.batch_size,
         prefix_reuse=params.score.prefix_reuse,
         threads=params.score.threads,
+        kv_budget_mib=params.score.kv_budget_mib,
     )
     out = Path(out or Path(params.score.out) / slug)
     metrics = {}

@@ -42,6 +42,16 @@ def select_cache(cache, rows: torch.Tensor):
     return sub
 
 
+def kv_bytes(cache) -> int:
+    """Bytes the cache's keys and values hold, all rows together."""
+    return sum(
+        t.numel() * t.element_size()
+        for layer in cache.layers
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
+        if t is not None
+    )
+
+
 def next_positions(mask: torch.Tensor, rope_state) -> torch.Tensor:
     """Each prefilled row's next rotary position, where text appended to it starts.
 

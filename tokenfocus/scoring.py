@@ -22,7 +22,7 @@ from tokenfocus.backbones import META_FILE, load_model_and_processor, template_p
 from tokenfocus.config import BackboneConfig, PromptConfig, load_params
 from tokenfocus.env import torch_threads
 from tokenfocus.images import open_image
-from tokenfocus.prefix import extend, ids_after, prefill, select_cache  # noqa: F401 - re-exported
+from tokenfocus.prefix import extend, ids_after, kv_bytes, prefill, select_cache  # noqa: F401
 from tokenfocus.prompts import (
     answer_tokens,
     element_prefix,
@@ -87,9 +87,11 @@ class Scorer:
         slug: str = "",
         batch_size: int = 32,
         prefix_reuse: bool = True,
+        kv_budget_mib: float = 1024,
     ):
         self.model, self.processor, self.prompts, self.slug = model, processor, prompts, slug
         self.batch_size, self.prefix_reuse = batch_size, prefix_reuse
+        self.kv_budget = kv_budget_mib * 2**20  # bytes of cache copies one chunk of questions may hold
         self.processor.tokenizer.padding_side = "left"
         self.parts = template_parts(processor)
         self.tokens = answer_tokens(processor.tokenizer, prompts, slug=slug or "backbone", parts=self.parts)
@@ -110,6 +112,7 @@ class Scorer:
         batch_size: int = 32,
         prefix_reuse: bool = True,
         threads: int | None = None,
+        kv_budget_mib: float = 1024,
     ) -> Scorer:
         """Load a scorer from a params slug, a model folder, or a hub id.
 
@@ -137,7 +140,15 @@ class Scorer:
         else:  # a hub id
             bb, source = BackboneConfig(source=str(path_or_slug)), str(path_or_slug)
         model, processor = load_model_and_processor(source, bb, slug=slug)
-        return cls(model, processor, prompts, slug=slug, batch_size=batch_size, prefix_reuse=prefix_reuse)
+        return cls(
+            model,
+            processor,
+            prompts,
+            slug=slug,
+            batch_size=batch_size,
+            prefix_reuse=prefix_reuse,
+            kv_budget_mib=kv_budget_mib,
+        )
 
     # -- batching helpers ---------------------------------------------------------------------
     def _batches(self, n: int, lengths: Sequence[int], desc: str):
@@ -260,14 +271,20 @@ class Scorer:
         """Each element's question words after its pair's prefix row (``idx[b]`` is row b's pair)."""
         token_ids = self._suffix_ids({k for i in idx for k in elements[i]})
         rows = [(b, k) for b, i in enumerate(idx) for k in elements[i]]
-        # Suffixes are short: a larger chunk than the image batch costs little memory.
-        step = self.batch_size * self.suffix_chunk_factor
+        step = self.element_chunk(prefix)
         for start in range(0, len(rows), step):
             chunk = rows[start : start + step]
             owner = torch.tensor([b for b, _ in chunk])
             logits, _ = extend(self.model, prefix, owner, [token_ids[k] for _, k in chunk], self._pad)
             for (b, k), p in zip(chunk, self._yes_prob(logits).cpu().tolist(), strict=True):
                 out[idx[b]][k] = p
+
+    def element_chunk(self, prefix) -> int:
+        """Question rows run at a time from ``prefix``: each row copies its pair's whole cache, so
+        the rows are bounded by the KV budget, and by ``suffix_chunk_factor`` image batches (the
+        suffixes themselves are short)."""
+        per_row = kv_bytes(prefix.cache) // max(1, prefix.mask.shape[0])
+        return max(1, min(self.batch_size * self.suffix_chunk_factor, int(self.kv_budget // max(1, per_row))))
 
     @property
     def _pad(self) -> int:

@@ -252,3 +252,28 @@ def test_fit_prompt_cuts_a_long_prompt_and_refuses_an_empty_one(tiny_params):
     assert scorer.fit_prompt(long, "p") == long[: scorer.max_prompt_chars]
     with pytest.raises(ValueError, match="empty prompt"):
         scorer.fit_prompt("  ", "p")
+
+
+def test_the_kv_budget_bounds_the_question_rows_and_leaves_the_scores(tiny_params, sample):
+    """Each element question row copies its pair's cache: the rows of one forward are bounded by
+    ``score.kv_budget_mib``, down to one row, and the scores do not depend on it."""
+    from tokenfocus.prefix import kv_bytes, prefill
+    from tokenfocus.scoring import encode
+
+    recs, imgs = sample
+    prompts, els = [r.prompt for r in recs], [[e.key for e in r.elements] for r in recs]
+    wide = Scorer.load(_source(tiny_params, "qwen2_vl_tiny"), batch_size=4)
+    batch = encode(wide.processor, [wide.parts.head] * 2, imgs[:2])
+    prefix = prefill(wide.model, batch, wide._rope_state)
+    per_row = kv_bytes(prefix.cache) // 2
+    assert wide.element_chunk(prefix) == 4 * wide.suffix_chunk_factor  # the budget is far away
+    tight = Scorer.load(
+        _source(tiny_params, "qwen2_vl_tiny"), batch_size=4, kv_budget_mib=3.5 * per_row / 2**20
+    )
+    assert tight.element_chunk(prefix) == 3
+    tiny = Scorer.load(_source(tiny_params, "qwen2_vl_tiny"), batch_size=4, kv_budget_mib=1e-6)
+    assert tiny.element_chunk(prefix) == 1
+    a, b = wide(imgs, prompts, els), tiny(imgs, prompts, els)
+    for x, y in zip(a, b, strict=True):
+        assert x.score == pytest.approx(y.score, abs=TOL)
+        assert all(x.elements[k] == pytest.approx(y.elements[k], abs=TOL) for k in x.elements)

@@ -71,7 +71,7 @@ def backbones_plan(
             cfg = load_config(bb.source, config)
         except (ConfigError, FileNotFoundError, ValueError) as exc:
             fail(str(exc))
-        result = plan(cfg, bb, p.train_for(slug), seq_len=seq_len, nproc=nproc or bb.nproc)
+        result = plan(cfg, bb, p.train_for(slug), seq_len=seq_len, nproc=nproc or bb.nproc, score=p.score)
         out[slug] = asdict(result)
         if not as_json:
             typer.echo(result.table(f"{slug} ({bb.source}, {bb.tuning})"))
