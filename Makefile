@@ -20,7 +20,7 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 # `mlflow models serve` execs uvicorn: the venv's bin must be on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup data bases run test test-all lint bench bench-retrain gpu-check learnability serve schedule ui ui-check loadtest offline-run clean
+.PHONY: setup data bases run test test-all lint bench scale bench-retrain gpu-check learnability serve schedule ui ui-check loadtest offline-run clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -69,6 +69,11 @@ bench: bases
 	$(BIN)/dvc repro split pretrain  # the splits and tiny bases it times (no-ops once there)
 	$(PY) scripts/bench_dp.py  # data-parallel: 1 vs 2 ranks on the CPU, the plan for 1-8 GPUs
 	$(PY) scripts/bench.py
+
+# The dress rehearsal at EvalMuse-40K's shape: every stage after fine-tuning at 4,000, 10,000 and
+# 40,000 pairs, timed, with its peak RSS (docs/scaling.md). It scores with the models `make run` trained.
+scale: run
+	$(PY) scripts/scale.py
 
 # The triggered retrain deployment against `dvc repro` on the same work (after `make run`).
 bench-retrain: bases

@@ -43,7 +43,9 @@ class MemoryPlan:
     nproc: int = 1  # data-parallel ranks: each holds the whole model and 1/nproc of the batch
     allreduce_gib: float = 0.0  # the flat gradient bucket each rank all-reduces (distributed.py)
     score_kv_gib: float = 0.0  # the scoring batch's caches: the image prefix, the overall and context rows
-    score_copies_gib: float = 0.0  # one chunk of element question rows, each a copy of its pair's cache
+    score_copies_gib: float = (
+        0.0  # one chunk of element rows, each a copy of its pair's cache (+ a layer's growth)
+    )
 
     def table(self, name: str) -> str:
         """A markdown table of the plan."""
@@ -178,7 +180,14 @@ def plan(
     allreduce = min(trainable, 25_000_000) * tbytes if nproc > 1 else 0  # distributed.average_gradients
     train_bytes = weights + grads + optimizer + activations + allreduce
     score_bytes, kv, copies = score_memory(
-        score or ScoreConfig(), seq, 2 * layers * kv_heads * head_dim * wbytes, h, act16, total * wbytes
+        score or ScoreConfig(),
+        seq,
+        2 * layers * kv_heads * head_dim * wbytes,
+        h,
+        act16,
+        total * wbytes,
+        layers=layers,
+        group=heads // kv_heads,
     )
     return MemoryPlan(
         model_class=type(model).__name__,
@@ -203,22 +212,33 @@ def plan(
 
 
 def score_memory(
-    score: ScoreConfig, seq: int, kv_per_token: int, hidden: int, act_bytes: int, weight_bytes: int
+    score: ScoreConfig,
+    seq: int,
+    kv_per_token: int,
+    hidden: int,
+    act_bytes: int,
+    weight_bytes: int,
+    *,
+    layers: int = 1,
+    group: int = 1,
 ) -> tuple[int, int, int]:
     """Scoring bytes (total, KV caches, KV copies) of one batch on the shared-prefix path.
 
     A batch of B pairs keeps the image prefix's cache and two extended copies of it (the overall
     question's rows and the element questions' shared words), each at most ``seq`` tokens a row.
     Every element question row then copies its pair's cache: ``Scorer.element_chunk`` runs as many
-    as ``score.kv_budget_mib`` holds, and at most 4 B. On top: one layer's inference working set.
+    as ``score.kv_budget_mib`` holds, and at most 4 B. While a layer runs, its copy grows (a new
+    tensor beside the old) and grouped-query attention expands its keys and values ``group`` times
+    (``num_attention_heads / num_key_value_heads``): one layer's copy times (1 + group) on top.
+    Then one layer's inference working set.
     """
     b = score.batch_size
     row = seq * kv_per_token
     kv = 3 * b * row
     rows = max(1, min(4 * b, int(score.kv_budget_mib * 2**20 // max(1, row))))
-    copies = rows * row
+    copies = rows * row * (1 + (1 + group) / max(1, layers))
     working = seq * b * hidden * act_bytes
-    return weight_bytes + kv + copies + working, kv, copies
+    return int(weight_bytes + kv + copies + working), kv, int(copies)
 
 
 def _image_tokens(config, bb: BackboneConfig) -> int:
