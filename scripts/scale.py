@@ -46,6 +46,9 @@ def layout(n: int, work: Path, repo: Path, backbones: list[str] | None = None) -
         entry["source"] = str((repo / entry["source"]).resolve())
     p["train"]["out"] = str((repo / p["train"]["out"]).resolve())
     p["tracking"]["quality_floor"] = {}  # scale, not quality: register whatever scores
+    # a LoRA adapter names its base relative to the project folder (models/base/<slug>)
+    (d / "models").mkdir()
+    (d / "models" / "base").symlink_to((repo / "models" / "base").resolve(), target_is_directory=True)
     (d / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     return d
 
