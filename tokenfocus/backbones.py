@@ -138,7 +138,7 @@ def load_model_and_processor(
 
     Args:
         source: a local folder (base or trained) or a hub id.
-        cfg: the backbone's params (dtype, device, attn_implementation, max_pixels,
+        cfg: the backbone's params (dtype, device, attn_implementation, max_pixels, max_patches,
             trust_remote_code).
         slug: for messages.
         merge_lora: merge a LoRA adapter into the base weights (for scoring); False keeps the
@@ -173,7 +173,8 @@ def load_model_and_processor(
         with _LOAD_LOCK:
             processors.register()  # saved image-only processors (Qwen2-VL, InternVL, ...) load by name
             processor_cls = processors.processor_class(source) or AutoProcessor
-            extra = {"max_pixels": cfg.max_pixels} if cfg.max_pixels else {}
+            # image-token caps, beside the checkpoint's own processor settings
+            extra = {k: v for k, v in (("max_pixels", cfg.max_pixels), ("max_patches", cfg.max_patches)) if v}
             processor = processor_cls.from_pretrained(
                 str(source), trust_remote_code=cfg.trust_remote_code, **extra
             )

@@ -108,6 +108,9 @@ class BackboneConfig:
     attn_implementation: str = ""  # "" = the model's default; eager | sdpa | flash_attention_2
     gradient_checkpointing: bool = False  # recompute activations in training: less memory, more time
     max_pixels: int = 0  # dynamic-resolution processors (Qwen2-VL): image area cap; 0 = processor's
+    # tiling processors (InternVL's crop_to_patches): tiles per image at most, a thumbnail on top;
+    # 0 = the processor's (12 for InternVL: up to 13 x 256 = 3,328 image tokens an image)
+    max_patches: int = 0
     trust_remote_code: bool = False
     prompts: dict[str, Any] = field(default_factory=dict)  # overrides of the global templates
     tiny: dict[str, Any] = field(default_factory=dict)  # size overrides for the tiny build
@@ -120,6 +123,8 @@ class BackboneConfig:
     def __post_init__(self):
         if self.nproc < 1:
             raise ConfigError(f"backbones: nproc must be >= 1, got {self.nproc}")
+        if self.max_patches < 0:
+            raise ConfigError(f"backbones: max_patches must be >= 0, got {self.max_patches}")
 
 
 @dataclass

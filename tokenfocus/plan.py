@@ -241,11 +241,19 @@ def score_memory(
     return int(weight_bytes + kv + copies + working), kv, int(copies)
 
 
+#: Tiles per image of InternVL's processor (``crop_to_patches``, ``max_patches``) by default.
+INTERNVL_TILES = 12
+
+
 def _image_tokens(config, bb: BackboneConfig) -> int:
-    """Image tokens per image the config implies (Qwen2-VL family: from ``max_pixels``)."""
+    """Image tokens per image the config implies (Qwen2-VL family: from ``max_pixels``; InternVL:
+    each tile, up to ``max_patches`` of them, plus a thumbnail)."""
     for key in ("image_seq_length", "mm_tokens_per_image", "image_seq_len"):
         if getattr(config, key, None):
-            return int(getattr(config, key))
+            per_tile = int(getattr(config, key))
+            if getattr(config, "model_type", "") == "internvl":
+                return per_tile * ((bb.max_patches or INTERNVL_TILES) + 1)
+            return per_tile
     vc = getattr(config, "vision_config", None)
     patch = getattr(vc, "patch_size", None)
     merge = getattr(vc, "spatial_merge_size", None)

@@ -183,3 +183,20 @@ def test_the_plans_kv_copies_match_what_scoring_allocates(tiny_params, small_dat
     # an upper bound, and a close one: measured 1.10x the peak on this family (2 layers, so one
     # layer's growth and grouped-query expansion weigh far more here than on a 28-layer model)
     assert live.peak <= planned <= 1.25 * live.peak, (planned, live.peak)
+
+
+def test_max_patches_caps_internvl_tiles_in_the_processor_and_the_plan(tiny_params):
+    """InternVL tiles an image into up to 12 crops + a thumbnail (13 x 256 image tokens); the plan
+    counts them, and `max_patches` caps both what the processor does and what the plan counts."""
+    from tokenfocus.backbones import load_model_and_processor
+
+    bb = dataclasses.replace(tiny_params.backbone("internvl_tiny"), max_patches=3)
+    _, processor = load_model_and_processor(bb.source, bb)
+    assert processor.image_processor.max_patches == 3
+    p = load_params(ROOT / "docs/gpu/params-gpu.yaml")
+    config = load_config("", str(ROOT / "docs/gpu/configs/InternVL3-1B-hf/config.json"))
+    capped = plan(config, p.backbone("internvl3_1b"), p.train)
+    default = plan(config, dataclasses.replace(p.backbone("internvl3_1b"), max_patches=0), p.train)
+    text = capped.seq_len - 5 * 256
+    assert text > 0 and default.seq_len == 13 * 256 + text  # 12 tiles + thumbnail by default
+    assert capped.score_gib < default.score_gib and capped.train_gib < default.train_gib
