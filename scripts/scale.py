@@ -6,7 +6,7 @@ SynthMuse is generated at 4,000, 10,000 and 40,000 pairs, three quarters labelle
 process: synth -> validate -> split -> score (every backbone) -> stack -> evaluate -> register ->
 predict. Scoring uses the models fine-tuned by `make run` (fine-tuning keeps its step budget
 whatever the data size; the table reports the epochs that budget would be). Each stage's wall time
-and peak RSS (the process's own, from ``wait4``) are recorded.
+and peak RSS (the stage process's own, through a small launcher: see ``LAUNCH``) are recorded.
 
 Targets: every stage's seconds per pair within 1.3x from the smallest size to the largest, and no
 stage above 4 GiB of peak RSS at the largest.
@@ -65,39 +65,55 @@ def stages(d: Path) -> list[tuple[str, list[str]]]:
     return out
 
 
+#: Runs one stage and writes its peak RSS (kB). Why a launcher: Linux keeps a process's RSS
+#: high-water mark across exec, and a child forked (or vforked) from a large process starts from
+#: the parent's; this small process is the stage's only parent, so the figure is the stage's own.
+LAUNCH = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.call(sys.argv[2:])\n"
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "sys.exit(code)\n"
+)
+
+
 def measure(cmd: list[str], cwd: Path, log) -> tuple[float, float]:
-    """Run one stage's process; its wall seconds and peak RSS (GiB) from ``wait4`` (the process and
-    the children it waited for, alone)."""
+    """Run one stage's process; its wall seconds and peak RSS (GiB)."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}"}
     env.pop("MLFLOW_RUN_ID", None)
+    rss_file = cwd / ".peak_rss_kb"
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    _, status, usage = os.wait4(proc.pid, 0)
+    code = subprocess.call(
+        [sys.executable, "-c", LAUNCH, str(rss_file), *cmd],
+        cwd=cwd,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     seconds = time.perf_counter() - t
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}) in {cwd}; see its log")
-    return seconds, usage.ru_maxrss / 2**20  # kB -> GiB
+    if code:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {code}) in {cwd}; see its log")
+    return seconds, int(rss_file.read_text()) / 2**20  # kB -> GiB
+
+
+EPOCHS = """
+import json, sys
+from tokenfocus.config import load_params
+from tokenfocus.predictions import split_records
+p = load_params("params.yaml")
+n = len(split_records(p, "train"))
+out = {}
+for slug in p.backbones:
+    c = p.train_for(slug)
+    out[slug] = c.steps * c.batch_size * c.grad_accum / max(1, n)
+print(json.dumps(out))
+"""
 
 
 def epochs(d: Path) -> dict[str, float]:
-    """The epochs over this size's train split that the fine-tuning step budget amounts to."""
-    sys.path.insert(0, str(ROOT))
-    from tokenfocus.config import load_params
-    from tokenfocus.predictions import split_records
-
-    cwd = Path.cwd()
-    os.chdir(d)  # the params' paths are relative to the project folder
-    try:
-        p = load_params("params.yaml")
-        n_train = len(split_records(p, "train"))
-    finally:
-        os.chdir(cwd)
-    out = {}
-    for slug in p.backbones:
-        cfg = p.train_for(slug)
-        out[slug] = cfg.steps * cfg.batch_size * cfg.grad_accum / max(1, n_train)
-    return out
+    """The epochs over this size's train split that the fine-tuning step budget amounts to (read
+    in a child process, in the size's folder, so the harness itself never loads torch)."""
+    out = subprocess.run([sys.executable, "-c", EPOCHS], cwd=d, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def run(sizes=SIZES, work: Path | None = None, repo: Path = ROOT, backbones=None) -> dict:
