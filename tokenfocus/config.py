@@ -212,6 +212,9 @@ class ScoreConfig:
     # MiB that one chunk of element questions may hold in copies of its pairs' key/value cache (each
     # question row copies its pair's prefix: ~38 MiB a row for a 7B model at 700 prefix tokens)
     kv_budget_mib: int = 1024
+    # padded tokens (rows x longest row, image + text) a batch may hold, beside batch_size: large
+    # dynamic-resolution images make smaller batches; 0 = batch_size alone
+    batch_tokens: int = 0
 
 
 @dataclass

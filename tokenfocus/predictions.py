@@ -161,6 +161,7 @@ def score_backbone(
         prefix_reuse=params.score.prefix_reuse,
         threads=params.score.threads,
         kv_budget_mib=params.score.kv_budget_mib,
+        batch_tokens=params.score.batch_tokens,
     )
     out = Path(out or Path(params.score.out) / slug)
     metrics = {}

@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from tokenfocus.backbones import META_FILE, load_model_and_processor, template_parts
+from tokenfocus.batches import image_tokens, plan_batches
 from tokenfocus.config import BackboneConfig, PromptConfig, load_params
 from tokenfocus.env import torch_threads
 from tokenfocus.images import open_image
@@ -88,9 +89,11 @@ class Scorer:
         batch_size: int = 32,
         prefix_reuse: bool = True,
         kv_budget_mib: float = 1024,
+        batch_tokens: int = 0,
     ):
         self.model, self.processor, self.prompts, self.slug = model, processor, prompts, slug
         self.batch_size, self.prefix_reuse = batch_size, prefix_reuse
+        self.batch_tokens = batch_tokens  # padded tokens a batch may hold; 0 = batch_size alone
         self.kv_budget = kv_budget_mib * 2**20  # bytes of cache copies one chunk of questions may hold
         self.processor.tokenizer.padding_side = "left"
         self.parts = template_parts(processor)
@@ -113,6 +116,7 @@ class Scorer:
         prefix_reuse: bool = True,
         threads: int | None = None,
         kv_budget_mib: float = 1024,
+        batch_tokens: int = 0,
     ) -> Scorer:
         """Load a scorer from a params slug, a model folder, or a hub id.
 
@@ -148,14 +152,17 @@ class Scorer:
             batch_size=batch_size,
             prefix_reuse=prefix_reuse,
             kv_budget_mib=kv_budget_mib,
+            batch_tokens=batch_tokens,
         )
 
     # -- batching helpers ---------------------------------------------------------------------
-    def _batches(self, n: int, lengths: Sequence[int], desc: str):
-        """Index batches sorted by text length, so rows of one batch pad little."""
-        order = sorted(range(n), key=lambda i: lengths[i])
-        chunks = [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+    def _batches(self, n: int, lengths: Sequence[int], desc: str, image_tokens: Sequence[int] | None = None):
+        """Index batches (:func:`tokenfocus.batches.plan_batches`) with a progress bar."""
+        chunks = plan_batches(lengths, image_tokens or [0] * n, self.batch_size, self.batch_tokens)
         return tqdm(chunks, desc=f"{self.slug} {desc}", leave=False, disable=None)
+
+    def image_tokens(self, images: Sequence[Image.Image]) -> list[int]:
+        return image_tokens(self.processor, images)
 
     # -- overall --------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -168,7 +175,7 @@ class Scorer:
             for i, p in enumerate(prompts)
         ]
         out = torch.empty(len(texts), len(self.tokens.score_ids))
-        for idx in self._batches(len(texts), [len(t) for t in texts], "overall"):
+        for idx in self._batches(len(texts), [len(t) for t in texts], "overall", self.image_tokens(images)):
             batch = encode(self.processor, [texts[i] for i in idx], [images[i] for i in idx])
             full = first_answer_logits(self.model, batch)
             self._check_mass(full)
@@ -204,7 +211,8 @@ class Scorer:
         rows = [(i, k) for i, ks in enumerate(elements) for k in ks]
         texts = [element_text(self.parts, self.prompts, prompts[i], k) for i, k in rows]
         probs = torch.empty(len(rows))
-        for idx in self._batches(len(rows), [len(t) for t in texts], "elements"):
+        img = self.image_tokens(images)
+        for idx in self._batches(len(rows), [len(t) for t in texts], "elements", [img[i] for i, _ in rows]):
             batch = encode(self.processor, [texts[j] for j in idx], [images[rows[j][0]] for j in idx])
             probs[idx] = self._yes_prob(first_answer_logits(self.model, batch)).cpu()
         out: list[dict[str, float]] = [{} for _ in images]
@@ -221,7 +229,9 @@ class Scorer:
         reference that :meth:`shared` is measured against (``make bench``)."""
         out: list[dict[str, float]] = [{} for _ in images]
         prefixes = [element_prefix(self.parts, self.prompts, p) for p in prompts]
-        for idx in self._batches(len(images), [len(t) for t in prefixes], "elements"):
+        for idx in self._batches(
+            len(images), [len(t) for t in prefixes], "elements", self.image_tokens(images)
+        ):
             idx = [i for i in idx if elements[i]]
             if idx:
                 batch = encode(self.processor, [prefixes[i] for i in idx], [images[i] for i in idx])
@@ -248,7 +258,9 @@ class Scorer:
             for i, p in enumerate(prompts)
         ]
         contexts = [element_prefix(self.parts, self.prompts, p)[len(head) :] for p in prompts]
-        for idx in self._batches(len(images), [len(q) for q in questions], "pairs"):
+        for idx in self._batches(
+            len(images), [len(q) for q in questions], "pairs", self.image_tokens(images)
+        ):
             image = prefill(
                 self.model,
                 encode(self.processor, [head] * len(idx), [images[i] for i in idx]),
@@ -339,6 +351,7 @@ class Scorer:
                 if self.batch_size == 1:
                     raise
                 self.batch_size = max(1, self.batch_size // 2)
+                self.batch_tokens //= 2
                 log.warning("%s: out of memory; batch size halved to %d", self.slug, self.batch_size)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()

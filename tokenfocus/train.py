@@ -206,7 +206,7 @@ class Trainer:
         if self._base_digest is None:  # read once per run, not at every checkpoint
             self._base_digest = folder_digest(self.source)
         code = hashlib.sha1()
-        for name in ("train.py", "losses.py", "scoring.py", "prompts.py"):
+        for name in ("train.py", "losses.py", "scoring.py", "prefix.py", "batches.py", "prompts.py"):
             code.update((Path(tokenfocus.__file__).parent / name).read_bytes())
         return {
             "train": asdict(self.cfg),

@@ -277,3 +277,35 @@ def test_the_kv_budget_bounds_the_question_rows_and_leaves_the_scores(tiny_param
     for x, y in zip(a, b, strict=True):
         assert x.score == pytest.approx(y.score, abs=TOL)
         assert all(x.elements[k] == pytest.approx(y.elements[k], abs=TOL) for k in x.elements)
+
+
+def test_batches_sort_by_image_tokens_and_close_at_the_token_budget():
+    from tokenfocus.batches import plan_batches
+
+    # rows alone: sorted by text length, batch_size rows a batch
+    assert plan_batches([40, 8, 80, 8], [0, 0, 0, 0], 3) == [[1, 3, 0], [2]]
+    # sizes (image + text / 4): 20, 110, 20, 110; small images first, and two large rows fit 250
+    assert plan_batches([40] * 4, [10, 100, 10, 100], 8, batch_tokens=250) == [[0, 2], [1, 3]]
+    assert plan_batches([40] * 4, [10, 100, 10, 100], 8, batch_tokens=200) == [[0, 2], [1], [3]]
+    assert plan_batches([40] * 2, [500, 500], 8, batch_tokens=10) == [[0], [1]]  # one row always runs
+
+
+def test_a_token_budget_splits_dynamic_resolution_batches_and_leaves_the_scores(tiny_params, sample):
+    """Qwen2-VL's image tokens follow the image size: the processor's count orders and cuts the
+    batches, and the scores do not depend on how the pairs were batched."""
+    recs, imgs = sample
+    sizes = [(64, 64), (32, 32), (64, 48), (32, 40), (64, 64), (40, 32)]
+    imgs = [im.resize(s) for im, s in zip(imgs, sizes, strict=True)]
+    prompts, els = [r.prompt for r in recs], [[e.key for e in r.elements] for r in recs]
+    free = Scorer.load(_source(tiny_params, "qwen2_vl_tiny"), batch_size=8)
+    tokens = free.image_tokens(imgs)
+    assert tokens[0] == 16 and tokens[1] == 4 and len(set(tokens)) > 2  # (64 / 8 / 2)^2 per image
+    budget = 3 * (max(tokens) + 40)
+    tight = Scorer.load(_source(tiny_params, "qwen2_vl_tiny"), batch_size=8, batch_tokens=budget)
+    chunks = list(tight._batches(len(imgs), [len(p) for p in prompts], "t", tokens))
+    assert len(chunks) > 1 and all(
+        len(c) == 1 or len(c) * max(tokens[i] + len(prompts[i]) // 4 for i in c) <= budget for c in chunks
+    )
+    for x, y in zip(free(imgs, prompts, els), tight(imgs, prompts, els), strict=True):
+        assert x.score == pytest.approx(y.score, abs=TOL)
+        assert all(x.elements[k] == pytest.approx(y.elements[k], abs=TOL) for k in x.elements)
