@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tokenfocus.prefix import ids_after
 from tokenfocus.scoring import distribution_stats, encode
 
 
@@ -75,14 +76,7 @@ def answer_target_ids(tokenizer, texts: list[str], answers: list[str], end: str)
     "assistant\\n" or " [/INST]" with other tokens than the answer encoded alone (" yes" vs "yes"),
     and may merge across the boundary; the loss must target the tokens the model reads.
     """
-    out = []
-    for text, answer in zip(texts, answers, strict=True):
-        before = tokenizer.encode(text, add_special_tokens=False)
-        after = tokenizer.encode(text + answer + end, add_special_tokens=False)
-        if after[: len(before)] != before:
-            raise ValueError(f"the answer {answer!r} merges with the end of its chat text {text[-30:]!r}")
-        out.append(after[len(before) :])
-    return out
+    return [ids_after(tokenizer, text, [a + end])[0] for text, a in zip(texts, answers, strict=True)]
 
 
 def answer_lm_loss(model, processor, texts: list[str], answers: list[str], images, end: str) -> torch.Tensor:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from tokenfocus.backbones import BackboneError, TemplateParts
 from tokenfocus.config import PromptConfig
+from tokenfocus.prefix import ids_after
 
 
 @dataclass(frozen=True)
@@ -63,12 +64,12 @@ def surface_forms(word: str) -> list[str]:
 
 def in_context_ids(tokenizer, context: str, form: str) -> list[int]:
     """The token ids ``form`` becomes when it follows ``context`` (not encoded on its own: a
-    byte-level BPE or a SentencePiece tokenizer splits a word differently after other text)."""
-    before = tokenizer.encode(context, add_special_tokens=False)
-    after = tokenizer.encode(context + form, add_special_tokens=False)
-    if after[: len(before)] != before:  # the form merged with the context's last token
+    byte-level BPE or a SentencePiece tokenizer splits a word differently after other text);
+    [] when it merges with the context's last token."""
+    try:
+        return ids_after(tokenizer, context, [form])[0]
+    except ValueError:
         return []
-    return after[len(before) :]
 
 
 def single_token_id(tokenizer, word: str, *, slug: str, context: str = "") -> int:

@@ -23,7 +23,7 @@ from tokenfocus.batches import image_tokens, plan_batches
 from tokenfocus.config import BackboneConfig, PromptConfig, load_params
 from tokenfocus.env import torch_threads
 from tokenfocus.images import open_image
-from tokenfocus.prefix import extend, ids_after, kv_bytes, prefill, select_cache  # noqa: F401
+from tokenfocus.prefix import extend, ids_after, kv_bytes, prefill
 from tokenfocus.prompts import (
     answer_tokens,
     element_prefix,
