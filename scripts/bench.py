@@ -214,6 +214,56 @@ def bench_shared(params, rows, n: int = 16, k: int = 8):
             )
 
 
+def bench_train_shared(params, rows, batch: int = 8):
+    """One training step (the focus loss and its backward) with a pair's overall and element
+    questions from one image prefill (`Trainer._answer_logits`, what training runs) against the
+    image encoded once per question row. A tiny Qwen2-VL at 256 and 1,024 image tokens."""
+    import dataclasses
+    import tempfile
+
+    from tokenfocus.config import BackboneConfig
+    from tokenfocus.tiny import build_tiny, corpus_from
+    from tokenfocus.train import Trainer
+
+    corpus = corpus_from(params.validate.data)
+    for size in (256, 512):
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = BackboneConfig(source=tmp, family="qwen2_vl", image_size=size, tuning="full")
+            build_tiny("qwen2_vl_bench", cfg, params.prompts, corpus, tmp)
+            p = dataclasses.replace(
+                params,
+                backbones={"qwen2_vl_bench": cfg},
+                train=dataclasses.replace(params.train, batch_size=batch, out=f"{tmp}/out"),
+            )
+            tr = Trainer("qwen2_vl_bench", p, out=f"{tmp}/out")
+            tr._load_data()
+            tr.setup()
+            tr.model.eval()  # no dropout: both paths compute the same loss
+            recs, keys = tr._batch(0, 0)
+            tr.images = {r.img_path: tr.images[r.img_path].resize((size, size)) for r in recs}
+
+            def step(share, tr=tr, recs=recs, keys=keys, p=p):
+                tr.share_prefix = share
+                tr.model.zero_grad(set_to_none=True)
+                out = tr._loss(recs, keys, p.train.steps)
+                out["loss"].backward()
+                return out["loss"].item()
+
+            t_old, t_new, ratios = paired_times(lambda: step(False), lambda: step(True))
+            rows["train_shared"].append(
+                {
+                    "image_tokens": (size // 16) ** 2,
+                    "pairs": batch,
+                    "runs": RUNS,
+                    "per_row_ms_per_pair": 1000 * t_old / batch,
+                    "shared_ms_per_pair": 1000 * t_new / batch,
+                    "speedup": t_old / t_new,
+                    "speedup_range": f"{min(ratios):.2f}-{max(ratios):.2f}",
+                    "loss_abs_diff": abs(step(False) - step(True)),
+                }
+            )
+
+
 def bench_scaling(params, rows):
     from tokenfocus.scoring import Scorer
 
@@ -397,10 +447,11 @@ def main() -> None:
     torch.set_num_threads(2)
     params = load_params()
     rows = {"overall": [], "elements": [], "scaling": [], "train": [], "score_memory": [], "dtype": []}
-    rows |= {"dispatch_bits": [], "dispatch_speed": [], "shared": []}
+    rows |= {"dispatch_bits": [], "dispatch_speed": [], "shared": [], "train_shared": []}
     bench_overall(params, rows)
     bench_elements(params, rows)
     bench_shared(params, rows)
+    bench_train_shared(params, rows)
     bench_scaling(params, rows)
     bench_dtype(params, rows)
     bench_memory(params, rows)
@@ -424,6 +475,11 @@ def main() -> None:
         + table(rows["shared"])
         + "\n## 3. Training throughput and peak RSS (one process each)\n\n"
         + table(rows["train"])
+        + "\n### One image prefix per pair in training (tiny Qwen2-VL, full fine-tuning)\n\n"
+        + "One step of the focus loss and its backward over a batch of pairs, each with its overall "
+        + "and one element question. `per_row`: the image through the tower and the prefill once per "
+        + "question row; `shared`: once per pair, both questions from its cache (what training runs).\n\n"
+        + table(rows["train_shared"])
         + "\n### Scoring peak RSS (256 pairs with elements)\n\n"
         + table(rows["score_memory"])
         + "\n## 4. The default pipeline (`make run`)\n\n"

@@ -81,3 +81,24 @@ def load_checkpoint(ckpt: Path) -> tuple[dict, dict[str, torch.Tensor], dict] | 
     state = json.loads((ckpt / "state.json").read_text())
     optim = torch.load(ckpt / "optim.pt", weights_only=True)  # tensors only: no pickle of objects
     return state, load_file(ckpt / "weights.safetensors"), optim
+
+
+class CpuClock:
+    """The CPU seconds a run has spent, across resumes, in a sidecar file beside its folder.
+
+    Why beside it, never in it: what a run writes into its folder (a DVC output) must be the
+    same bytes on every rerun of the same commit and params; CPU time is not.
+    """
+
+    def __init__(self, out: Path):
+        self.path = out.with_name(out.name + ".timing.json")
+
+    def seconds(self) -> float:
+        return json.loads(self.path.read_text())["cpu_seconds"] if self.path.exists() else 0.0
+
+    def add(self, seconds: float) -> None:
+        write_json_atomic(self.path, {"cpu_seconds": self.seconds() + seconds})
+
+    def reset(self) -> None:
+        """A fresh start: an earlier run's CPU time is not this run's."""
+        self.path.unlink(missing_ok=True)

@@ -191,6 +191,7 @@ class TrainConfig:
     # colour temperature a third of it), drawn from (seed, step): iMatch's augmentation; 0 = off
     augment_lighting: float = 0.0
     image_cache: int = 4096  # decoded training images kept at a time (least recently used out)
+    prefix_reuse: bool = True  # one image prefill per pair for its overall and element rows
     soft_target: bool = True  # two-hot target around the mean human score
     eval_every: int = 200
     log_every: int = 10  # steps between the loss and learning-rate points logged to MLflow

@@ -1,4 +1,4 @@
-"""Scoring whole splits with one backbone and reading the prediction tables back.
+"""Scoring whole splits with one backbone, reading the prediction tables back, and a record list's metrics.
 
 A prediction table is a JSON list, one row per pair: ``img_path``, ``prompt_id``, ``score``,
 ``distribution``, ``entropy``, ``elements`` (key -> P(yes)), and the ground truth when known.
@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from tokenfocus.distributed import barrier, init, world
 from tokenfocus.evalmuse import Record, load_records, write_json_atomic, write_submission
 from tokenfocus.metrics import evaluate
 from tokenfocus.split import load_split
+
+if TYPE_CHECKING:
+    from tokenfocus.scoring import Scorer
 
 log = logging.getLogger(__name__)
 #: Splits a backbone is scored on: val (stacker fit), test (report), ntire (test.json, eval.json).
@@ -300,3 +304,17 @@ def paired_bootstrap(a_rows: list[dict], b_rows: list[dict], *, n: int, seed: in
         "ci_high": float(hi),
         "prompts": len(members),
     }
+
+
+def evaluate_split(scorer: Scorer, records: list[Record], images: dict) -> dict[str, float]:
+    """Overall and element metrics of the current model on a list of records (the trainer's val)."""
+    from tokenfocus.scoring import distribution_stats
+
+    pil = [images[r.img_path] for r in records]
+    prompts = [scorer.fit_prompt(r.prompt, r.img_path) for r in records]  # as scoring will cut them
+    els = [[e.key for e in r.elements] for r in records]
+    dists, probs = scorer.score_pairs(pil, prompts, els)  # as the scoring stage reads them
+    scores, _ = distribution_stats(dists)
+    pe = [probs[i][k] for i, r in enumerate(records) for k in els[i]]
+    ge = [r.element_score[k] for i, r in enumerate(records) for k in els[i]]
+    return evaluate(scores.tolist(), [r.total_score for r in records], pe, ge)

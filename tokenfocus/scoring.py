@@ -23,7 +23,7 @@ from tokenfocus.batches import image_tokens, plan_batches
 from tokenfocus.config import BackboneConfig, PromptConfig, load_params
 from tokenfocus.env import torch_threads
 from tokenfocus.images import open_image
-from tokenfocus.prefix import extend, ids_after, kv_bytes, prefill
+from tokenfocus.prefix import Prefix, extend, ids_after, kv_bytes, prefill
 from tokenfocus.prompts import (
     answer_tokens,
     element_prefix,
@@ -249,35 +249,38 @@ class Scorer:
         questions' shared words (prompt + "Does the image show"), whose longer cache then serves
         each element's few words. Outputs equal the plain path's within float rounding.
         """
-        tok = self.processor.tokenizer
-        head = self.parts.head
         dists = torch.empty(len(images), len(self.tokens.score_ids))
         probs: list[dict[str, float]] = [{} for _ in images]
         questions = [
             overall_question(self.prompts, p, elements[i] or None) + self.parts.tail
             for i, p in enumerate(prompts)
         ]
-        contexts = [element_prefix(self.parts, self.prompts, p)[len(head) :] for p in prompts]
+        contexts = [element_prefix(self.parts, self.prompts, p)[len(self.parts.head) :] for p in prompts]
         for idx in self._batches(
             len(images), [len(q) for q in questions], "pairs", self.image_tokens(images)
         ):
-            image = prefill(
-                self.model,
-                encode(self.processor, [head] * len(idx), [images[i] for i in idx]),
-                self._rope_state,
-            )
-            rows = torch.arange(len(idx))
-            logits, _ = extend(
-                self.model, image, rows, ids_after(tok, head, [questions[i] for i in idx]), self._pad
-            )
+            image = self.head_prefix([images[i] for i in idx])
+            logits, _ = self.after_head(image, torch.arange(len(idx)), [questions[i] for i in idx])
             self._check_mass(logits)
             dists[idx] = torch.softmax(self.tokens.score_logits(logits).float(), dim=-1).cpu()
             has = [b for b, i in enumerate(idx) if elements[i]]
             if has:
-                ctx_ids = ids_after(tok, head, [contexts[idx[b]] for b in has])
-                _, words = extend(self.model, image, torch.tensor(has), ctx_ids, self._pad, keep=True)
+                _, words = self.after_head(
+                    image, torch.tensor(has), [contexts[idx[b]] for b in has], keep=True
+                )
                 self._element_rows(words, [idx[b] for b in has], elements, probs)
         return dists, probs
+
+    def head_prefix(self, images: list[Image.Image]) -> Prefix:
+        """The template's head with each image, prefilled: what every question about it shares.
+        Gradients flow through it when the caller tracks them (the trainer's shared path)."""
+        batch = encode(self.processor, [self.parts.head] * len(images), images)
+        return prefill(self.model, batch, self._rope_state)
+
+    def after_head(self, image: Prefix, owner: torch.Tensor, texts: list[str], *, keep: bool = False):
+        """:func:`tokenfocus.prefix.extend` with texts that follow the head, tokenised in context."""
+        ids = ids_after(self.processor.tokenizer, self.parts.head, texts)
+        return extend(self.model, image, owner, ids, self._pad, keep=keep)
 
     def _element_rows(self, prefix, idx: list[int], elements: list[list[str]], out: list[dict]) -> None:
         """Each element's question words after its pair's prefix row (``idx[b]`` is row b's pair)."""

@@ -27,6 +27,7 @@ from tokenfocus.backbones import (
     training_precision,
 )
 from tokenfocus.checkpoint import (
+    CpuClock,
     folder_digest,
     load_checkpoint,
     save_checkpoint,
@@ -39,11 +40,10 @@ from tokenfocus.env import torch_threads
 from tokenfocus.evalmuse import Record, write_json_atomic
 from tokenfocus.images import ImageCache
 from tokenfocus.losses import answer_lm_loss, element_loss, focus_loss
-from tokenfocus.metrics import evaluate as ntire_metrics
-from tokenfocus.predictions import split_records
+from tokenfocus.predictions import evaluate_split, split_records
 from tokenfocus.prompts import element_text, overall_text
 from tokenfocus.render.effects import relight
-from tokenfocus.scoring import Scorer, distribution_stats, encode, first_answer_logits
+from tokenfocus.scoring import CACHE_UNSUPPORTED, Scorer, encode, first_answer_logits
 
 log = logging.getLogger(__name__)
 LogFn = Callable[[dict[str, float], int], None]
@@ -58,18 +58,6 @@ class TrainState:
     best_step: int = -1
     evals_without_gain: int = 0
     history: list[dict] = field(default_factory=list)
-
-
-def evaluate_split(scorer: Scorer, records: list[Record], images: dict) -> dict[str, float]:
-    """Overall and element metrics of the current model on a list of records."""
-    pil = [images[r.img_path] for r in records]
-    prompts = [scorer.fit_prompt(r.prompt, r.img_path) for r in records]  # as scoring will cut them
-    els = [[e.key for e in r.elements] for r in records]
-    dists, probs = scorer.score_pairs(pil, prompts, els)  # as the scoring stage reads them
-    scores, _ = distribution_stats(dists)
-    pe = [probs[i][k] for i, r in enumerate(records) for k in els[i]]
-    ge = [r.element_score[k] for i, r in enumerate(records) for k in els[i]]
-    return ntire_metrics(scores.tolist(), [r.total_score for r in records], pe, ge)
 
 
 class Trainer:
@@ -90,6 +78,7 @@ class Trainer:
         self.bb = params.backbone(slug)
         self.prompts = params.prompts_for(slug)
         self.out = Path(out or Path(self.cfg.out) / slug)
+        self.clock = CpuClock(self.out)  # CPU time across resumes
         self.source = source or self.bb.source
         self.log_fn = log_fn or (lambda metrics, step: None)
         self.exclude_fold = exclude_fold  # out-of-fold member: never sees this stacking fold
@@ -158,9 +147,8 @@ class Trainer:
         tokens = self.scorer.tokens
         if self.cfg.loss == "lm":
             return self._lm_loss(overall + element, imgs + imgs, scores, labels)
-        batch = encode(self.processor, overall + element, imgs + imgs)
         # Only the first answer position carries the score: nothing else enters the loss.
-        logits = first_answer_logits(self.model, batch)
+        logits = self._answer_logits(overall + element, imgs)
         b = len(recs)
         # The regression term joins after a CE-only warm-up; alone it pulls to the mean score early.
         mse_w = self.cfg.mse_weight if step >= self.cfg.mse_warmup_frac * self.cfg.steps else 0.0
@@ -175,6 +163,25 @@ class Trainer:
         out["element"] = element_loss(tokens.yes_no_logits(logits[b:]), labels)
         out["loss"] = out["loss"] + self.cfg.element_weight * out["element"]
         return out
+
+    def _answer_logits(self, texts: list[str], imgs: list) -> torch.Tensor:
+        """First-answer logits of the overall rows then the element rows about ``imgs``.
+
+        Why shared: a pair's two questions begin with the same image, so the image runs through
+        the tower and the prefill once and both questions extend its cache (gradients from both
+        meet in one image pass). The loss equals the plain path's within float rounding; a family
+        whose forward cannot take a cache falls back to encoding the image per row, for good.
+        """
+        b, head = len(imgs), self.scorer.parts.head
+        if self.share_prefix:
+            try:
+                image = self.scorer.head_prefix(imgs)
+                owner = torch.arange(b).repeat(len(texts) // b)
+                return self.scorer.after_head(image, owner, [t[len(head) :] for t in texts])[0]
+            except CACHE_UNSUPPORTED as exc:
+                log.warning("%s: no shared image prefix in training (%r); one image per row", self.slug, exc)
+                self.share_prefix = False
+        return first_answer_logits(self.model, encode(self.processor, texts, imgs * (len(texts) // b)))
 
     def _lm_loss(self, texts: list[str], imgs, scores, labels) -> dict[str, torch.Tensor]:
         """Baseline: full-vocabulary next-token CE on the answer text (digit or yes/no + end)."""
@@ -273,6 +280,12 @@ class Trainer:
             self.model, self.processor, self.prompts, slug=self.slug, batch_size=self.params.score.batch_size
         )
         self.end = assistant_end(self.processor)
+        # A checkpointed layer drops the cache it is given (transformers, in training): the
+        # questions would lose their image. Checkpointed training encodes it once per row.
+        checkpointed = self.bb.gradient_checkpointing or getattr(
+            self.model, "is_gradient_checkpointing", False
+        )
+        self.share_prefix = self.cfg.prefix_reuse and not checkpointed
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.trainable, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.sched = get_cosine_schedule_with_warmup(
@@ -292,7 +305,7 @@ class Trainer:
         state = self._resume()
         main = self.world.main
         if state.step == 0 and main:  # a fresh start: an earlier run's CPU time is not this run's
-            self._timing_path().unlink(missing_ok=True)
+            self.clock.reset()
         self.out.mkdir(parents=True, exist_ok=True)
         cfg = self.cfg
         bar = tqdm(
@@ -349,7 +362,7 @@ class Trainer:
             stopping = state.evals_without_gain >= cfg.patience
             done_here += 1
             if (state.step % cfg.checkpoint_every == 0 or last or stopping) and main:
-                self._add_cpu_seconds(time.process_time() - cpu0)
+                self.clock.add(time.process_time() - cpu0)
                 cpu0 = time.process_time()
                 self._save_checkpoint(state)
             if stopping:
@@ -374,20 +387,7 @@ class Trainer:
         if main:
             write_json_atomic(self.out / "metrics.json", summary)
         barrier(self.world)  # the model and metrics are written before any rank reports done
-        return {**summary, "cpu_minutes": self._cpu_seconds() / 60, "ranks": self.world.size}
-
-    # -- timing: beside the output folder, never in it --------------------------------------------
-    # What the run writes into its folder (a DVC output) must be the same bytes on every rerun of
-    # the same commit and params; CPU time is not, so it lives in a sidecar file.
-    def _timing_path(self) -> Path:
-        return self.out.with_name(self.out.name + ".timing.json")
-
-    def _cpu_seconds(self) -> float:
-        path = self._timing_path()
-        return json.loads(path.read_text())["cpu_seconds"] if path.exists() else 0.0
-
-    def _add_cpu_seconds(self, seconds: float) -> None:
-        write_json_atomic(self._timing_path(), {"cpu_seconds": self._cpu_seconds() + seconds})
+        return {**summary, "cpu_minutes": self.clock.seconds() / 60, "ranks": self.world.size}
 
 
 def train(slug: str, params: Params, **kwargs) -> dict:

@@ -160,8 +160,8 @@ def test_scoring_the_saved_model_reproduces_the_trainers_validation_metrics(
     differently (measured 0.191 logged vs 0.163 re-scored).
     """
     from tokenfocus.images import load_images
+    from tokenfocus.predictions import evaluate_split
     from tokenfocus.scoring import Scorer
-    from tokenfocus.train import evaluate_split
 
     assert tiny_params.backbone(slug).tuning == tuning
     p = _params(tiny_params, slug, steps=4, eval_every=4, checkpoint_every=4, lr=0.01)
@@ -260,3 +260,59 @@ def test_full_fine_tuning_in_float16_is_refused_with_the_reason(tiny_params, tmp
     tr._load_data()
     with pytest.raises(BackboneError, match="float16 is not supported .*loss scaling"):
         tr.setup()
+
+
+@pytest.mark.parametrize(
+    "slug", ["idefics3_tiny", "fastvlm_gemma", "qwen2_vl_tiny", "internvl_tiny", "gemma3_spm", "llava_llama2"]
+)
+def test_the_shared_image_prefix_gives_the_plain_paths_loss_and_gradients(tiny_params, tmp_path, slug):
+    """A pair's overall and element questions run from one image prefill in training: the loss and
+    every trainable gradient equal the plain path's (the image encoded once per row), and the
+    tower sees each image once instead of twice."""
+    p = _params(tiny_params, slug, mse_warmup_frac=0.0)  # every loss term in play
+    tr = Trainer(slug, p, out=tmp_path / "t")
+    tr._load_data()
+    tr.setup()
+    tr.model.eval()  # no dropout: both paths see the same network
+    pixels = []
+    tr.model.register_forward_pre_hook(
+        lambda _m, _a, kw: pixels.append(kw["pixel_values"].numel()) if "pixel_values" in kw else None,
+        with_kwargs=True,
+    )
+    recs, keys = tr._batch(0, 0)
+    runs = {}
+    for share in (False, True):
+        tr.share_prefix = share
+        pixels.clear()
+        tr.model.zero_grad(set_to_none=True)
+        out = tr._loss(recs, keys, p.train.steps)
+        out["loss"].backward()
+        grads = {n: q.grad.clone() for n, q in tr.model.named_parameters() if q.grad is not None}
+        runs[share] = (out["loss"].item(), grads, sum(pixels))
+        assert tr.share_prefix == share  # the shared path ran: no fallback
+    (plain, g_plain, px_plain), (shared, g_shared, px_shared) = runs[False], runs[True]
+    assert px_shared * 2 == px_plain  # one image pass per pair, not two
+    assert shared == pytest.approx(plain, rel=1e-5)
+    assert g_plain.keys() == g_shared.keys() and g_plain
+    norm = torch.sqrt(sum((g**2).sum() for g in g_plain.values())).item()
+    assert norm > 1e-3  # the gradients carry signal, so their equality means something
+    worst = max((g_plain[n] - g_shared[n]).abs().max().item() for n in g_plain)
+    assert worst < 1e-4 * norm
+
+
+def test_gradient_checkpointing_encodes_the_image_per_row(tiny_params, tmp_path):
+    """A checkpointed layer drops the cache it is given in training (transformers), so questions
+    extended from a shared prefix could run without their image: the trainer does not share there,
+    and the checkpointed per-row loss is the plain one."""
+    slug = "qwen2_vl_tiny"
+    p = _params(tiny_params, slug)
+    p.backbones = {**p.backbones, slug: dataclasses.replace(p.backbone(slug), gradient_checkpointing=True)}
+    tr = Trainer(slug, p, out=tmp_path / "t")
+    tr._load_data()
+    tr.setup()
+    assert not tr.share_prefix
+    tr.model.train()  # checkpointing acts in training only
+    recs, keys = tr._batch(0, 0)
+    per_row = tr._loss(recs, keys, p.train.steps)["loss"].item()
+    tr.model.gradient_checkpointing_disable()  # the per-row loss is the right one
+    assert tr._loss(recs, keys, p.train.steps)["loss"].item() == pytest.approx(per_row, rel=1e-5)
