@@ -283,7 +283,7 @@ class Trainer:
         # A checkpointed layer drops the cache it is given (transformers, in training): the
         # questions would lose their image. Checkpointed training encodes it once per row.
         checkpointed = self.bb.gradient_checkpointing or getattr(
-            self.model, "is_gradient_checkpointing", False
+            self.model, "is_activation_checkpointing", False
         )
         self.share_prefix = self.cfg.prefix_reuse and not checkpointed
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
