@@ -40,7 +40,7 @@ data: setup
 	  [ -f data/train_list.json ] || $(BIN)/tokenfocus synth; \
 	  $(BIN)/dvc commit -f -q data.dvc; \
 	  if ! git diff --quiet -- data.dvc; then git checkout -- data.dvc; \
-	    echo "error: data/ does not match data.dvc: 'dvc pull' it, or 'dvc add data' your own" >&2; exit 1; fi; \
+	    echo "error: data/ does not match data.dvc: regenerate SynthMuse (rm -rf data; make data), 'dvc pull' it, or 'dvc add data' your own" >&2; exit 1; fi; \
 	fi
 	$(BIN)/dvc status data.dvc
 

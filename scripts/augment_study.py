@@ -1,8 +1,11 @@
-"""Random lighting in fine-tuning, with and without (issue 23, section 3): one backbone trained
-twice from the same shipped base, params otherwise as in params.yaml, each scored on the test
-split and on the same prompts drawn in the held-out style family.
+"""Image augmentation in fine-tuning, with and without (issue 23, section 3): one backbone trained
+from the same shipped base at each strength, params otherwise as in params.yaml, each scored on
+the test split and on the same prompts drawn in the held-out style family. `lighting`: random
+lighting (train.augment_lighting, iMatch's); `styles`: the scene redrawn in another training
+style (train.augment_styles, SynthMuse's styled/ copies).
 
-    .venv/bin/python scripts/augment_study.py [--backbone fastvlm_gemma] [--strengths 0 0.2]
+    .venv/bin/python scripts/augment_study.py [--backbone fastvlm_gemma] [--augment lighting]
+        [--strengths 0 0.2]
 
 Writes eval/augment_study.json and prints a markdown table (docs/results.md quotes it by hand:
 it is a study, not a pipeline stage). Needs `dvc repro split` (the splits) and the shipped bases.
@@ -28,44 +31,61 @@ from tokenfocus.predictions import HELDOUT, read_table, score_backbone  # noqa: 
 from tokenfocus.train import Trainer  # noqa: E402
 
 
-def run(slug: str, strength: float, work: Path) -> dict:
+def run(slug: str, augment: str, strength: float, work: Path) -> dict:
     p = load_params()
     p = dataclasses.replace(
         p,
-        train=dataclasses.replace(p.train, augment_lighting=strength, out=str(work / f"light{strength}")),
+        train=dataclasses.replace(
+            p.train, **{f"augment_{augment}": strength}, out=str(work / f"{augment}{strength}")
+        ),
         score=dataclasses.replace(p.score, out=str(work / f"scores{strength}")),
     )
     summary = Trainer(slug, p).run()
     metrics = score_backbone(slug, p, splits=("test", HELDOUT), model_dir=Path(p.train.out) / slug / "model")
     held = read_table(Path(p.score.out) / slug / f"{HELDOUT}.json")
     return {
-        "augment_lighting": strength,
+        f"augment_{augment}": strength,
         "steps": summary["steps"],
         "best_val_srcc": round(summary["best_val_srcc"], 4),
         "test": metrics["test"],
         "heldout_style": metrics[HELDOUT],
         "heldout_category_accuracy": category_accuracy(held),
+        "test_category_accuracy": category_accuracy(read_table(Path(p.score.out) / slug / "test.json")),
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--backbone", default="fastvlm_gemma")
+    ap.add_argument("--augment", choices=["lighting", "styles"], default="lighting")
     ap.add_argument("--strengths", nargs="*", type=float, default=[0.0, 0.2])
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [run(a.backbone, s, Path(tmp)) for s in a.strengths]
+        rows = [run(a.backbone, a.augment, s, Path(tmp)) for s in a.strengths]
     Path("eval").mkdir(exist_ok=True)
-    Path("eval/augment_study.json").write_text(json.dumps({"backbone": a.backbone, "runs": rows}, indent=1))
+    out = Path(f"eval/augment_study_{a.augment}_{a.backbone}.json")
+    out.write_text(json.dumps({"backbone": a.backbone, "augment": a.augment, "runs": rows}, indent=1))
     print(
-        "| augment_lighting | steps | val SRCC | test SRCC | test NTIRE | held-out SRCC | held-out NTIRE | held-out object acc |"
+        f"| augment_{a.augment} | steps | val SRCC | test SRCC | test NTIRE | held-out SRCC | held-out NTIRE | held-out object acc |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         t, h = r["test"], r["heldout_style"]
         print(
-            f"| {r['augment_lighting']} | {r['steps']} | {r['best_val_srcc']:.4f} | {t['srcc']:.4f} | {t['final']:.4f} | "
+            f"| {r[f'augment_{a.augment}']} | {r['steps']} | {r['best_val_srcc']:.4f} | {t['srcc']:.4f} | {t['final']:.4f} | "
             f"{h['srcc']:.4f} | {h['final']:.4f} | {r['heldout_category_accuracy'].get('object', float('nan')):.3f} |"
+        )
+
+    print("\nElement accuracy per category, test / held-out:\n")
+    cats = sorted(rows[0]["test_category_accuracy"])
+    print(f"| augment_{a.augment} | " + " | ".join(cats) + " |")
+    print("|---|" + "---|" * len(cats))
+    for r in rows:
+        t, h = r["test_category_accuracy"], r["heldout_category_accuracy"]
+        print(
+            f"| {r[f'augment_{a.augment}']} | "
+            + " | ".join(f"{t[c]:.3f} / {h.get(c, float('nan')):.3f}" for c in cats)
+            + " |"
         )
 
 

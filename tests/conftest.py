@@ -35,7 +35,7 @@ def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-SMALL = SynthConfig(seed=5, n_prompts=24, n_test_prompts=4, image_size=64, short_keys=0.25)
+SMALL = SynthConfig(seed=5, n_prompts=24, n_test_prompts=4, image_size=64, short_keys=0.25, styled_copies=2)
 
 
 def repo_styles():

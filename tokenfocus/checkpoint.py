@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -102,3 +103,14 @@ class CpuClock:
     def reset(self) -> None:
         """A fresh start: an earlier run's CPU time is not this run's."""
         self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint needs, besides weights and optimizer, to resume exactly."""
+
+    step: int = 0
+    best_srcc: float = -1.0
+    best_step: int = -1
+    evals_without_gain: int = 0
+    history: list[dict] = field(default_factory=list)

@@ -33,6 +33,7 @@ class SynthConfig:
     score_noise: float = 0.45  # sd of each annotator's total-score noise, in score points
     real_fraction: float = 0.5  # share of prompts in the varied "real" register
     short_keys: float = 0.0  # share of prompts keyed with EvalMuse's short spans ("red (color)")
+    styled_copies: int = 0  # per labelled pair, redrawings in pre-training's styles (styled/<k>/)
 
 
 @dataclass
@@ -191,6 +192,9 @@ class TrainConfig:
     # colour temperature a third of it), drawn from (seed, step): iMatch's augmentation; 0 = off
     augment_lighting: float = 0.0
     image_cache: int = 4096  # decoded training images kept at a time (least recently used out)
+    # share of training images swapped for a redrawing of their scene in another style (SynthMuse's
+    # styled/<k>/, synth.styled_copies): the same labels, pixels of the styles pre-training drew
+    augment_styles: float = 0.0
     prefix_reuse: bool = True  # one image prefill per pair for its overall and element rows
     soft_target: bool = True  # two-hot target around the mean human score
     eval_every: int = 200

@@ -1,9 +1,12 @@
-"""Figures for MLflow and data for ``dvc plots``: predicted vs human, per-category accuracy."""
+"""Figures for MLflow and data for ``dvc plots``: predicted vs human, per-category accuracy, and
+SynthMuse's contact sheet."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+
+from PIL import Image, ImageDraw
 
 from tokenfocus.evalmuse import parse_element_key, write_json_atomic
 
@@ -58,3 +61,27 @@ def figures(rows: list[dict], title: str) -> dict[str, object]:
     ax.set(xlabel="score", title=title)
     figs["score_histogram.png"] = fig
     return figs
+
+
+def contact_sheet(root: Path, records: list[dict], cols: int = 4, cell: int = 160) -> Image.Image:
+    """A grid of sample images with their prompts and mean scores, to look at."""
+    rows = (len(records) + cols - 1) // cols
+    sheet = Image.new("RGB", (cols * cell * 2, rows * (cell + 60)), "white")
+    d = ImageDraw.Draw(sheet)
+    for i, r in enumerate(records):
+        x, y = (i % cols) * cell * 2, (i // cols) * (cell + 60)
+        img = Image.open(root / "images" / r["img_path"]).resize((cell, cell), Image.NEAREST)
+        sheet.paste(img, (x + 4, y + 4))
+        mean = sum(r["total_score"]) / len(r["total_score"])
+        d.text((x + cell + 10, y + 8), f"{r['img_path']}\nscore {mean:.2f}", fill="black")
+        words, lines, line = r["prompt"].split(), [], ""
+        for w in words:
+            if len(line) + len(w) > 44:
+                lines.append(line)
+                line = ""
+            line += w + " "
+        lines.append(line)
+        d.text((x + 4, y + cell + 8), "\n".join(lines[:4]), fill="black")
+        bad = [k for k, v in r["element_score"].items() if sum(v) * 2 < len(v)]
+        d.text((x + cell + 10, y + 40), "missing:\n" + "\n".join(bad[:6]), fill="darkred")
+    return sheet

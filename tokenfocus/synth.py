@@ -14,10 +14,9 @@ import json
 import random
 from pathlib import Path
 
-from PIL import Image, ImageDraw
-
 from tokenfocus.config import StylesConfig, SynthConfig
 from tokenfocus.evalmuse import parse_element_key, write_json_atomic
+from tokenfocus.plots import contact_sheet
 from tokenfocus.render import (
     COLORS,
     COUNTS,
@@ -254,7 +253,8 @@ def generate(
     reads it), ``styles.json`` (which style drew each image; the EvalMuse loader ignores it) and
     ``contact_sheet.png``. With a held-out style family (``styles.heldout_family``), every
     labelled pair's drawn scene again in that family, under ``heldout_style/`` (see
-    :func:`draw_heldout`).
+    :func:`draw_again`), and with ``synth.styled_copies`` that many redrawings in the styles
+    pre-training draws, under ``styled/<k>/``.
 
     Returns:
         Counts of what was written.
@@ -333,55 +333,41 @@ def generate(
     contact_sheet(out, train[:24]).save(out / "contact_sheet.png", format="PNG")
     counts = {"train": len(train), "test": len(test), "images": counter, "prompts": len(prompts)}
     if book.heldout:
-        counts["heldout_style"] = draw_heldout(scenes, book.heldout, cfg, out / HELDOUT_DIR)
+        counts["heldout_style"] = draw_again(scenes, book.heldout, cfg, out / HELDOUT_DIR, "heldout_style")
+    # the styles pre-training learns from, less the benchmark's own drawing
+    styled = tuple(dict.fromkeys(s for s in book.styles("pretrain") if s.name not in book.synth))
+    if cfg.styled_copies and not styled:
+        raise ValueError("synth.styled_copies: styles.pretrain names no style beside styles.synth to draw in")
+    for k in range(cfg.styled_copies):
+        counts[f"styled_{k}"] = draw_again(scenes, styled, cfg, out / STYLED_DIR / str(k), f"styled:{k}")
     return counts
 
 
-#: Where :func:`generate` writes the labelled pairs redrawn in the held-out style family.
-HELDOUT_DIR = "heldout_style"
+#: Where :func:`generate` writes the labelled pairs redrawn in the held-out style family, and
+#: the redrawings fine-tuning may swap in (``styled/<k>/``, one folder per copy).
+HELDOUT_DIR, STYLED_DIR = "heldout_style", "styled"
 
 
-def draw_heldout(scenes: dict[str, Scene], family: tuple[Style, ...], cfg: SynthConfig, out: Path) -> int:
-    """Draw each labelled pair's scene again, in a style of the held-out ``family``, under the
-    same relative path in ``out/images``: the same prompts, elements and labels, pixels no model
-    learned from. ``out/styles.json`` says which style drew each image.
+def draw_again(
+    scenes: dict[str, Scene], styles: tuple[Style, ...], cfg: SynthConfig, out: Path, stream: str
+) -> int:
+    """Draw each labelled pair's scene again, each in one of ``styles``, under the same relative
+    path in ``out/images``: the same prompts, elements and labels, other pixels. The held-out
+    family's copy is pixels no model learned from; a styled copy is what fine-tuning may learn
+    from (``train.augment_styles``). ``out/styles.json`` says which style drew each image.
 
-    A random stream of its own, so the benchmark's own images do not change with the family.
+    A random stream of its own (``stream``), so the benchmark's own images do not change.
     """
-    rng = random.Random(f"{cfg.seed}:heldout_style")
+    rng = random.Random(f"{cfg.seed}:{stream}")
     drawn_in = {}
     for img_path, drawn in scenes.items():
-        style = rng.choice(family)
+        style = rng.choice(styles)
         dest = out / "images" / img_path
         dest.parent.mkdir(parents=True, exist_ok=True)
         render(drawn, cfg.image_size, rng, style).save(dest, format="PNG", optimize=False)
         drawn_in[img_path] = style.name
     write_json_atomic(out / "styles.json", drawn_in)
     return len(drawn_in)
-
-
-def contact_sheet(root: Path, records: list[dict], cols: int = 4, cell: int = 160) -> Image.Image:
-    """A grid of sample images with their prompts and mean scores, to look at."""
-    rows = (len(records) + cols - 1) // cols
-    sheet = Image.new("RGB", (cols * cell * 2, rows * (cell + 60)), "white")
-    d = ImageDraw.Draw(sheet)
-    for i, r in enumerate(records):
-        x, y = (i % cols) * cell * 2, (i // cols) * (cell + 60)
-        img = Image.open(root / "images" / r["img_path"]).resize((cell, cell), Image.NEAREST)
-        sheet.paste(img, (x + 4, y + 4))
-        mean = sum(r["total_score"]) / len(r["total_score"])
-        d.text((x + cell + 10, y + 8), f"{r['img_path']}\nscore {mean:.2f}", fill="black")
-        words, lines, line = r["prompt"].split(), [], ""
-        for w in words:
-            if len(line) + len(w) > 44:
-                lines.append(line)
-                line = ""
-            line += w + " "
-        lines.append(line)
-        d.text((x + 4, y + cell + 8), "\n".join(lines[:4]), fill="black")
-        bad = [k for k, v in r["element_score"].items() if sum(v) * 2 < len(v)]
-        d.text((x + cell + 10, y + 40), "missing:\n" + "\n".join(bad[:6]), fill="darkred")
-    return sheet
 
 
 def ceiling(root: str | Path, img_paths: list[str] | None = None) -> float:

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from tokenfocus.backbones import (
 )
 from tokenfocus.checkpoint import (
     CpuClock,
+    TrainState,
     folder_digest,
     load_checkpoint,
     save_checkpoint,
@@ -44,20 +45,10 @@ from tokenfocus.predictions import evaluate_split, split_records
 from tokenfocus.prompts import element_text, overall_text
 from tokenfocus.render.effects import relight
 from tokenfocus.scoring import CACHE_UNSUPPORTED, Scorer, encode, first_answer_logits
+from tokenfocus.synth import STYLED_DIR
 
 log = logging.getLogger(__name__)
 LogFn = Callable[[dict[str, float], int], None]
-
-
-@dataclass
-class TrainState:
-    """What a checkpoint needs, besides weights and optimizer, to resume exactly."""
-
-    step: int = 0
-    best_srcc: float = -1.0
-    best_step: int = -1
-    evals_without_gain: int = 0
-    history: list[dict] = field(default_factory=list)
 
 
 class Trainer:
@@ -99,7 +90,16 @@ class Trainer:
         if not self.train_records:
             raise ValueError(f"{self.slug}: the train split is empty")
         # decoded on first use, at most train.image_cache at a time: memory bounded on EvalMuse-40K
-        self.images = ImageCache(Path(self.params.validate.data) / "images", max_items=self.cfg.image_cache)
+        data = Path(self.params.validate.data)
+        self.images = ImageCache(data / "images", max_items=self.cfg.image_cache)
+        # style augmentation: each scene's redrawings in other styles, where SynthMuse drew them
+        copies = sorted(d for d in (data / STYLED_DIR).glob("*") if d.is_dir())
+        if self.cfg.augment_styles > 0 and not copies:
+            raise ValueError(
+                f"{self.slug}: train.augment_styles needs the scenes redrawn in {data / STYLED_DIR} "
+                "(SynthMuse with synth.styled_copies > 0); real data has none: set it to 0"
+            )
+        self.styled = [ImageCache(d / "images", max_items=self.cfg.image_cache) for d in copies]
 
     def _batch(self, step: int, micro: int):
         """The step's examples: a function of (seed, step) alone, so a resumed run sees the same."""
@@ -123,19 +123,8 @@ class Trainer:
     ) -> dict[str, torch.Tensor]:
         """The batch's loss; ``pos``: each row's place in the global batch (a rank holds a shard)."""
         parts, pr = self.scorer.parts, self.prompts
-        imgs = [self.images[r.img_path] for r in recs]
-        if self.cfg.augment_lighting > 0:
-            # from (seed, step, place in the global batch) alone: a resumed run, and any number
-            # of ranks, light each image as one process does
-            pos = list(range(len(recs))) if pos is None else pos
-            imgs = [
-                relight(
-                    im,
-                    self.cfg.augment_lighting,
-                    np.random.default_rng([self.cfg.seed, step, micro, 104_729, i]),
-                )
-                for im, i in zip(imgs, pos, strict=True)
-            ]
+        pos = list(range(len(recs))) if pos is None else pos
+        imgs = [self._image(r, step, micro, i) for r, i in zip(recs, pos, strict=True)]
         prompts = [self.scorer.fit_prompt(r.prompt, r.img_path) for r in recs]  # the scorer's cut
         overall = [
             overall_text(parts, pr, p, [e.key for e in r.elements])
@@ -163,6 +152,21 @@ class Trainer:
         out["element"] = element_loss(tokens.yes_no_logits(logits[b:]), labels)
         out["loss"] = out["loss"] + self.cfg.element_weight * out["element"]
         return out
+
+    def _image(self, r: Record, step: int, micro: int, i: int):
+        """Row ``i``'s image, augmented from (seed, step, place in the global batch) alone, so a
+        resumed run and any number of ranks draw it as one process does: with ``augment_styles``
+        odds a redrawing of its scene in another style, and with ``augment_lighting`` random
+        lighting (iMatch's augmentation)."""
+        rng = np.random.default_rng([self.cfg.seed, step, micro, 7_919, i])
+        if self.styled and rng.random() < self.cfg.augment_styles:
+            im = self.styled[rng.integers(len(self.styled))][r.img_path]
+        else:
+            im = self.images[r.img_path]
+        if self.cfg.augment_lighting > 0:
+            light = np.random.default_rng([self.cfg.seed, step, micro, 104_729, i])
+            im = relight(im, self.cfg.augment_lighting, light)
+        return im
 
     def _answer_logits(self, texts: list[str], imgs: list) -> torch.Tensor:
         """First-answer logits of the overall rows then the element rows about ``imgs``.

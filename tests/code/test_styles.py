@@ -1,6 +1,7 @@
 """Drawing styles as data: the catalog's checks, labels that stay exact, the held-out family kept
 out of everything a model learns from, and what SynthMuse writes for it."""
 
+import dataclasses
 import json
 import random
 
@@ -133,3 +134,29 @@ def render_file(path):
     from PIL import Image
 
     return Image.open(path).convert("RGB")
+
+
+def test_synthmuse_redraws_each_labelled_scene_in_the_styles_pretraining_draws(small_data, tmp_path):
+    """`styled/<k>/`: what fine-tuning's style augmentation swaps in. Every labelled pair, in the
+    styles pre-training learns from (never the benchmark's own, never the held-out family), and
+    the benchmark's files do not move with the number of copies."""
+    train = {r["img_path"] for r in json.loads((small_data / "train_list.json").read_text())}
+    allowed = {s.name for s in BOOK.styles("pretrain")} - set(BOOK.synth)
+    copies = sorted((small_data / "styled").iterdir())
+    assert [c.name for c in copies] == [str(k) for k in range(SMALL.styled_copies)]
+    drawn = [json.loads((c / "styles.json").read_text()) for c in copies]
+    for d in drawn:
+        assert set(d) == train and set(d.values()) <= allowed and len(set(d.values())) > 1
+    assert drawn[0] != drawn[1]  # each copy its own stream
+    for p in sorted(train)[:5]:
+        a = np.asarray(render_file(small_data / "images" / p))
+        for c in copies:
+            b = np.asarray(render_file(c / "images" / p))
+            assert a.shape == b.shape and (a != b).any()
+    from tests.code.test_synth import _digest
+    from tokenfocus.synth import generate
+
+    generate(dataclasses.replace(SMALL, styled_copies=0), tmp_path / "none", styles=repo_styles())
+    assert _digest(tmp_path / "none") == {
+        k: v for k, v in _digest(small_data).items() if not k.startswith("styled/")
+    }

@@ -2,6 +2,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -316,3 +317,42 @@ def test_gradient_checkpointing_encodes_the_image_per_row(tiny_params, tmp_path)
     per_row = tr._loss(recs, keys, p.train.steps)["loss"].item()
     tr.model.gradient_checkpointing_disable()  # the per-row loss is the right one
     assert tr._loss(recs, keys, p.train.steps)["loss"].item() == pytest.approx(per_row, rel=1e-5)
+
+
+def test_style_augmentation_swaps_in_a_redrawn_scene_by_seed_and_step(tiny_params, tmp_path, data_copy):
+    """With augment_styles odds a training image is one of its scene's redrawings (styled/<k>/),
+    chosen from (seed, step, place) alone; without the redrawings the run refuses to start."""
+    import shutil
+
+    from PIL import Image
+
+    slug = "idefics3_tiny"
+    p = _params(tiny_params, slug, augment_styles=0.5)
+    p.validate = dataclasses.replace(p.validate, data=str(data_copy))
+    tr = Trainer(slug, p, out=tmp_path / "t")
+    tr._load_data()
+    assert len(tr.styled) == 2
+    recs, _ = tr._batch(0, 0)
+    files = {
+        "benchmark": lambda r: data_copy / "images" / r.img_path,
+        **{
+            f"styled{k}": (lambda r, k=k: data_copy / "styled" / str(k) / "images" / r.img_path)
+            for k in (0, 1)
+        },
+    }
+    seen = []
+    for step in range(6):
+        for i, r in enumerate(recs):
+            got = np.asarray(tr._image(r, step, 0, i))
+            assert (got == np.asarray(tr._image(r, step, 0, i))).all()  # a function of (step, place)
+            seen += [
+                name
+                for name, f in files.items()
+                if (np.asarray(Image.open(f(r)).convert("RGB")) == got).all()
+            ]
+    assert len(seen) == 6 * len(recs)  # each image is exactly one of the three drawings
+    assert {"benchmark", "styled0", "styled1"} == set(seen)
+    assert 0.3 < seen.count("benchmark") / len(seen) < 0.7
+    shutil.rmtree(data_copy / "styled")
+    with pytest.raises(ValueError, match="augment_styles"):
+        Trainer(slug, p, out=tmp_path / "u")._load_data()
