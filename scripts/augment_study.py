@@ -54,7 +54,21 @@ def run(slug: str, augment: str, strength: float, work: Path) -> dict:
     }
 
 
+def fresh_split() -> None:
+    """Refuse a stale ``work/splits.json``: a study on another split than the pipeline's is not
+    comparable with docs/results.md."""
+    import subprocess
+
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    status = subprocess.run([dvc, "status", "split"], capture_output=True, text=True)
+    if "up to date" not in status.stdout:
+        sys.exit(
+            f"work/splits.json is not the pipeline's (dvc status split):\n{status.stdout}run `dvc repro split`"
+        )
+
+
 def main() -> None:
+    fresh_split()
     ap = argparse.ArgumentParser()
     ap.add_argument("--backbone", default="fastvlm_gemma")
     ap.add_argument("--augment", choices=["lighting", "styles"], default="lighting")
