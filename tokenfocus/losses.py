@@ -88,12 +88,22 @@ def answer_lm_loss(model, processor, texts: list[str], answers: list[str], image
         images: one PIL image per text.
         end: what the chat template writes after an assistant answer.
     """
-    n_ans = [len(ids) for ids in answer_target_ids(processor.tokenizer, texts, answers, end)]
+    answer_ids = answer_target_ids(processor.tokenizer, texts, answers, end)
     batch = encode(processor, [t + a + end for t, a in zip(texts, answers, strict=True)], images)
-    batch = batch.to(model.device)
-    t = max(n_ans)
-    logits = model(**batch, logits_to_keep=t + 1).logits[:, :-1, :]  # positions predicting answers
-    ids = batch["input_ids"][:, -t:].clone()
-    for i, n in enumerate(n_ans):  # left padding: every answer ends at the last position
-        ids[i, : t - n] = -100
-    return lm_loss(logits, ids)
+    t = max(len(a) for a in answer_ids)
+    # left padding: every answer ends at the last position
+    return span_lm_loss(model(**batch.to(model.device), logits_to_keep=t + 1).logits, answer_ids)
+
+
+def span_lm_loss(logits: torch.Tensor, answer_ids: list[list[int]]) -> torch.Tensor:
+    """:func:`lm_loss` of rows that end with their answer's ids.
+
+    Args:
+        logits: (B, t + 1, V), each row's last t + 1 positions (t: the longest answer); the last
+            predicts past the answer and is dropped.
+        answer_ids: each row's answer ids (:func:`answer_target_ids`); a shorter one's earlier
+            positions are ignored.
+    """
+    t = logits.shape[1] - 1
+    targets = torch.tensor([[-100] * (t - len(a)) + a for a in answer_ids], device=logits.device)
+    return lm_loss(logits[:, :-1], targets)

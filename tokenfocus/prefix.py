@@ -76,7 +76,14 @@ def prefill(model, batch, rope_state) -> Prefix:
 
 
 def extend(
-    model, prefix: Prefix, owner: torch.Tensor, ids: list[list[int]], pad: int, *, keep: bool = False
+    model,
+    prefix: Prefix,
+    owner: torch.Tensor,
+    ids: list[list[int]],
+    pad: int,
+    *,
+    keep: bool = False,
+    span: int = 1,
 ) -> tuple[torch.Tensor, Prefix | None]:
     """Run ``ids`` (one token list per new row) after the prefix rows ``owner``.
 
@@ -84,16 +91,19 @@ def extend(
     is left untouched (its rows are copied), so it serves any number of extensions.
 
     Returns:
-        (R, V) logits at each row's last real token, and with ``keep`` the extended prefix.
+        (R, V) logits at each row's last real token (with ``span`` > 1: (R, span, V), each row's
+        last ``span`` positions, in order), and with ``keep`` the extended prefix.
     """
     device = model.device
     width = max(len(x) for x in ids)
+    if span > min(len(x) for x in ids):
+        raise ValueError(f"{span} positions asked of a row of {min(len(x) for x in ids)} tokens")
     input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
     row_mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
     owner = owner.to(device)
     mask = torch.cat([prefix.mask[owner], row_mask], dim=1)
-    last = row_mask.sum(1) - 1
-    # every row's last position is kept (the logits of the others are never computed)
+    last = row_mask.sum(1)[:, None] - torch.arange(span, 0, -1, device=device)  # (R, span)
+    # only the positions read are kept (the logits of the others are never computed)
     kept = torch.unique(last)
     out = model(
         input_ids=input_ids,
@@ -102,7 +112,8 @@ def extend(
         cache=select_cache(prefix.cache, owner),
         logits_to_keep=kept,
     )
-    logits = out.logits[torch.arange(len(ids), device=device), torch.searchsorted(kept, last)]
+    logits = out.logits[torch.arange(len(ids), device=device)[:, None], torch.searchsorted(kept, last)]
+    logits = logits[:, 0] if span == 1 else logits
     longer = Prefix(out.cache, mask, prefix.starts[owner] + row_mask.sum(1)) if keep else None
     return logits, longer
 

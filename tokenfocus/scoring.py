@@ -277,10 +277,10 @@ class Scorer:
         batch = encode(self.processor, [self.parts.head] * len(images), images)
         return prefill(self.model, batch, self._rope_state)
 
-    def after_head(self, image: Prefix, owner: torch.Tensor, texts: list[str], *, keep: bool = False):
+    def after_head(self, image: Prefix, owner: torch.Tensor, texts: list[str], *, keep=False, span=1):
         """:func:`tokenfocus.prefix.extend` with texts that follow the head, tokenised in context."""
         ids = ids_after(self.processor.tokenizer, self.parts.head, texts)
-        return extend(self.model, image, owner, ids, self._pad, keep=keep)
+        return extend(self.model, image, owner, ids, self._pad, keep=keep, span=span)
 
     def _element_rows(self, prefix, idx: list[int], elements: list[list[str]], out: list[dict]) -> None:
         """Each element's question words after its pair's prefix row (``idx[b]`` is row b's pair)."""

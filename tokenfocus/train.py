@@ -40,11 +40,11 @@ from tokenfocus.distributed import average_gradients, barrier, broadcast, init, 
 from tokenfocus.env import torch_threads
 from tokenfocus.evalmuse import Record, write_json_atomic
 from tokenfocus.images import ImageCache
-from tokenfocus.losses import answer_lm_loss, element_loss, focus_loss
+from tokenfocus.losses import answer_target_ids, element_loss, focus_loss, span_lm_loss
 from tokenfocus.predictions import evaluate_split, split_records
 from tokenfocus.prompts import element_text, overall_text
 from tokenfocus.render.effects import relight
-from tokenfocus.scoring import CACHE_UNSUPPORTED, Scorer, encode, first_answer_logits
+from tokenfocus.scoring import CACHE_UNSUPPORTED, Scorer, encode
 from tokenfocus.synth import STYLED_DIR
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class Trainer:
         if not self.world.main:  # rank 0 alone logs, as it alone writes
             self.log_fn = lambda metrics, step: None
         self.model = None  # set by setup(); run() sets up only if nobody did
-        self.train_records = None  # set by _load_data()
+        self.train_records, self.styled = None, []  # set by _load_data()
         self._base_digest: str | None = None  # the base folder's digest, read once (see _identity)
 
     # -- data -------------------------------------------------------------------------------------
@@ -92,7 +92,6 @@ class Trainer:
         # decoded on first use, at most train.image_cache at a time: memory bounded on EvalMuse-40K
         data = Path(self.params.validate.data)
         self.images = ImageCache(data / "images", max_items=self.cfg.image_cache)
-        # style augmentation: each scene's redrawings in other styles, where SynthMuse drew them
         copies = sorted(d for d in (data / STYLED_DIR).glob("*") if d.is_dir())
         if self.cfg.augment_styles > 0 and not copies:
             raise ValueError(
@@ -111,9 +110,8 @@ class Trainer:
         for r in recs:
             # Most elements are present; drawing absent ones more often makes the image matter.
             absent = [e.key for e in r.elements if (r.element_score[e.key] or 0) < 0.5]
-            pool = (
-                absent if absent and rng.random() < self.cfg.element_balance else [e.key for e in r.elements]
-            )
+            every = [e.key for e in r.elements]
+            pool = absent if absent and rng.random() < self.cfg.element_balance else every
             keys.append(pool[rng.integers(len(pool))])
         return recs, keys
 
@@ -135,7 +133,7 @@ class Trainer:
         labels = torch.tensor([r.element_score[k] for r, k in zip(recs, keys, strict=True)])
         tokens = self.scorer.tokens
         if self.cfg.loss == "lm":
-            return self._lm_loss(overall + element, imgs + imgs, scores, labels)
+            return self._lm_loss(overall + element, imgs, scores, labels)
         # Only the first answer position carries the score: nothing else enters the loss.
         logits = self._answer_logits(overall + element, imgs)
         b = len(recs)
@@ -154,10 +152,9 @@ class Trainer:
         return out
 
     def _image(self, r: Record, step: int, micro: int, i: int):
-        """Row ``i``'s image, augmented from (seed, step, place in the global batch) alone, so a
-        resumed run and any number of ranks draw it as one process does: with ``augment_styles``
-        odds a redrawing of its scene in another style, and with ``augment_lighting`` random
-        lighting (iMatch's augmentation)."""
+        """Row ``i``'s image, drawn from (seed, step, place in the global batch) alone as a resumed
+        run and any number of ranks draw it: with ``augment_styles`` odds its scene redrawn in
+        another style, and with ``augment_lighting`` random lighting (iMatch's augmentation)."""
         rng = np.random.default_rng([self.cfg.seed, step, micro, 7_919, i])
         if self.styled and rng.random() < self.cfg.augment_styles:
             im = self.styled[rng.integers(len(self.styled))][r.img_path]
@@ -168,8 +165,8 @@ class Trainer:
             im = relight(im, self.cfg.augment_lighting, light)
         return im
 
-    def _answer_logits(self, texts: list[str], imgs: list) -> torch.Tensor:
-        """First-answer logits of the overall rows then the element rows about ``imgs``.
+    def _answer_logits(self, texts: list[str], imgs: list, span: int = 1) -> torch.Tensor:
+        """Logits at each text's last ``span`` positions ((R, V) at 1), overall then element rows.
 
         Why shared: a pair's two questions begin with the same image, so the image runs through
         the tower and the prefill once and both questions extend its cache (gradients from both
@@ -181,17 +178,21 @@ class Trainer:
             try:
                 image = self.scorer.head_prefix(imgs)
                 owner = torch.arange(b).repeat(len(texts) // b)
-                return self.scorer.after_head(image, owner, [t[len(head) :] for t in texts])[0]
+                return self.scorer.after_head(image, owner, [t[len(head) :] for t in texts], span=span)[0]
             except CACHE_UNSUPPORTED as exc:
                 log.warning("%s: no shared image prefix in training (%r); one image per row", self.slug, exc)
                 self.share_prefix = False
-        return first_answer_logits(self.model, encode(self.processor, texts, imgs * (len(texts) // b)))
+        batch = encode(self.processor, texts, imgs * (len(texts) // b)).to(self.model.device)
+        logits = self.model(**batch, logits_to_keep=span).logits  # left padding: rows end together
+        return logits[:, -1] if span == 1 else logits
 
     def _lm_loss(self, texts: list[str], imgs, scores, labels) -> dict[str, torch.Tensor]:
         """Baseline: full-vocabulary next-token CE on the answer text (digit or yes/no + end)."""
         answers = [self.prompts.score_tokens[int(round(float(s))) - 1] for s in scores]
         answers += [self.prompts.yes_token if float(y) >= 0.5 else self.prompts.no_token for y in labels]
-        loss = answer_lm_loss(self.model, self.processor, texts, answers, imgs, self.end)
+        answer_ids = answer_target_ids(self.processor.tokenizer, texts, answers, self.end)
+        full = [t + a + self.end for t, a in zip(texts, answers, strict=True)]
+        loss = span_lm_loss(self._answer_logits(full, imgs, span=max(map(len, answer_ids)) + 1), answer_ids)
         return {"loss": loss, "lm": loss}
 
     # -- checkpoints ------------------------------------------------------------------------------

@@ -87,6 +87,9 @@ def test_the_trainer_sends_gradient_only_through_the_answer_tokens_at_the_first_
     keys = [r.elements[-1].key for r in recs]
     wrapped = _FullLogits(trainer.model)
     trainer.model = wrapped
+    # the wrapper sees one forward: the per-row path (the shared image prefix's loss and gradients
+    # equal it, tests/code/test_train.py)
+    trainer.share_prefix = False
     out = trainer._loss(recs, keys, trainer.cfg.steps)  # after the MSE warm-up: every term on
     out["loss"].backward()
     grad, mask = wrapped.full.grad, wrapped.mask

@@ -264,13 +264,19 @@ def test_full_fine_tuning_in_float16_is_refused_with_the_reason(tiny_params, tmp
 
 
 @pytest.mark.parametrize(
-    "slug", ["idefics3_tiny", "fastvlm_gemma", "qwen2_vl_tiny", "internvl_tiny", "gemma3_spm", "llava_llama2"]
+    ("slug", "loss"),
+    [
+        *[(s, "focus") for s in ("idefics3_tiny", "fastvlm_gemma", "qwen2_vl_tiny", "internvl_tiny")],
+        *[(s, "focus") for s in ("gemma3_spm", "llava_llama2")],
+        # the lm baseline reads every answer token (answer + end of turn) after the shared prefix
+        *[(s, "lm") for s in ("qwen2_vl_bpe", "gemma3_spm", "llava_llama2")],
+    ],
 )
-def test_the_shared_image_prefix_gives_the_plain_paths_loss_and_gradients(tiny_params, tmp_path, slug):
+def test_the_shared_image_prefix_gives_the_plain_paths_loss_and_gradients(tiny_params, tmp_path, slug, loss):
     """A pair's overall and element questions run from one image prefill in training: the loss and
     every trainable gradient equal the plain path's (the image encoded once per row), and the
     tower sees each image once instead of twice."""
-    p = _params(tiny_params, slug, mse_warmup_frac=0.0)  # every loss term in play
+    p = _params(tiny_params, slug, mse_warmup_frac=0.0, loss=loss)  # every loss term in play
     tr = Trainer(slug, p, out=tmp_path / "t")
     tr._load_data()
     tr.setup()
