@@ -93,11 +93,8 @@ class Trainer:
         data = Path(self.params.validate.data)
         self.images = ImageCache(data / "images", max_items=self.cfg.image_cache)
         copies = sorted(d for d in (data / STYLED_DIR).glob("*") if d.is_dir())
-        if self.cfg.augment_styles > 0 and not copies:
-            raise ValueError(
-                f"{self.slug}: train.augment_styles needs the scenes redrawn in {data / STYLED_DIR} "
-                "(SynthMuse with synth.styled_copies > 0); real data has none: set it to 0"
-            )
+        if self.cfg.augment_styles > 0 and not copies:  # real data (EvalMuse) has no redrawings
+            log.warning("%s: no scenes redrawn in %s: no style augmentation", self.slug, data / STYLED_DIR)
         self.styled = [ImageCache(d / "images", max_items=self.cfg.image_cache) for d in copies]
 
     def _batch(self, step: int, micro: int):
