@@ -20,6 +20,7 @@ def test_without_cuda_it_says_so_and_succeeds(capsys):
     assert "no CUDA device" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # ~90 s: every part is also tested on its own (test_scoring, test_train, test_distributed)
 def test_on_the_cpu_batched_prefix_scores_match_one_pair_plain_scores_and_training_moves(capsys, monkeypatch):
     """With ``--device cpu`` the check compares two independent scoring paths (batched with prefix
     reuse against one pair at a time with full questions), and trains 5 steps."""

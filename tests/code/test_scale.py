@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
+@pytest.mark.slow  # ~75 s of stage processes; `make test-all` runs it
 def test_the_harness_times_every_stage_at_every_size(tiny_params, tmp_path):
     import scale
 
