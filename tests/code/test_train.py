@@ -15,7 +15,7 @@ def _params(tiny_params, slug, **train):
     return p
 
 
-@pytest.mark.parametrize("slug", ["idefics3_tiny", "qwen2_vl_tiny", "qwen2_5_vl_tiny"])
+@pytest.mark.parametrize("slug", ["qwen2_vl_tiny", "qwen2_5_vl_tiny"])  # full, and LoRA
 def test_resume_after_interruption_reaches_the_same_weights(tiny_params, tmp_path, slug):
     p = _params(tiny_params, slug, steps=6, checkpoint_every=2, eval_every=3)
     full = Trainer(slug, p, out=tmp_path / "full")
@@ -266,10 +266,9 @@ def test_full_fine_tuning_in_float16_is_refused_with_the_reason(tiny_params, tmp
 @pytest.mark.parametrize(
     ("slug", "loss"),
     [
-        *[(s, "focus") for s in ("idefics3_tiny", "fastvlm_gemma", "qwen2_vl_tiny", "internvl_tiny")],
-        *[(s, "focus") for s in ("gemma3_spm", "llava_llama2")],
+        *[(s, "focus") for s in ("idefics3_tiny", "qwen2_vl_tiny", "internvl_tiny", "gemma3_spm")],
         # the lm baseline reads every answer token (answer + end of turn) after the shared prefix
-        *[(s, "lm") for s in ("qwen2_vl_bpe", "gemma3_spm", "llava_llama2")],
+        *[(s, "lm") for s in ("qwen2_vl_bpe", "llava_llama2")],
     ],
 )
 def test_the_shared_image_prefix_gives_the_plain_paths_loss_and_gradients(tiny_params, tmp_path, slug, loss):
