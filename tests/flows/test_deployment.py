@@ -30,6 +30,7 @@ def prefect_api(tmp_path, monkeypatch):
         server.wait(timeout=30)
 
 
+@pytest.mark.slow  # ~60 s with its Prefect server: the flow itself runs in test_retrain_flow (make test)
 def test_triggered_deployment_completes_and_registers_a_challenger(project_dir, prefect_api, tmp_path):
     from mlflow import MlflowClient
     from prefect.deployments import run_deployment
