@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tokenfocus.prefix import ids_after
-from tokenfocus.scoring import distribution_stats, encode
+from tokenfocus.scoring import distribution_stats, encode, first_answer_logits
 
 
 def score_target(scores: torch.Tensor, k: int = 5, *, soft: bool = True) -> torch.Tensor:
@@ -90,9 +90,8 @@ def answer_lm_loss(model, processor, texts: list[str], answers: list[str], image
     """
     answer_ids = answer_target_ids(processor.tokenizer, texts, answers, end)
     batch = encode(processor, [t + a + end for t, a in zip(texts, answers, strict=True)], images)
-    t = max(len(a) for a in answer_ids)
     # left padding: every answer ends at the last position
-    return span_lm_loss(model(**batch.to(model.device), logits_to_keep=t + 1).logits, answer_ids)
+    return span_lm_loss(first_answer_logits(model, batch, max(map(len, answer_ids)) + 1), answer_ids)
 
 
 def span_lm_loss(logits: torch.Tensor, answer_ids: list[list[int]]) -> torch.Tensor:

@@ -36,8 +36,7 @@ from tokenfocus.prompts import (
 log = logging.getLogger(__name__)
 ImageLike = str | Path | Image.Image
 SUFFIX_CACHE_MAX = 100_000  # element keys whose question-suffix token ids a scorer keeps
-#: Below this share of the first token's probability on the answer tokens, the scorer warns.
-MIN_ANSWER_MASS = 0.5
+MIN_ANSWER_MASS = 0.5  # below this share of the first token's probability on the answers: a warning
 #: What a family raises when its forward cannot take a reused cache (a missing argument, an
 #: unsupported cache type): prefix reuse is then switched off for that scorer, and only then.
 CACHE_UNSUPPORTED = (TypeError, NotImplementedError, AttributeError, KeyError, IndexError, ValueError)
@@ -66,9 +65,11 @@ def encode(processor, texts: list[str], images: list[Image.Image]):
     return processor(text=texts, images=[[im] for im in images], padding=True, return_tensors="pt")
 
 
-def first_answer_logits(model, batch) -> torch.Tensor:
-    """Logits of the first answer token, (B, V): the last position of each left-padded row."""
-    return model(**batch.to(model.device), logits_to_keep=1).logits[:, -1, :]
+def first_answer_logits(model, batch, span: int = 1) -> torch.Tensor:
+    """Logits of the first answer token, (B, V): the last position of each left-padded row (with
+    ``span`` > 1, (B, span, V): each row's last ``span`` positions, as the lm loss reads them)."""
+    logits = model(**batch.to(model.device), logits_to_keep=span).logits
+    return logits[:, -1] if span == 1 else logits
 
 
 class Scorer:

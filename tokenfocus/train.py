@@ -44,7 +44,7 @@ from tokenfocus.losses import answer_target_ids, element_loss, focus_loss, span_
 from tokenfocus.predictions import evaluate_split, split_records
 from tokenfocus.prompts import element_text, overall_text
 from tokenfocus.render.effects import relight
-from tokenfocus.scoring import CACHE_UNSUPPORTED, Scorer, encode
+from tokenfocus.scoring import CACHE_UNSUPPORTED, Scorer, encode, first_answer_logits
 from tokenfocus.synth import STYLED_DIR
 
 log = logging.getLogger(__name__)
@@ -179,9 +179,7 @@ class Trainer:
             except CACHE_UNSUPPORTED as exc:
                 log.warning("%s: no shared image prefix in training (%r); one image per row", self.slug, exc)
                 self.share_prefix = False
-        batch = encode(self.processor, texts, imgs * (len(texts) // b)).to(self.model.device)
-        logits = self.model(**batch, logits_to_keep=span).logits  # left padding: rows end together
-        return logits[:, -1] if span == 1 else logits
+        return first_answer_logits(self.model, encode(self.processor, texts, imgs * (len(texts) // b)), span)
 
     def _lm_loss(self, texts: list[str], imgs, scores, labels) -> dict[str, torch.Tensor]:
         """Baseline: full-vocabulary next-token CE on the answer text (digit or yes/no + end)."""
