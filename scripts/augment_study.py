@@ -2,7 +2,8 @@
 from the same shipped base at each strength, params otherwise as in params.yaml, each scored on
 the test split and on the same prompts drawn in the held-out style family. `lighting`: random
 lighting (train.augment_lighting, iMatch's); `styles`: the scene redrawn in another training
-style (train.augment_styles, SynthMuse's styled/ copies).
+style (train.augment_styles, SynthMuse's styled/ copies); `counterfactual`: present counting and
+spatial elements asked with their count one off or relation turned round (train.counterfactual).
 
     .venv/bin/python scripts/augment_study.py [--backbone fastvlm_gemma] [--augment lighting]
         [--strengths 0 0.2]
@@ -30,13 +31,16 @@ from tokenfocus.plots import category_accuracy  # noqa: E402
 from tokenfocus.predictions import HELDOUT, read_table, score_backbone  # noqa: E402
 from tokenfocus.train import Trainer  # noqa: E402
 
+#: what each study varies: a key of the train block
+KNOBS = {"lighting": "augment_lighting", "styles": "augment_styles", "counterfactual": "counterfactual"}
+
 
 def run(slug: str, augment: str, strength: float, work: Path) -> dict:
     p = load_params()
     p = dataclasses.replace(
         p,
         train=dataclasses.replace(
-            p.train, **{f"augment_{augment}": strength}, out=str(work / f"{augment}{strength}")
+            p.train, **{KNOBS[augment]: strength}, out=str(work / f"{augment}{strength}")
         ),
         score=dataclasses.replace(p.score, out=str(work / f"scores{strength}")),
     )
@@ -44,7 +48,7 @@ def run(slug: str, augment: str, strength: float, work: Path) -> dict:
     metrics = score_backbone(slug, p, splits=("test", HELDOUT), model_dir=Path(p.train.out) / slug / "model")
     held = read_table(Path(p.score.out) / slug / f"{HELDOUT}.json")
     return {
-        f"augment_{augment}": strength,
+        KNOBS[augment]: strength,
         "steps": summary["steps"],
         "best_val_srcc": round(summary["best_val_srcc"], 4),
         "test": metrics["test"],
@@ -71,7 +75,7 @@ def main() -> None:
     fresh_split()
     ap = argparse.ArgumentParser()
     ap.add_argument("--backbone", default="fastvlm_gemma")
-    ap.add_argument("--augment", choices=["lighting", "styles"], default="lighting")
+    ap.add_argument("--augment", choices=list(KNOBS), default="lighting")
     ap.add_argument("--strengths", nargs="*", type=float, default=[0.0, 0.2])
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,24 +84,24 @@ def main() -> None:
     out = Path(f"eval/augment_study_{a.augment}_{a.backbone}.json")
     out.write_text(json.dumps({"backbone": a.backbone, "augment": a.augment, "runs": rows}, indent=1))
     print(
-        f"| augment_{a.augment} | steps | val SRCC | test SRCC | test NTIRE | held-out SRCC | held-out NTIRE | held-out object acc |"
+        f"| {KNOBS[a.augment]} | steps | val SRCC | test SRCC | test NTIRE | held-out SRCC | held-out NTIRE | held-out object acc |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         t, h = r["test"], r["heldout_style"]
         print(
-            f"| {r[f'augment_{a.augment}']} | {r['steps']} | {r['best_val_srcc']:.4f} | {t['srcc']:.4f} | {t['final']:.4f} | "
+            f"| {r[KNOBS[a.augment]]} | {r['steps']} | {r['best_val_srcc']:.4f} | {t['srcc']:.4f} | {t['final']:.4f} | "
             f"{h['srcc']:.4f} | {h['final']:.4f} | {r['heldout_category_accuracy'].get('object', float('nan')):.3f} |"
         )
 
     print("\nElement accuracy per category, test / held-out:\n")
     cats = sorted(rows[0]["test_category_accuracy"])
-    print(f"| augment_{a.augment} | " + " | ".join(cats) + " |")
+    print(f"| {KNOBS[a.augment]} | " + " | ".join(cats) + " |")
     print("|---|" + "---|" * len(cats))
     for r in rows:
         t, h = r["test_category_accuracy"], r["heldout_category_accuracy"]
         print(
-            f"| {r[f'augment_{a.augment}']} | "
+            f"| {r[KNOBS[a.augment]]} | "
             + " | ".join(f"{t[c]:.3f} / {h.get(c, float('nan')):.3f}" for c in cats)
             + " |"
         )

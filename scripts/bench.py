@@ -239,7 +239,7 @@ def bench_train_shared(params, rows, batch: int = 8):
             tr._load_data()
             tr.setup()
             tr.model.eval()  # no dropout: both paths compute the same loss
-            recs, keys = tr._batch(0, 0)
+            recs, keys, _ = tr._batch(0, 0)
             tr.images = {r.img_path: tr.images[r.img_path].resize((size, size)) for r in recs}
 
             def step(share, tr=tr, recs=recs, keys=keys, p=p):
@@ -327,10 +327,10 @@ if mode == "train":
     tr = Trainer(slug, p, out="/tmp/tokenfocus-bench/" + slug + tuning)
     tr._load_data(); tr.setup()
     n = 30
-    tr._loss(*tr._batch(0, 0), 0)["loss"].backward()
+    tr._loss(*tr._batch(0, 0)[:2], 0)["loss"].backward()
     t = time.perf_counter()
     for step in range(n):
-        out = tr._loss(*tr._batch(step, 0), step); out["loss"].backward(); tr.opt.step(); tr.opt.zero_grad()
+        out = tr._loss(*tr._batch(step, 0)[:2], step); out["loss"].backward(); tr.opt.step(); tr.opt.zero_grad()
     rate = n * p.train.batch_size / (time.perf_counter() - t)
 else:
     from tokenfocus.scoring import Scorer

@@ -64,7 +64,7 @@ def features(scorer: Scorer, family: str, scs, images) -> dict[str, np.ndarray]:
     model, proc = scorer.model, scorer.processor
     tower, projector = part(model, family, "tower"), part(model, family, "projector")
     parts = template_parts(proc)
-    got: dict[str, list] = {"tower": [], "projector": [], "lm": []}
+    got: dict[str, list] = {"tower": [], "projector": [], "projector_set": [], "lm": []}
     cap = {}
     hook = projector.register_forward_hook(lambda m, i, o: cap.__setitem__("tok", o))
     for b in range(0, len(scs), 32):
@@ -75,6 +75,10 @@ def features(scorer: Scorer, family: str, scs, images) -> dict[str, np.ndarray]:
         out = model(**encode(proc, texts, ims), output_hidden_states=True)
         tok = cap["tok"]
         got["projector"].append(tok.reshape(len(ss), -1).numpy())
+        # the tokens as a set (mean and max over them): all that content-based attention can read
+        # when a token's features do not say where it sits
+        tok = tok.reshape(len(ss), -1, tok.shape[-1])
+        got["projector_set"].append(torch.cat([tok.mean(1), tok.amax(1)], -1).numpy())
         got["lm"].append(out.hidden_states[-1][:, -1, :].float().numpy())
     hook.remove()
     return {k: np.concatenate(v) for k, v in got.items()}

@@ -1,8 +1,15 @@
-"""Scoring batches: which pairs run together, so a batch pads little and fits its memory."""
+"""Batches: which pairs a scoring batch runs together (so it pads little and fits its memory),
+and which element question each pair of a training batch asks."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from tokenfocus.evalmuse import Record
+from tokenfocus.prompts import COUNT_WORDS, counterfactual
+
+#: A counterfactual element question: (the prompt it quotes, its key, its P(yes) target).
+Swap = tuple[str, str, float]
 
 #: Characters per text token, for sizing batches before tokenising (an estimate, ~4 for English).
 CHARS_PER_TOKEN = 4
@@ -49,3 +56,43 @@ def image_tokens(processor, images) -> list[int]:
     except Exception:  # noqa: BLE001 - an estimate for batching only
         return [0] * len(images)
     return [int(t) for t in got] if got and len(got) == len(images) else [0] * len(images)
+
+
+def ask_elements(
+    records: list[Record], rng, balance: float, counterfactual_share: float = 0.0, swap_rng=None, counts=()
+) -> tuple[list[str], list[Swap | None]]:
+    """Each training pair's element question: its key, and where it is asked as a counterfactual,
+    the swap that replaces it.
+
+    Args:
+        records: the batch's pairs.
+        rng: numpy generator of the batch (the keys are drawn from it alone, as ever).
+        balance: share of pairs asked one of their absent elements, where they have any: most
+            elements are present, and drawing absent ones more often makes the image matter.
+        counterfactual_share: share of present counting and spatial elements asked with their
+            count one off or their relation turned round (:func:`~tokenfocus.prompts.counterfactual`),
+            with the target 1 - label: a contrast only the image can settle.
+        swap_rng: numpy generator of the counterfactuals (a stream of its own).
+        counts: the count words a counterfactual may claim.
+    """
+    keys: list[str] = []
+    swaps: list[Swap | None] = []
+    for r in records:
+        absent = [e.key for e in r.elements if (r.element_score[e.key] or 0) < 0.5]
+        every = [e.key for e in r.elements]
+        pool = absent if absent and rng.random() < balance else every
+        keys.append(pool[rng.integers(len(pool))])
+        label = r.element_score[keys[-1]] or 0.0
+        swap = None
+        if counterfactual_share > 0 and label >= 0.5 and swap_rng.random() < counterfactual_share:
+            cf = counterfactual(r.prompt, keys[-1], up=swap_rng.random() < 0.5, counts=tuple(counts))
+            swap = (cf[0], cf[1], 1.0 - label) if cf else None
+        swaps.append(swap)
+    return keys, swaps
+
+
+def count_words(records: list[Record]) -> tuple[str, ...]:
+    """The count words the data's counting elements claim, in order: what a counterfactual count
+    may be (a word the data never uses would give the swap away)."""
+    seen = {w for r in records for e in r.elements if e.category == "counting" for w in e.text.split()}
+    return tuple(w for w in COUNT_WORDS if w in seen)

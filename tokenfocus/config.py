@@ -188,13 +188,13 @@ class TrainConfig:
     mse_warmup_frac: float = 0.2  # CE alone first, then the regression term joins
     element_weight: float = 0.5
     element_balance: float = 0.5  # share of element questions drawn from absent elements, when any
-    # random lighting on the training images (brightness/contrast up to this fraction either way,
-    # colour temperature a third of it), drawn from (seed, step): iMatch's augmentation; 0 = off
-    augment_lighting: float = 0.0
+    augment_lighting: float = 0.0  # random lighting (brightness/contrast +- this, iMatch's); 0 = off
     image_cache: int = 4096  # decoded training images kept at a time (least recently used out)
     # share of training images swapped for a redrawing of their scene in another style (SynthMuse's
     # styled/<k>/, synth.styled_copies): the same labels, pixels of the styles pre-training drew
     augment_styles: float = 0.0
+    # share of present counting/spatial elements asked as a counterfactual (batches.ask_elements)
+    counterfactual: float = 0.0
     prefix_reuse: bool = True  # one image prefill per pair for its overall and element rows
     soft_target: bool = True  # two-hot target around the mean human score
     eval_every: int = 200

@@ -168,3 +168,69 @@ def element_suffix(parts: TemplateParts, prompts: PromptConfig, element: str) ->
 def element_text(parts: TemplateParts, prompts: PromptConfig, prompt: str, element: str) -> str:
     """The full chat text of one element question (the plain, no-reuse path)."""
     return element_prefix(parts, prompts, prompt) + element_suffix(parts, prompts, element)
+
+
+#: Count words a counterfactual moves one up or down (plural to plural: "one" is never claimed or
+#: left, so the noun's number never gives a swap away).
+COUNT_WORDS = ("two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+#: Relations a counterfactual turns round.
+OPPOSITES = {
+    "left of": "right of",
+    "right of": "left of",
+    "above": "below",
+    "below": "above",
+    "in front of": "behind",
+    "behind": "in front of",
+}
+
+
+def counterfactual(
+    prompt: str, key: str, up: bool, counts: tuple[str, ...] = COUNT_WORDS
+) -> tuple[str, str] | None:
+    """An element that contradicts ``key``, and the prompt that claims it instead.
+
+    A counting element's count moves one up (``up``) or down, a spatial element's relation turns
+    round, in the key and at the same place in the prompt, so that the text alone cannot tell the
+    counterfactual from a real element: only the image can. A compositional key (``"three circles
+    (counting)"``) finds its count before its noun in the prompt; a short one (``"three
+    (counting)"``) the first such word. ``counts``: the count words a new count may be (the
+    data's own, so no unseen word gives the swap away); where one way leaves them, it goes the other.
+
+    Returns:
+        ``(prompt, key)``, or None when the key is neither kind or its words are not in the prompt.
+    """
+    import re
+
+    from tokenfocus.evalmuse import parse_element_key
+
+    el = parse_element_key(key)
+    words = el.text.split()
+    if el.category == "counting":
+        i = next((j for j, w in enumerate(words) if w in COUNT_WORDS), None)
+        if i is None:
+            return None
+        at = COUNT_WORDS.index(words[i])
+        moves = [at + 1, at - 1] if up else [at - 1, at + 1]
+        new = next(
+            (COUNT_WORDS[n] for n in moves if 0 <= n < len(COUNT_WORDS) and COUNT_WORDS[n] in counts), None
+        )
+        if new is None:
+            return None
+        old = words[i]
+        after = words[i + 1] if i + 1 < len(words) else None
+    elif el.category == "spatial":
+        old = next(
+            (r for r in sorted(OPPOSITES, key=len, reverse=True) if re.search(rf"\b{r}\b", el.text)), None
+        )
+        if old is None:
+            return None
+        new, after = OPPOSITES[old], None
+    else:
+        return None
+    # the noun may stand in the singular in the key and the plural in the prompt ("circle"/"circles")
+    near = rf"(?=(?:\s+\S+){{0,3}}?\s+{re.escape(after.rstrip('s'))}\w*\b)" if after else ""
+    found = re.search(rf"\b{re.escape(old)}\b{near}", prompt)
+    if not found:
+        return None
+    swapped_key = key.replace(el.text, re.sub(rf"\b{re.escape(old)}\b", new, el.text, count=1), 1)
+    return prompt[: found.start()] + new + prompt[found.end() :], swapped_key

@@ -26,6 +26,7 @@ from tokenfocus.backbones import (
     train_mode,
     training_precision,
 )
+from tokenfocus.batches import ask_elements, count_words
 from tokenfocus.checkpoint import (
     CpuClock,
     TrainState,
@@ -87,6 +88,7 @@ class Trainer:
             held = {r.prompt_id for r in split_records(self.params, f"train-fold{self.exclude_fold}")}
             self.train_records = [r for r in self.train_records if r.prompt_id not in held]
         self.val_records = split_records(self.params, "val")
+        self.count_words = count_words(self.train_records)  # what a counterfactual count may be
         if not self.train_records:
             raise ValueError(f"{self.slug}: the train split is empty")
         # decoded on first use, at most train.image_cache at a time: memory bounded on EvalMuse-40K
@@ -103,20 +105,18 @@ class Trainer:
         n = len(self.train_records)
         idx = rng.choice(n, size=min(self.cfg.batch_size, n), replace=False)
         recs = [self.train_records[i] for i in idx]
-        keys = []
-        for r in recs:
-            # Most elements are present; drawing absent ones more often makes the image matter.
-            absent = [e.key for e in r.elements if (r.element_score[e.key] or 0) < 0.5]
-            every = [e.key for e in r.elements]
-            pool = absent if absent and rng.random() < self.cfg.element_balance else every
-            keys.append(pool[rng.integers(len(pool))])
-        return recs, keys
+        swap_rng = np.random.default_rng([self.cfg.seed, step, micro, 15_485_863])
+        keys, swaps = ask_elements(
+            recs, rng, self.cfg.element_balance, self.cfg.counterfactual, swap_rng, self.count_words
+        )
+        return recs, keys, swaps
 
     # -- loss -------------------------------------------------------------------------------------
     def _loss(
-        self, recs: list[Record], keys: list[str], step: int, *, pos: list[int] | None = None, micro: int = 0
+        self, recs: list[Record], keys: list[str], step: int, *, pos=None, micro: int = 0, swaps=None
     ) -> dict[str, torch.Tensor]:
-        """The batch's loss; ``pos``: each row's place in the global batch (a rank holds a shard)."""
+        """The batch's loss; ``pos``: each row's place in the global batch (a rank holds a shard);
+        ``swaps``: per row, the counterfactual its element question asks instead (or None)."""
         parts, pr = self.scorer.parts, self.prompts
         pos = list(range(len(recs))) if pos is None else pos
         imgs = [self._image(r, step, micro, i) for r, i in zip(recs, pos, strict=True)]
@@ -125,9 +125,12 @@ class Trainer:
             overall_text(parts, pr, p, [e.key for e in r.elements])
             for p, r in zip(prompts, recs, strict=True)
         ]
+        keys, labels = list(keys), [r.element_score[k] for r, k in zip(recs, keys, strict=True)]
+        for i, sw in enumerate(swaps or []):
+            if sw:  # the prompt that claims the counterfactual, cut as the scorer cuts it
+                prompts[i], keys[i], labels[i] = self.scorer.fit_prompt(sw[0], recs[i].img_path), sw[1], sw[2]
         element = [element_text(parts, pr, p, k) for p, k in zip(prompts, keys, strict=True)]
-        scores = torch.tensor([r.total_score for r in recs])
-        labels = torch.tensor([r.element_score[k] for r, k in zip(recs, keys, strict=True)])
+        scores, labels = torch.tensor([r.total_score for r in recs]), torch.tensor(labels)
         tokens = self.scorer.tokens
         if self.cfg.loss == "lm":
             return self._lm_loss(overall + element, imgs, scores, labels)
@@ -322,12 +325,11 @@ class Trainer:
             torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout identical after a resume
             parts: dict[str, float] = {}
             for micro in range(cfg.grad_accum):
-                recs, keys = self._batch(step, micro)  # the global batch, the same on every rank
+                recs, keys, swaps = self._batch(step, micro)  # the global batch, the same on every rank
                 pos = self.world.shard(list(range(len(recs))))
+                recs, keys, swaps = ([v[i] for i in pos] for v in (recs, keys, swaps))  # this rank's
                 with self.amp():
-                    out = self._loss(
-                        [recs[i] for i in pos], [keys[i] for i in pos], step, pos=pos, micro=micro
-                    )
+                    out = self._loss(recs, keys, step, pos=pos, micro=micro, swaps=swaps)
                 (out["loss"] / cfg.grad_accum).backward()
                 for k, v in out.items():
                     parts[k] = parts.get(k, 0.0) + float(v.detach()) / cfg.grad_accum

@@ -285,7 +285,7 @@ def test_the_shared_image_prefix_gives_the_plain_paths_loss_and_gradients(tiny_p
         lambda _m, _a, kw: pixels.append(kw["pixel_values"].numel()) if "pixel_values" in kw else None,
         with_kwargs=True,
     )
-    recs, keys = tr._batch(0, 0)
+    recs, keys, _ = tr._batch(0, 0)
     runs = {}
     for share in (False, True):
         tr.share_prefix = share
@@ -318,7 +318,7 @@ def test_gradient_checkpointing_encodes_the_image_per_row(tiny_params, tmp_path)
     tr.setup()
     assert not tr.share_prefix
     tr.model.train()  # checkpointing acts in training only
-    recs, keys = tr._batch(0, 0)
+    recs, keys, _ = tr._batch(0, 0)
     per_row = tr._loss(recs, keys, p.train.steps)["loss"].item()
     tr.model.gradient_checkpointing_disable()  # the per-row loss is the right one
     assert tr._loss(recs, keys, p.train.steps)["loss"].item() == pytest.approx(per_row, rel=1e-5)
@@ -340,7 +340,7 @@ def test_style_augmentation_swaps_in_a_redrawn_scene_by_seed_and_step(
     tr = Trainer(slug, p, out=tmp_path / "t")
     tr._load_data()
     assert len(tr.styled) == 2
-    recs, _ = tr._batch(0, 0)
+    recs, _, _ = tr._batch(0, 0)
     files = {
         "benchmark": lambda r: data_copy / "images" / r.img_path,
         **{
@@ -369,3 +369,51 @@ def test_style_augmentation_swaps_in_a_redrawn_scene_by_seed_and_step(
     for i, r in enumerate(recs):
         got = np.asarray(plain._image(r, 0, 0, i))
         assert (got == np.asarray(Image.open(files["benchmark"](r)).convert("RGB"))).all()
+
+
+def test_counterfactual_elements_contradict_a_present_element_in_key_and_prompt(tiny_params, tmp_path):
+    """With train.counterfactual, a present counting or spatial element is asked with its count one
+    off or its relation turned round, in its key and in the prompt the question quotes, with the
+    target 1 - label; the keys drawn stay those of a run without it."""
+    from tokenfocus.evalmuse import parse_element_key
+    from tokenfocus.prompts import OPPOSITES
+
+    slug = "idefics3_tiny"
+    plain = Trainer(slug, _params(tiny_params, slug), out=tmp_path / "a")
+    swapping = Trainer(slug, _params(tiny_params, slug, counterfactual=1.0), out=tmp_path / "b")
+    plain._load_data()
+    swapping._load_data()
+    assert set(swapping.count_words) <= {"two", "three", "four"}  # SynthMuse claims up to four
+    kinds = set()
+    for step in range(8):
+        recs, keys, none = plain._batch(step, 0)
+        recs2, keys2, swaps = swapping._batch(step, 0)
+        assert [r.img_path for r in recs] == [r.img_path for r in recs2] and keys == keys2
+        assert none == [None] * len(recs)
+        for r, k, sw in zip(recs, keys, swaps, strict=True):
+            el = parse_element_key(k)
+            if sw is None:
+                continue
+            prompt, key, label = sw
+            assert r.element_score[k] >= 0.5 and label == pytest.approx(1 - r.element_score[k])
+            new = parse_element_key(key)
+            assert new.category == el.category in ("counting", "spatial")
+            gone = [w for w in el.text.split() if w not in new.text.split()]
+            came = [w for w in new.text.split() if w not in el.text.split()]
+            # one word (or relation) differs, and the prompt differs there alone
+            assert prompt != r.prompt and len(prompt.split()) == len(r.prompt.split())
+            diff = [(a, b) for a, b in zip(r.prompt.split(), prompt.split(), strict=True) if a != b]
+            if el.category == "counting":
+                assert diff == list(zip(gone, came, strict=True)) and came[0] in swapping.count_words
+            else:
+                rel = next(r for r in sorted(OPPOSITES, key=len, reverse=True) if r in el.text)
+                assert new.text == el.text.replace(rel, OPPOSITES[rel])
+                assert prompt == r.prompt.replace(rel, OPPOSITES[rel], 1)
+            kinds.add(el.category)
+    assert kinds == {"counting", "spatial"}
+    # the swaps reach the loss: the same rows without them give another element loss
+    swapping.setup()
+    recs, keys, swaps = swapping._batch(0, 0)
+    assert any(swaps)
+    with_swaps = swapping._loss(recs, keys, 0, swaps=swaps)["element"].item()
+    assert swapping._loss(recs, keys, 0)["element"].item() != pytest.approx(with_swaps)
