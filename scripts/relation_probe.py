@@ -3,7 +3,8 @@
 On freshly drawn two-group scenes (one shape each, a seed of its own), fit a logistic regression
 that reads the relation (left of / right of / above / below, chance 0.25) from
   1. the tower's map (every position, flattened),
-  2. the projector's image tokens (flattened),
+  2. the projector's image tokens (flattened; as a set, mean and max; and the two tokens most like
+     the groups' shape words, side by side: what attention could fetch),
   3. the language model's last hidden state at the answer position of "where are the <a> ?",
 and compare with what the model answers itself (its yes/no check of the true against the swapped
 relation). A probe that reads the relation where the answer does not says the information is
@@ -64,7 +65,9 @@ def features(scorer: Scorer, family: str, scs, images) -> dict[str, np.ndarray]:
     model, proc = scorer.model, scorer.processor
     tower, projector = part(model, family, "tower"), part(model, family, "projector")
     parts = template_parts(proc)
-    got: dict[str, list] = {"tower": [], "projector": [], "projector_set": [], "lm": []}
+    got: dict[str, list] = {"tower": [], "projector": [], "projector_set": [], "retrieved": [], "lm": []}
+    tok_ids = torch.tensor([proc.tokenizer.convert_tokens_to_ids(s) for s in SHAPES])
+    words = torch.nn.functional.normalize(model.get_input_embeddings()(tok_ids).float(), dim=-1)
     cap = {}
     hook = projector.register_forward_hook(lambda m, i, o: cap.__setitem__("tok", o))
     for b in range(0, len(scs), 32):
@@ -79,6 +82,14 @@ def features(scorer: Scorer, family: str, scs, images) -> dict[str, np.ndarray]:
         # when a token's features do not say where it sits
         tok = tok.reshape(len(ss), -1, tok.shape[-1])
         got["projector_set"].append(torch.cat([tok.mean(1), tok.amax(1)], -1).numpy())
+        # what one attention step could fetch: the token most like each group's shape word (the
+        # presence loss ties them), the two side by side
+        sim = torch.einsum("btd,sd->bts", torch.nn.functional.normalize(tok.float(), dim=-1), words)
+        pick = [
+            torch.cat([tok[i, sim[i, :, SHAPES.index(g.shape)].argmax()] for g in s.groups[:2]])
+            for i, s in enumerate(ss)
+        ]
+        got["retrieved"].append(torch.stack(pick).numpy())
         got["lm"].append(out.hidden_states[-1][:, -1, :].float().numpy())
     hook.remove()
     return {k: np.concatenate(v) for k, v in got.items()}
