@@ -406,7 +406,7 @@ def test_counterfactual_elements_contradict_a_present_element_in_key_and_prompt(
             if el.category == "counting":
                 assert diff == list(zip(gone, came, strict=True)) and came[0] in swapping.count_words
             else:
-                rel = next(r for r in sorted(OPPOSITES, key=len, reverse=True) if r in el.text)
+                rel = next(o for o in sorted(OPPOSITES, key=len, reverse=True) if o in el.text)
                 assert new.text == el.text.replace(rel, OPPOSITES[rel])
                 assert prompt == r.prompt.replace(rel, OPPOSITES[rel], 1)
             kinds.add(el.category)
