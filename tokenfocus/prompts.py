@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from tokenfocus.backbones import BackboneError, TemplateParts
 from tokenfocus.config import PromptConfig
+from tokenfocus.evalmuse import parse_element_key
 from tokenfocus.prefix import ids_after
+from tokenfocus.render import COUNTS, RELATIONS
 
 
 @dataclass(frozen=True)
@@ -172,16 +175,9 @@ def element_text(parts: TemplateParts, prompts: PromptConfig, prompt: str, eleme
 
 #: Count words a counterfactual moves one up or down (plural to plural: "one" is never claimed or
 #: left, so the noun's number never gives a swap away).
-COUNT_WORDS = ("two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
-#: Relations a counterfactual turns round.
-OPPOSITES = {
-    "left of": "right of",
-    "right of": "left of",
-    "above": "below",
-    "below": "above",
-    "in front of": "behind",
-    "behind": "in front of",
-}
+COUNT_WORDS = (*(COUNTS[n] for n in sorted(COUNTS) if n > 1), "five", "six", "seven", "eight", "nine", "ten")
+#: Relations a counterfactual turns round: the renderer's, and the depth pair real prompts use.
+OPPOSITES = {**RELATIONS, "in front of": "behind", "behind": "in front of"}
 
 
 def counterfactual(
@@ -199,10 +195,6 @@ def counterfactual(
     Returns:
         ``(prompt, key)``, or None when the key is neither kind or its words are not in the prompt.
     """
-    import re
-
-    from tokenfocus.evalmuse import parse_element_key
-
     el = parse_element_key(key)
     words = el.text.split()
     if el.category == "counting":
