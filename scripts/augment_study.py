@@ -3,7 +3,9 @@ from the same shipped base at each strength, params otherwise as in params.yaml,
 the test split and on the same prompts drawn in the held-out style family. `lighting`: random
 lighting (train.augment_lighting, iMatch's); `styles`: the scene redrawn in another training
 style (train.augment_styles, SynthMuse's styled/ copies); `counterfactual`: present counting and
-spatial elements asked with their count one off or relation turned round (train.counterfactual).
+spatial elements asked with their count one off or relation turned round (train.counterfactual);
+`short_keys`: training pairs keyed in EvalMuse's short form (train.short_keys). Each run is also
+scored on the test pairs with short keys (test_short).
 
     .venv/bin/python scripts/augment_study.py [--backbone fastvlm_gemma] [--augment lighting]
         [--strengths 0 0.2]
@@ -28,11 +30,16 @@ apply_env()
 
 from tokenfocus.config import load_params  # noqa: E402
 from tokenfocus.plots import category_accuracy  # noqa: E402
-from tokenfocus.predictions import HELDOUT, read_table, score_backbone  # noqa: E402
+from tokenfocus.predictions import HELDOUT, SHORT, read_table, score_backbone  # noqa: E402
 from tokenfocus.train import Trainer  # noqa: E402
 
 #: what each study varies: a key of the train block
-KNOBS = {"lighting": "augment_lighting", "styles": "augment_styles", "counterfactual": "counterfactual"}
+KNOBS = {
+    "lighting": "augment_lighting",
+    "styles": "augment_styles",
+    "counterfactual": "counterfactual",
+    "short_keys": "short_keys",
+}
 
 
 def run(slug: str, augment: str, strength: float, work: Path) -> dict:
@@ -45,8 +52,11 @@ def run(slug: str, augment: str, strength: float, work: Path) -> dict:
         score=dataclasses.replace(p.score, out=str(work / f"scores{strength}")),
     )
     summary = Trainer(slug, p).run()
-    metrics = score_backbone(slug, p, splits=("test", HELDOUT), model_dir=Path(p.train.out) / slug / "model")
+    metrics = score_backbone(
+        slug, p, splits=("test", HELDOUT, SHORT), model_dir=Path(p.train.out) / slug / "model"
+    )
     held = read_table(Path(p.score.out) / slug / f"{HELDOUT}.json")
+    short = read_table(Path(p.score.out) / slug / f"{SHORT}.json")
     return {
         KNOBS[augment]: strength,
         "steps": summary["steps"],
@@ -54,6 +64,8 @@ def run(slug: str, augment: str, strength: float, work: Path) -> dict:
         "test": metrics["test"],
         "heldout_style": metrics[HELDOUT],
         "heldout_category_accuracy": category_accuracy(held),
+        "test_short": metrics[SHORT],
+        "short_category_accuracy": category_accuracy(short),
         "test_category_accuracy": category_accuracy(read_table(Path(p.score.out) / slug / "test.json")),
     }
 
@@ -84,25 +96,29 @@ def main() -> None:
     out = Path(f"eval/augment_study_{a.augment}_{a.backbone}.json")
     out.write_text(json.dumps({"backbone": a.backbone, "augment": a.augment, "runs": rows}, indent=1))
     print(
-        f"| {KNOBS[a.augment]} | steps | val SRCC | test SRCC | test NTIRE | held-out SRCC | held-out NTIRE | held-out object acc |"
+        f"| {KNOBS[a.augment]} | steps | val SRCC | test SRCC | test NTIRE | held-out SRCC | held-out NTIRE "
+        "| held-out object acc | short-key SRCC | short-key NTIRE |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        t, h = r["test"], r["heldout_style"]
+        t, h, s = r["test"], r["heldout_style"], r["test_short"]
         print(
             f"| {r[KNOBS[a.augment]]} | {r['steps']} | {r['best_val_srcc']:.4f} | {t['srcc']:.4f} | {t['final']:.4f} | "
-            f"{h['srcc']:.4f} | {h['final']:.4f} | {r['heldout_category_accuracy'].get('object', float('nan')):.3f} |"
+            f"{h['srcc']:.4f} | {h['final']:.4f} | {r['heldout_category_accuracy'].get('object', float('nan')):.3f} | "
+            f"{s['srcc']:.4f} | {s['final']:.4f} |"
         )
 
-    print("\nElement accuracy per category, test / held-out:\n")
+    print("\nElement accuracy per category, test / held-out / short keys:\n")
     cats = sorted(rows[0]["test_category_accuracy"])
     print(f"| {KNOBS[a.augment]} | " + " | ".join(cats) + " |")
     print("|---|" + "---|" * len(cats))
     for r in rows:
-        t, h = r["test_category_accuracy"], r["heldout_category_accuracy"]
+        t, h, s = r["test_category_accuracy"], r["heldout_category_accuracy"], r["short_category_accuracy"]
         print(
             f"| {r[KNOBS[a.augment]]} | "
-            + " | ".join(f"{t[c]:.3f} / {h.get(c, float('nan')):.3f}" for c in cats)
+            + " | ".join(
+                f"{t[c]:.3f} / {h.get(c, float('nan')):.3f} / {s.get(c, float('nan')):.3f}" for c in cats
+            )
             + " |"
         )
 

@@ -127,11 +127,12 @@ def tiny_params(small_data, tmp_path_factory):
     pre-trained once per session (every family of FAMILIES), and those of PATH_BACKBONES built."""
     import dataclasses
 
-    from tokenfocus.config import BackboneConfig, _build, load_params
+    from tokenfocus.config import BackboneConfig, load_params
     from tokenfocus.pretrain import pretrain_base
     from tokenfocus.split import main as split_main
     from tokenfocus.stages import build_stage
     from tokenfocus.tiny import build
+    from tokenfocus.typed import build as build_config
 
     work = tmp_path_factory.mktemp("work")
     p = load_params(ROOT / "params.yaml")
@@ -155,10 +156,10 @@ def tiny_params(small_data, tmp_path_factory):
     repo = dict(p.backbones)
     p.backbones = {}
     for slug in FAMILIES:
-        entry = repo.get(slug) or _build(BackboneConfig, {"source": "", **VIT_BACKBONES[slug]}, slug)
+        entry = repo.get(slug) or build_config(BackboneConfig, {"source": "", **VIT_BACKBONES[slug]}, slug)
         p.backbones[slug] = dataclasses.replace(entry, source=str(work / "base" / slug), pretrain={})
     for slug, entry in PATH_BACKBONES.items():
-        p.backbones[slug] = _build(BackboneConfig, {"source": str(work / "base" / slug), **entry}, slug)
+        p.backbones[slug] = build_config(BackboneConfig, {"source": str(work / "base" / slug), **entry}, slug)
     split_main(p.split, small_data)
     for slug in FAMILIES:
         build_stage(slug, p)

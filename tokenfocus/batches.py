@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from tokenfocus.evalmuse import Record
 from tokenfocus.prompts import COUNT_WORDS, counterfactual
+from tokenfocus.synth import shorten
 
 #: A counterfactual element question: (the prompt it quotes, its key, its P(yes) target).
 Swap = tuple[str, str, float]
@@ -96,3 +97,29 @@ def count_words(records: list[Record]) -> tuple[str, ...]:
     may be (a word the data never uses would give the swap away)."""
     seen = {w for r in records for e in r.elements if e.category == "counting" for w in e.text.split()}
     return tuple(w for w in COUNT_WORDS if w in seen)
+
+
+def short_keyed(
+    records: list[Record], keys: list[str], share: float, rngs
+) -> tuple[list[list[str]], list[str]]:
+    """Each training pair's element keys and its asked key, for ``share`` of the pairs in EvalMuse's
+    short form (:func:`~tokenfocus.synth.shorten`: ``red (color)`` for ``red circles (color)``).
+
+    Why: EvalMuse keys its elements with spans of the prompt, SynthMuse with compositional keys;
+    a scorer trained on one form alone reads the other worse (docs/styles.md, short keys). The
+    labels stay those of the long keys; a key that has no short form (objects) stays as it is.
+
+    Args:
+        records: the batch's pairs.
+        keys: the key each pair is asked (:func:`ask_elements`).
+        share: share of pairs keyed in the short form; 0 = never.
+        rngs: one numpy generator per pair (drawn from only where ``share`` > 0).
+    """
+    names: list[list[str]] = []
+    asked: list[str] = []
+    for r, key, rng in zip(records, keys, rngs, strict=True):
+        full = [e.key for e in r.elements]
+        form = shorten(full) if share > 0 and rng.random() < share else full
+        names.append(form)
+        asked.append(dict(zip(full, form, strict=True)).get(key, key))
+    return names, asked

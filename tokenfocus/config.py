@@ -7,17 +7,15 @@ Nothing here touches the file system or the environment at import time.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tokenfocus.typed import ConfigError, build
+
+__all__ = ["ConfigError", "Params", "load_params", "to_dict"]
+
 DEFAULT_PARAMS = Path("params.yaml")
-
-
-class ConfigError(ValueError):
-    """A params block has an unknown key or a value of the wrong kind."""
 
 
 @dataclass
@@ -195,6 +193,8 @@ class TrainConfig:
     augment_styles: float = 0.0
     # share of present counting/spatial elements asked as a counterfactual (batches.ask_elements)
     counterfactual: float = 0.0
+    # share of training pairs keyed in EvalMuse's short form (batches.short_keyed): both key forms read alike
+    short_keys: float = 0.0
     prefix_reuse: bool = True  # one image prefill per pair for its overall and element rows
     soft_target: bool = True  # two-hot target around the mean human score
     eval_every: int = 200
@@ -311,14 +311,14 @@ class Params:
 
     def prompts_for(self, slug: str) -> PromptConfig:
         """Global templates with the backbone's overrides applied."""
-        return _build(
+        return build(
             PromptConfig, {**dataclasses.asdict(self.prompts), **self.backbone(slug).prompts}, "prompts"
         )
 
     def pretrain_for(self, slug: str) -> PretrainConfig:
         """The pretrain block with the backbone's overrides applied (type-checked)."""
         merged = {**dataclasses.asdict(self.pretrain), **self.backbone(slug).pretrain}
-        return _build(PretrainConfig, merged, f"backbones.{slug}.pretrain")
+        return build(PretrainConfig, merged, f"backbones.{slug}.pretrain")
 
     def train_for(self, slug: str) -> TrainConfig:
         """The train block with the backbone's lr/steps overrides applied."""
@@ -329,48 +329,6 @@ class Params:
         if bb.steps is not None:
             cfg.steps = bb.steps
         return cfg
-
-
-def _build(cls: type, raw: Any, where: str) -> Any:
-    """Build a dataclass from a dict, recursing into nested dataclasses and dicts of them."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(raw) - known
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
-    kwargs = {}
-    for name, value in raw.items():
-        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where)
-    if origin is dict and args and dataclasses.is_dataclass(args[1]):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping")
-        return {k: _build(args[1], v, f"{where}.{k}") for k, v in value.items()}
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        tp = next(a for a in args if a is not type(None))
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp in (int, str, bool) and not isinstance(value, tp):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
-    return value
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
@@ -392,7 +350,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     from ruamel.yaml import YAML
 
     raw = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8")) or {}
-    return _build(Params, raw, path.name)
+    return build(Params, raw, path.name)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from tokenfocus.backbones import (
     train_mode,
     training_precision,
 )
-from tokenfocus.batches import ask_elements, count_words
+from tokenfocus.batches import ask_elements, count_words, short_keyed
 from tokenfocus.checkpoint import (
     CpuClock,
     TrainState,
@@ -121,11 +121,10 @@ class Trainer:
         pos = list(range(len(recs))) if pos is None else pos
         imgs = [self._image(r, step, micro, i) for r, i in zip(recs, pos, strict=True)]
         prompts = [self.scorer.fit_prompt(r.prompt, r.img_path) for r in recs]  # the scorer's cut
-        overall = [
-            overall_text(parts, pr, p, [e.key for e in r.elements])
-            for p, r in zip(prompts, recs, strict=True)
-        ]
-        keys, labels = list(keys), [r.element_score[k] for r, k in zip(recs, keys, strict=True)]
+        labels = [r.element_score[k] for r, k in zip(recs, keys, strict=True)]  # the long keys' labels
+        short = [np.random.default_rng([self.cfg.seed, step, micro, 3_571, i]) for i in pos]
+        names, keys = short_keyed(recs, list(keys), self.cfg.short_keys, short)
+        overall = [overall_text(parts, pr, p, n) for p, n in zip(prompts, names, strict=True)]
         for i, sw in enumerate(swaps or []):
             if sw:  # the prompt that claims the counterfactual, cut as the scorer cuts it
                 prompts[i], keys[i], labels[i] = self.scorer.fit_prompt(sw[0], recs[i].img_path), sw[1], sw[2]

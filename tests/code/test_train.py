@@ -417,3 +417,45 @@ def test_counterfactual_elements_contradict_a_present_element_in_key_and_prompt(
     assert any(swaps)
     with_swaps = swapping._loss(recs, keys, 0, swaps=swaps)["element"].item()
     assert swapping._loss(recs, keys, 0)["element"].item() != pytest.approx(with_swaps)
+
+
+def test_short_keys_rewrite_a_share_of_pairs_in_evalmuses_form_with_the_long_keys_labels(
+    tiny_params, tmp_path
+):
+    """With train.short_keys, that share of a batch's pairs is keyed in EvalMuse's short form, both
+    the element list and the asked key, with the long key's label; at 0 nothing changes, and the
+    short form reaches the loss."""
+    from tokenfocus.batches import short_keyed
+    from tokenfocus.synth import shorten
+
+    slug = "idefics3_tiny"
+    tr = Trainer(slug, _params(tiny_params, slug, short_keys=0.5), out=tmp_path / "t")
+    tr._load_data()
+    recs = tr.train_records[:200]
+    keys = [r.elements[i % len(r.elements)].key for i, r in enumerate(recs)]
+    rngs = [np.random.default_rng([0, i]) for i in range(len(recs))]
+    names, asked = short_keyed(recs, keys, 0.0, rngs)
+    assert names == [[e.key for e in r.elements] for r in recs] and asked == keys
+    names, asked = short_keyed(recs, keys, 0.5, [np.random.default_rng([0, i]) for i in range(len(recs))])
+    short = 0
+    for r, k, n, a in zip(recs, keys, names, asked, strict=True):
+        full = [e.key for e in r.elements]
+        if n != full:
+            short += 1
+            assert n == shorten(full) and a == n[full.index(k)]
+            if a != k:  # the long key less its nouns, with its category (a span two groups share stays long)
+                words, cat = a.split(" (")
+                assert set(words.split()) < set(k.split(" (")[0].split()) and k.endswith(f" ({cat}")
+        else:
+            assert a == k
+    eligible = sum(shorten(f) != f for f in ([e.key for e in r.elements] for r in recs))
+    assert 0.3 < short / eligible < 0.7
+    # the rewriting reaches the loss, and the labels are the long keys'
+    tr.setup()
+    batch_recs, batch_keys, _ = tr._batch(0, 0)
+    long_run = Trainer(slug, _params(tiny_params, slug), out=tmp_path / "u")
+    long_run.setup()
+    long_run._load_data()
+    short_loss, long_loss = tr._loss(batch_recs, batch_keys, 0), long_run._loss(batch_recs, batch_keys, 0)
+    for part in ("loss", "element"):  # the element question's own loss too: its key is short
+        assert short_loss[part].item() != pytest.approx(long_loss[part].item())
