@@ -117,7 +117,7 @@ def score_task(
 
 @task(retries=2, retry_delay_seconds=5, persist_result=True)
 def stack_task(params_path: str, root: str, scored: list[dict]) -> dict:
-    from tokenfocus.stages import stack_stage
+    from tokenfocus.ensemble_stages import stack_stage
 
     return stack_stage(_load(params_path, root))
 
@@ -126,8 +126,8 @@ def stack_task(params_path: str, root: str, scored: list[dict]) -> dict:
 def register_task(params_path: str, root: str, pid: str, stacked: dict) -> dict:
     from prefect.artifacts import create_markdown_artifact
 
+    from tokenfocus.ensemble_stages import register_stage
     from tokenfocus.report import ensemble_gain, ensemble_table
-    from tokenfocus.stages import register_stage
 
     p = _load(params_path, root)
     decision = register_stage(p, pid=pid)

@@ -18,8 +18,9 @@ import mlflow
 import pytest
 
 from tokenfocus.config import load_params
+from tokenfocus.ensemble_stages import stack_stage
 from tokenfocus.split import main as split_main
-from tokenfocus.stages import score_stage, stack_stage, train_stage
+from tokenfocus.stages import score_stage, train_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 SLUG = "fastvlm_gemma"

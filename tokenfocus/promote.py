@@ -8,8 +8,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from tokenfocus.bootstrap import paired_bootstrap
 from tokenfocus.config import Params, TrackingConfig
-from tokenfocus.predictions import paired_bootstrap
 
 log = logging.getLogger(__name__)
 CHALLENGER, CHAMPION = "challenger", "champion"

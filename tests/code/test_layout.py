@@ -10,9 +10,7 @@ PKG = Path(__file__).resolve().parents[2] / "tokenfocus"
 LONG = {
     "cli": "one typer app, a subcommand per verb (the backbones group apart, in cli/backbones.py)",
     "config": "the typed dataclasses of every stage",
-    "predictions": "a split's predictions: resumable chunks, rank shards merged, the tables read back",
     "scoring": "the scorer's paths (plain, one-level and shared prefix) and their batching",
-    "stages": "the stage bodies the DVC pipeline and the flows share",
     "synth": "SynthMuse's prompts, corruptions and annotators",
     "train": "the training loop as one story",
 }

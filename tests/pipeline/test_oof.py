@@ -4,8 +4,9 @@ import dataclasses
 import json
 from pathlib import Path
 
+from tokenfocus.ensemble_stages import stack_stage
 from tokenfocus.predictions import split_records
-from tokenfocus.stages import fold_models, score_stage, stack_stage, train_stage
+from tokenfocus.stages import fold_models, score_stage, train_stage
 from tokenfocus.train import Trainer
 
 

@@ -16,10 +16,10 @@ from mlflow import MlflowClient
 
 from tests.gate import ROOT, _restore, inside
 from tokenfocus.config import load_params
+from tokenfocus.ensemble_stages import register_stage
 from tokenfocus.promote import CHALLENGER, CHAMPION, promote, version_rows
 from tokenfocus.registry import log_and_register
 from tokenfocus.split import main as split_main
-from tokenfocus.stages import register_stage
 
 
 @pytest.fixture(autouse=True)

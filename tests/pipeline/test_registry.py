@@ -10,10 +10,11 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import bomb_png
+from tokenfocus.ensemble_stages import stack_stage
 from tokenfocus.promote import CHALLENGER, CHAMPION, promote
 from tokenfocus.registry import log_and_register
 from tokenfocus.stack import Ensemble, LeakError, fit_ensemble
-from tokenfocus.stages import score_stage, stack_stage, train_stage
+from tokenfocus.stages import score_stage, train_stage
 
 
 @pytest.fixture(scope="module")

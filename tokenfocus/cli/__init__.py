@@ -227,8 +227,8 @@ def score_one(
 @app.command()
 def stack(params: str = PARAMS) -> None:
     """Fit bagging/blending/ridge stacking on val predictions; compare on test."""
+    from tokenfocus.ensemble_stages import stack_stage
     from tokenfocus.stack import LeakError
-    from tokenfocus.stages import stack_stage
 
     try:
         summary = stack_stage(_params(params))
@@ -249,7 +249,7 @@ def _tracking_guard(fn):
 @app.command()
 def register(params: str = PARAMS) -> None:
     """Log the ensemble as a pyfunc model, register it as challenger, promote if better."""
-    from tokenfocus.stages import register_stage
+    from tokenfocus.ensemble_stages import register_stage
 
     try:
         out = _tracking_guard(lambda: register_stage(_params(params)))
