@@ -42,12 +42,12 @@ KNOBS = {
 }
 
 
-def run(slug: str, augment: str, strength: float, work: Path) -> dict:
+def run(slug: str, augment: str, strength: float, work: Path, fixed: dict | None = None) -> dict:
     p = load_params()
     p = dataclasses.replace(
         p,
         train=dataclasses.replace(
-            p.train, **{KNOBS[augment]: strength}, out=str(work / f"{augment}{strength}")
+            p.train, **(fixed or {}), **{KNOBS[augment]: strength}, out=str(work / f"{augment}{strength}")
         ),
         score=dataclasses.replace(p.score, out=str(work / f"scores{strength}")),
     )
@@ -89,11 +89,17 @@ def main() -> None:
     ap.add_argument("--backbone", default="fastvlm_gemma")
     ap.add_argument("--augment", choices=list(KNOBS), default="lighting")
     ap.add_argument("--strengths", nargs="*", type=float, default=[0.0, 0.2])
+    # more train keys held fixed over the strengths, as YAML: --fixed '{short_keys_overall: false}'
+    ap.add_argument("--fixed", default="{}")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [run(a.backbone, a.augment, s, Path(tmp)) for s in a.strengths]
+        from ruamel.yaml import YAML
+
+        fixed = YAML(typ="safe", pure=True).load(a.fixed) or {}
+        rows = [run(a.backbone, a.augment, s, Path(tmp), fixed) | {"fixed": fixed} for s in a.strengths]
     Path("eval").mkdir(exist_ok=True)
-    out = Path(f"eval/augment_study_{a.augment}_{a.backbone}.json")
+    tag = "".join(f"_{k}-{v}" for k, v in sorted(fixed.items()))
+    out = Path(f"eval/augment_study_{a.augment}_{a.backbone}{tag}.json")
     out.write_text(json.dumps({"backbone": a.backbone, "augment": a.augment, "runs": rows}, indent=1))
     print(
         f"| {KNOBS[a.augment]} | steps | val SRCC | test SRCC | test NTIRE | held-out SRCC | held-out NTIRE "

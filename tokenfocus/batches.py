@@ -100,7 +100,7 @@ def count_words(records: list[Record]) -> tuple[str, ...]:
 
 
 def short_keyed(
-    records: list[Record], keys: list[str], share: float, rngs
+    records: list[Record], keys: list[str], share: float, rngs, overall: bool = True
 ) -> tuple[list[list[str]], list[str]]:
     """Each training pair's element keys and its asked key, for ``share`` of the pairs in EvalMuse's
     short form (:func:`~tokenfocus.synth.shorten`: ``red (color)`` for ``red circles (color)``).
@@ -114,12 +114,14 @@ def short_keyed(
         keys: the key each pair is asked (:func:`ask_elements`).
         share: share of pairs keyed in the short form; 0 = never.
         rngs: one numpy generator per pair (drawn from only where ``share`` > 0).
+        overall: whether the element list the overall question carries is rewritten too (else
+            only the asked element's key is).
     """
     names: list[list[str]] = []
     asked: list[str] = []
     for r, key, rng in zip(records, keys, rngs, strict=True):
         full = [e.key for e in r.elements]
         form = shorten(full) if share > 0 and rng.random() < share else full
-        names.append(form)
+        names.append(form if overall else full)
         asked.append(dict(zip(full, form, strict=True)).get(key, key))
     return names, asked

@@ -195,6 +195,7 @@ class TrainConfig:
     counterfactual: float = 0.0
     # share of training pairs keyed in EvalMuse's short form (batches.short_keyed): both key forms read alike
     short_keys: float = 0.0
+    short_keys_overall: bool = True  # the overall question's element list in that form too
     prefix_reuse: bool = True  # one image prefill per pair for its overall and element rows
     soft_target: bool = True  # two-hot target around the mean human score
     eval_every: int = 200

@@ -123,7 +123,7 @@ class Trainer:
         prompts = [self.scorer.fit_prompt(r.prompt, r.img_path) for r in recs]  # the scorer's cut
         labels = [r.element_score[k] for r, k in zip(recs, keys, strict=True)]  # the long keys' labels
         short = [np.random.default_rng([self.cfg.seed, step, micro, 3_571, i]) for i in pos]
-        names, keys = short_keyed(recs, list(keys), self.cfg.short_keys, short)
+        names, keys = short_keyed(recs, list(keys), self.cfg.short_keys, short, self.cfg.short_keys_overall)
         overall = [overall_text(parts, pr, p, n) for p, n in zip(prompts, names, strict=True)]
         for i, sw in enumerate(swaps or []):
             if sw:  # the prompt that claims the counterfactual, cut as the scorer cuts it

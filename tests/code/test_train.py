@@ -449,6 +449,11 @@ def test_short_keys_rewrite_a_share_of_pairs_in_evalmuses_form_with_the_long_key
         else:
             assert a == k
     eligible = sum(shorten(f) != f for f in ([e.key for e in r.elements] for r in recs))
+    # short_keys_overall false: the overall question's list stays long, the asked keys as above
+    names2, asked2 = short_keyed(
+        recs, keys, 0.5, [np.random.default_rng([0, i]) for i in range(len(recs))], False
+    )
+    assert asked2 == asked and names2 == [[e.key for e in r.elements] for r in recs]
     assert 0.3 < short / eligible < 0.7
     # the rewriting reaches the loss, and the labels are the long keys'
     tr.setup()
