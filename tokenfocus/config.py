@@ -13,8 +13,6 @@ from typing import Any
 
 from tokenfocus.typed import ConfigError, build
 
-__all__ = ["ConfigError", "Params", "load_params", "to_dict"]
-
 DEFAULT_PARAMS = Path("params.yaml")
 
 
