@@ -8,7 +8,6 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[2] / "tokenfocus"
 #: Modules that hold one concern at more than 300 lines, and why they stay whole.
 LONG = {
-    "cli": "one typer app, a subcommand per verb (the backbones group apart, in cli/backbones.py)",
     "config": "the typed dataclasses of every stage",
     "scoring": "the scorer's paths (plain, one-level and shared prefix) and their batching",
     "synth": "SynthMuse's prompts, corruptions and annotators",
