@@ -27,29 +27,14 @@ from tokenfocus.env import apply_env  # noqa: E402
 
 apply_env()
 
-from sklearn.metrics import roc_auc_score  # noqa: E402
-
 from tokenfocus.config import load_params  # noqa: E402
-from tokenfocus.evalmuse import parse_element_key  # noqa: E402
-from tokenfocus.plots import category_accuracy  # noqa: E402
 from tokenfocus.predictions import HELDOUT, SHORT, metrics_of, read_table, score_backbone  # noqa: E402
 from tokenfocus.stack import fit_ensemble  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from zeroshot import table_summary  # noqa: E402  (per-category element AUC and accuracy)
+
 SPLITS = ("val", "test", HELDOUT, SHORT)
-
-
-def category_auc(rows: list[dict]) -> dict[str, float]:
-    """Per element category, the AUC of P(yes) against the annotators' majority."""
-    by: dict[str, tuple[list, list]] = {}
-    for r in rows:
-        for k, p in r["elements"].items():
-            if (g := r["gt_elements"].get(k)) is not None:
-                ps, ys = by.setdefault(parse_element_key(k).category, ([], []))
-                ps.append(p)
-                ys.append(int(g >= 0.5))
-    return {
-        c: round(float(roc_auc_score(ys, ps)), 3) for c, (ps, ys) in sorted(by.items()) if len(set(ys)) == 2
-    }
 
 
 def stack_figures(params, tables: dict[str, dict[str, list[dict]]]) -> dict:
@@ -81,10 +66,8 @@ def main() -> None:
         score=dataclasses.replace(p.score, out=str(args.work / "scores")),
     )
     if args.zero_shot:
-        m = score_backbone(args.slug, p, splits=("test",), model_dir=Path(args.base))["test"]
-        rows = read_table(args.work / "scores" / args.slug / "test.json")
-        acc = {c: round(a, 3) for c, a in category_accuracy(rows).items()}
-        print(json.dumps({"element_mean_srcc": round(m["element_mean_srcc"], 3), "categories": acc}))
+        score_backbone(args.slug, p, splits=("test",), model_dir=Path(args.base))
+        print(json.dumps(table_summary(read_table(args.work / "scores" / args.slug / "test.json"))))
         return
     if not args.scored:
         from tokenfocus.train import Trainer
@@ -94,6 +77,9 @@ def main() -> None:
         score_backbone(args.slug, p, splits=SPLITS, model_dir=Path(p.train.out) / args.slug / "model")
     mine = {s: read_table(args.work / "scores" / args.slug / f"{s}.json") for s in SPLITS}
     theirs = {s: read_table(shipped / args.slug / f"{s}.json") for s in SPLITS}
+    others = {
+        s: {b: read_table(shipped / b / f"{s}.json") for b in p.backbones if b != args.slug} for s in SPLITS
+    }
     report: dict = {}
     for name, t in (("pipeline", theirs), ("this base", mine)):
         report[name] = {
@@ -104,13 +90,7 @@ def main() -> None:
             }
             for s in SPLITS
         }
-        report[name]["test categories"] = {
-            c: round(a, 3) for c, a in category_accuracy(t["test"]).items()
-        } | {"auc": category_auc(t["test"])}
-        others = {
-            s: {b: read_table(shipped / b / f"{s}.json") for b in p.backbones if b != args.slug}
-            for s in SPLITS
-        }
+        report[name]["test categories"] = table_summary(t["test"])["categories"]
         report[name]["stack"] = stack_figures(p, {s: others[s] | {args.slug: t[s]} for s in SPLITS})
     print(json.dumps(report, indent=1))
 

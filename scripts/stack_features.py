@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-from sklearn.linear_model import LogisticRegression, RidgeCV  # noqa: E402
+from sklearn.linear_model import RidgeCV  # noqa: E402
 from sklearn.model_selection import GroupKFold  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
@@ -27,7 +27,7 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 from tokenfocus.config import load_params  # noqa: E402
 from tokenfocus.evalmuse import parse_element_key  # noqa: E402
 from tokenfocus.predictions import HELDOUT, metrics_of, read_table  # noqa: E402
-from tokenfocus.stack import design  # noqa: E402
+from tokenfocus.stack import design, fit_ensemble  # noqa: E402
 
 EXTRA = ["", "mean", "min", "below", "logit", "category", "mean+category", "mean+min+below+logit+category"]
 
@@ -37,24 +37,9 @@ def logit(p) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def element_stacker(tables: dict[str, list[dict]], rows: list[int]) -> LogisticRegression:
-    """The pipeline's logistic element stacker (log-odds of each backbone), fitted on ``rows``."""
-    slugs, xs, ys = sorted(tables), [], []
-    for i in rows:
-        for k, g in tables[slugs[0]][i]["gt_elements"].items():
-            xs.append(logit([tables[s][i]["elements"][k] for s in slugs]))
-            ys.append(int(g >= 0.5))
-    return LogisticRegression().fit(np.array(xs), np.array(ys))
-
-
-def stacked(tables: dict[str, list[dict]], rows: list[int], clf) -> list[dict[str, float]]:
-    slugs = sorted(tables)
-    out = []
-    for i in rows:
-        keys = list(tables[slugs[0]][i]["elements"])
-        x = np.array([logit([tables[s][i]["elements"][k] for s in slugs]) for k in keys])
-        out.append(dict(zip(keys, clf.predict_proba(x)[:, 1], strict=True)))
-    return out
+def stacked(fit_on: dict[str, list[dict]], tables: dict[str, list[dict]], params) -> list[dict[str, float]]:
+    """Each pair's element probabilities from the pipeline's element stacker fitted on ``fit_on``."""
+    return [r["elements"] for r in fit_ensemble(fit_on, params.stack).combine(tables, "mean")]
 
 
 def pair_features(probs: list[dict[str, float]], kinds: str, categories: list[str]) -> np.ndarray:
@@ -82,12 +67,15 @@ def main() -> None:
     val = tables["val"]
     y = np.array([r["gt_score"] for r in val[slugs[0]]], dtype=float)
     n = len(y)
-    clf = element_stacker(val, list(range(n)))
     crossed: list = [None] * n  # val's stacked elements, each from the folds without its prompt
     groups = [r["prompt_id"] for r in val[slugs[0]]]
     for fit, held in GroupKFold(5).split(np.zeros(n), groups=groups):
-        for i, p in zip(held, stacked(val, list(held), element_stacker(val, list(fit))), strict=True):
+        part = {s: [val[s][i] for i in fit] for s in slugs}
+        for i, p in zip(
+            held, stacked(part, {s: [val[s][i] for i in held] for s in slugs}, params), strict=True
+        ):
             crossed[i] = p
+    probs = {sp: stacked(val, tables[sp], params) for sp in ("test", HELDOUT)}
     print(
         "| extra features | test SRCC | test NTIRE | held-out SRCC | held-out NTIRE |\n|---|---|---|---|---|"
     )
@@ -99,13 +87,12 @@ def main() -> None:
         cells = []
         for sp in ("test", HELDOUT):
             t = tables[sp]
-            probs = stacked(t, list(range(len(t[slugs[0]]))), clf)
             xt = design(t, features)
             if kinds:
-                xt = np.hstack([xt, pair_features(probs, kinds, categories)])
+                xt = np.hstack([xt, pair_features(probs[sp], kinds, categories)])
             rows = [
                 {**r, "score": float(s), "elements": p}
-                for r, s, p in zip(t[slugs[0]], ridge.predict(xt), probs, strict=True)
+                for r, s, p in zip(t[slugs[0]], ridge.predict(xt), probs[sp], strict=True)
             ]
             m = metrics_of(rows)
             cells += [f"{m['srcc']:.4f}", f"{m['final']:.4f}"]
