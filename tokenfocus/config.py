@@ -160,6 +160,14 @@ class PretrainConfig:
     tower_head_weight: float = 0.0
     tower_readout: str = "pooled"  # what stage 1's heads read: pooled (mean+max of the map) | tokens
     tower_lr_scale: float = 1.0  # the tower's learning rate in stages 2-3, when it trains
+    # > 0: stage 1 also asks every position of the tower's map, through one linear head all positions
+    # share, the count of the group drawn in the region that holds it (0: none), with this weight
+    token_count_weight: float = 0.0
+    # > 0: stage 1 also asks every position, through one shared linear head, whether the group drawn
+    # in its region is left of / right of / above / below another group (0: none), with this weight
+    token_relation_weight: float = 0.0
+    # the odds of counts 1..4 in stages 1-2's fresh scenes; empty: the renderer's (0.4/0.3/0.2/0.1)
+    count_weights: list[float] = field(default_factory=list)
     # the false count a training count check claims: any other count, or adjacent (n +- 1 only;
     # the bases reject claims 2-3 off but accept most 1 off). The checks measured stay `any`
     count_false: str = "any"

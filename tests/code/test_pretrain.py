@@ -11,6 +11,7 @@ from tokenfocus.config import ConfigError, PretrainConfig
 from tokenfocus.pretrain import check_config, corpus, pretrain
 from tokenfocus.pretrain.checks import check_accuracy
 from tokenfocus.pretrain.curriculum import ATTRIBUTES, Pool, question
+from tokenfocus.pretrain.parts import part
 from tokenfocus.render import COUNTS
 from tokenfocus.synth import plural
 
@@ -69,6 +70,9 @@ def test_one_group_pool_has_no_relation_questions():
         ({"tower_lr_scale": -0.1}, "pretrain.tower_head_weight / tower_lr_scale: negative"),
         ({"tower_readout": "cls"}, "pretrain.tower_readout: 'cls' is not pooled or tokens"),
         ({"count_false": "near"}, "pretrain.count_false: 'near' is not any or adjacent"),
+        ({"token_relation_weight": -0.3}, "pretrain.token_relation_weight: -0.3 is negative"),
+        ({"count_weights": [1.0, 1.0]}, r"pretrain.count_weights: \[1.0, 1.0\] is not 4 odds"),
+        ({"count_weights": [0, 0, 0, 1]}, r"pretrain.count_weights: \[0, 0, 0, 1\] is not 4 odds"),
     ],
 )
 def test_bad_pretrain_config_names_the_key(change, message):
@@ -140,6 +144,51 @@ def test_per_shape_tower_stage_trains_and_reports_its_heads(tiny_params):
     assert set(acc) == {"count", "color", "size"} and all(0.0 <= a <= 1.0 for a in acc.values())
 
 
+def _pretrained_tower(tiny_params, slug: str, **cfg) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A tiny pre-training of ``slug``'s base with ``cfg``: its report and its tower's weights."""
+    bb = tiny_params.backbone(slug)
+    model, processor = load_model_and_processor(bb.source, bb)
+    common = {"tower_steps": 2, "tower_groups": 3, "batch_size": 8, "check_scenes": 8}
+    report = pretrain(model, processor, PretrainConfig(**common | cfg), bb.image_size, family=bb.family)
+    return report, {k: v.clone() for k, v in part(model, bb.family, "tower").state_dict().items()}
+
+
+def _heads_in(report: dict, stage: str) -> set[str]:
+    return set(report["stages"][stage].get("head_accuracy", {}))
+
+
+@pytest.mark.parametrize(
+    ("slug", "steps", "switch", "shows"),
+    [
+        # the per-position heads (count, relation) train in stage 1 and report their accuracy there
+        (
+            "fastvlm_gemma",
+            0,
+            {"token_count_weight": 0.3, "token_relation_weight": 0.3},
+            lambda r: {"token_count", "token_relation"} <= _heads_in(r, "tower"),
+        ),
+        # kept tower heads train the tower on through the question stages, and report there
+        (
+            "fastvlm_llama",
+            2,
+            {"tower_head_weight": 1.0},
+            lambda r: bool(_heads_in(r, "pairs") & _heads_in(r, "elements")),
+        ),
+    ],
+    ids=["per-position heads", "kept tower heads"],
+)
+def test_a_tower_head_switch_trains_the_tower_and_shows_in_the_report(
+    tiny_params, slug, steps, switch, shows
+):
+    off, on = (
+        _pretrained_tower(tiny_params, slug, steps=steps, element_steps=steps, tower_lr_scale=0.1, **sw)
+        for sw in ({k: 0.0 for k in switch}, switch)
+    )
+    assert not shows(off[0]) and shows(on[0])
+    # same seed and scenes: the towers differ only because the switched-on heads trained one
+    assert any(not torch.equal(off[1][k], on[1][k]) for k in off[1] if "weight" in k)
+
+
 def test_tower_targets_describe_what_was_drawn():
     import copy
 
@@ -154,21 +203,6 @@ def test_tower_targets_describe_what_was_drawn():
     y = tower_targets([scene], 3)["count"][0]
     assert int(y[SHAPES.index(gone.shape)]) == 0
     assert int(y[SHAPES.index(kept.shape)]) == kept.count and int(y[SHAPES.index(extra.shape)]) == 2
-
-
-def test_kept_tower_heads_train_the_tower_on_through_the_question_stages(tiny_params):
-    bb = tiny_params.backbone("fastvlm_llama")
-    common = {"tower_groups": 3, "steps": 2, "element_steps": 2, "batch_size": 8, "check_scenes": 8}
-    towers = {}
-    for weight in (0.0, 1.0):
-        model, processor = load_model_and_processor(bb.source, bb)
-        cfg = PretrainConfig(tower_steps=2, tower_head_weight=weight, tower_lr_scale=0.1, **common)
-        report = pretrain(model, processor, cfg, bb.image_size, family=bb.family)
-        towers[weight] = {k: v.clone() for k, v in model.model.vision_tower.state_dict().items()}
-        kept = [s for s in ("pairs", "elements") if "head_accuracy" in report["stages"][s]]
-        assert kept == (["pairs", "elements"] if weight else [])
-    # same seed and stage 1: the towers differ only because the kept heads trained the second on
-    assert any(not torch.equal(towers[0.0][k], towers[1.0][k]) for k in towers[0.0] if "weight" in k)
 
 
 def test_token_readout_asks_every_position_about_the_whole_scene():
@@ -271,3 +305,72 @@ def test_adjacent_false_counts_are_one_off_and_any_keeps_every_other_count():
             assert number[true] == g.count and number[false] != g.count
             seen[mode].add(abs(number[false] - g.count))
     assert seen == {"any": {1, 2, 3}, "adjacent": {1}}
+
+
+def test_token_counts_give_each_position_the_count_of_the_group_drawn_in_its_region():
+    from tokenfocus.pretrain.curriculum import token_counts
+    from tokenfocus.render import Group, Scene
+
+    two = Scene([Group("circle", "red", "small", 3), Group("star", "blue", "large", 1)], relation="right of")
+    three = Scene(
+        [
+            Group("circle", "red", "small", 2),
+            Group("star", "blue", "large", 1),
+            Group("cross", "green", "small", 3),
+        ],
+        relation="above",
+        missing={1},
+    )
+    y = token_counts([two, three], 4, 4).view(2, 4, 4)
+    # right of: the circles' region is the right half; every row alike
+    assert y[0].tolist() == [[1, 1, 3, 3]] * 4
+    # above: thirds from the top; the stars were not drawn (0); the crosses fill the bottom third
+    assert [row[0] for row in y[1].tolist()] == [2, 0, 0, 3] and all(len(set(r)) == 1 for r in y[1].tolist())
+
+
+def test_count_weights_redraw_the_counts_and_leave_the_default_stream_alone():
+    import collections
+
+    plain = Pool.draw(30, 64, seed=4).scenes
+    assert [[g.count for g in s.groups] for s in Pool.draw(30, 64, seed=4, count_weights=()).scenes] == [
+        [g.count for g in s.groups] for s in plain
+    ]
+    counts = collections.Counter(
+        g.count
+        for s in Pool.draw(300, 32, seed=4, count_weights=(1.0, 1.0, 1.0, 1.0)).scenes
+        for g in s.groups
+    )
+    assert counts[4] > 0.15 * sum(counts.values())  # the renderer's odds give four a tenth at most
+    assert all(
+        g.count <= 3
+        for s in Pool.draw(300, 32, seed=4, count_weights=(1, 1, 1, 1)).scenes
+        if len(s.groups) == 3
+        for g in s.groups
+    )
+
+
+def test_token_relations_mark_where_each_drawn_group_stands_against_the_others():
+    from tokenfocus.pretrain.curriculum import DIRECTIONS, token_relations
+    from tokenfocus.render import Group, Scene
+
+    left, right, above, below = (list(map(float, (d == k for k in DIRECTIONS))) for d in DIRECTIONS)
+    two = Scene([Group("circle", "red", "small", 3), Group("star", "blue", "large", 1)], relation="right of")
+    y = token_relations([two], 2, 4).view(2, 4, 4)
+    # right of: the circles hold the right half, so their tokens say "right of", the star's "left of"
+    assert y.tolist() == [[left, left, right, right]] * 2
+    three = Scene(
+        [
+            Group("circle", "red", "small", 2),
+            Group("star", "blue", "large", 1),
+            Group("cross", "green", "small", 3),
+        ],
+        relation="below",
+    )
+    rows = token_relations([three], 3, 1).view(3, 4).tolist()
+    # below: the star on top, then the circles, then the crosses; the middle group is both
+    assert rows == [above, [0.0, 0.0, 1.0, 1.0], below]
+    three.missing = {1}  # no star drawn: its region says nothing, the circles are only above
+    rows = token_relations([three], 3, 1).view(3, 4).tolist()
+    assert rows == [[0.0] * 4, above, below]
+    one = Scene([Group("circle", "red", "small", 2)])
+    assert not token_relations([one], 2, 2).any()

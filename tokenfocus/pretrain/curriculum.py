@@ -101,6 +101,12 @@ def check_config(cfg: PretrainConfig) -> None:
             "pretrain.tower_head_weight: the heads of a one-group tower stage "
             "(tower_groups 1) cannot be kept on multi-group scenes; set tower_groups >= 2"
         )
+    for name in ("token_count_weight", "token_relation_weight"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"pretrain.{name}: {getattr(cfg, name)} is negative")
+    w = cfg.count_weights
+    if w and (len(w) != len(COUNTS) or min(w) < 0 or sum(w[:3]) <= 0):
+        raise ConfigError(f"pretrain.count_weights: {w} is not {len(COUNTS)} odds >= 0 with some on 1..3")
     if "relation" in cfg.attributes and cfg.max_groups < 2:
         raise ConfigError("pretrain.attributes: relation needs pretrain.max_groups >= 2")
     if set(cfg.attributes) == {"relation"}:  # a pool always holds one-group scenes too
@@ -174,11 +180,16 @@ def question(
     )
 
 
-def fresh_scene(rng: random.Random, max_groups: int) -> Scene:
+def fresh_scene(rng: random.Random, max_groups: int, count_weights: tuple[float, ...] = ()) -> Scene:
     """A random scene of at most ``max_groups`` groups, one colour per group (so "what shape is
-    red ?" and the colour checks stay unambiguous)."""
+    red ?" and the colour checks stay unambiguous); with ``count_weights``, each group's count
+    drawn anew at those odds of 1..4 (at most 3 in a three-group scene, as the renderer has it)."""
     s = random_scene(rng)
     s.groups = s.groups[:max_groups]
+    if count_weights:
+        for g in s.groups:
+            k = 3 if len(s.groups) == 3 else 4
+            g.count = rng.choices(range(1, k + 1), weights=count_weights[:k])[0]
     s.relation = s.relation if len(s.groups) >= 2 else None
     if len({g.color for g in s.groups}) < len(s.groups):
         for g, c in zip(s.groups, rng.sample(list(COLORS), len(s.groups)), strict=True):
@@ -195,12 +206,20 @@ class Pool:
 
     @classmethod
     def draw(
-        cls, n: int, size: int, seed: int, *, max_groups: int = 3, styles: tuple[Style, ...] | None = None
+        cls,
+        n: int,
+        size: int,
+        seed: int,
+        *,
+        max_groups: int = 3,
+        styles: tuple[Style, ...] | None = None,
+        count_weights: tuple[float, ...] = (),
     ) -> Pool:
         """``n`` random scenes of at most ``max_groups`` groups, rendered at ``size`` pixels, each
-        in a style drawn from ``styles`` (default: the classic drawing)."""
+        in a style drawn from ``styles`` (default: the classic drawing); ``count_weights``: see
+        :func:`fresh_scene`."""
         rng = random.Random(seed)
-        scenes = [fresh_scene(rng, max_groups) for _ in range(n)]
+        scenes = [fresh_scene(rng, max_groups, count_weights) for _ in range(n)]
         return cls(scenes, [render(s, size, rng, pick_style(styles, rng)) for s in scenes])
 
 
@@ -273,4 +292,63 @@ def tower_targets(scenes: list[Scene], groups: int) -> dict[str, torch.Tensor]:
             y["count"][r, c] = g.count
             y["color"][r, c] = 1 + list(COLORS).index(g.color)
             y["size"][r, c] = 1 + list(SIZES).index(g.size)
+    return y
+
+
+def token_counts(scenes: list[Scene], height: int, width: int) -> torch.Tensor:
+    """(B, height * width) targets: at each position of a ``height`` x ``width`` map, the count of
+    the group drawn in the region (:func:`~tokenfocus.render.draw.regions`) that holds the
+    position's centre; 0 where that group is missing. Why: the language model's attention averages
+    over image tokens and cannot add them into a count, so each token should carry its group's."""
+    from tokenfocus.render.draw import _regions
+
+    y = torch.zeros(len(scenes), height * width, dtype=torch.long)
+    for r, sc in enumerate(scenes):
+        groups = list(sc.groups) + sc.extras
+        boxes = _regions(sc, len(groups))
+        for i in range(height * width):
+            cx, cy = (i % width + 0.5) / width, (i // width + 0.5) / height
+            for gi, (x0, y0, x1, y1) in enumerate(boxes):
+                if x0 <= cx < x1 and y0 <= cy < y1:
+                    y[r, i] = 0 if gi in sc.missing else groups[gi].count
+                    break
+    return y
+
+
+#: The directions :func:`token_relations` marks, in its columns' order.
+DIRECTIONS = ("left of", "right of", "above", "below")
+
+
+def token_relations(scenes: list[Scene], height: int, width: int) -> torch.Tensor:
+    """(B, height * width, 4) targets: at each position of a ``height`` x ``width`` map that lies in
+    a drawn group's region, whether that group is left of / right of / above / below some other
+    drawn group (along the axis their regions' centres differ most). Why: the language model reads
+    a token's content by attention and does not compare two tokens' places (docs/styles.md), so the
+    token of a group should itself carry where it stands against the others, as it carries its
+    colour: one attention step then answers "circle left of star"."""
+    from tokenfocus.render.draw import _regions
+
+    y = torch.zeros(len(scenes), height * width, len(DIRECTIONS))
+    for r, sc in enumerate(scenes):
+        groups = list(sc.groups) + sc.extras
+        boxes = _regions(sc, len(groups))
+        drawn = [gi for gi in range(len(groups)) if gi not in sc.missing]
+        centre = {gi: ((boxes[gi][0] + boxes[gi][2]) / 2, (boxes[gi][1] + boxes[gi][3]) / 2) for gi in drawn}
+        marks = {gi: torch.zeros(len(DIRECTIONS)) for gi in drawn}
+        for gi in drawn:
+            for gj in drawn:
+                if gi == gj:
+                    continue
+                dx, dy = centre[gj][0] - centre[gi][0], centre[gj][1] - centre[gi][1]
+                if abs(dx) >= abs(dy):  # gi is left of gj when gj lies to its right
+                    marks[gi][0 if dx > 0 else 1] = 1.0
+                else:  # image rows grow downwards: gj below gi puts gi above it
+                    marks[gi][2 if dy > 0 else 3] = 1.0
+        for i in range(height * width):
+            cx, cy = (i % width + 0.5) / width, (i // width + 0.5) / height
+            for gi in drawn:
+                x0, y0, x1, y1 = boxes[gi]
+                if x0 <= cx < x1 and y0 <= cy < y1:
+                    y[r, i] = marks[gi]
+                    break
     return y

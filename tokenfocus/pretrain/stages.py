@@ -16,11 +16,14 @@ from tokenfocus.backbones import assistant_end, template_parts, train_mode
 from tokenfocus.config import PretrainConfig, PromptConfig
 from tokenfocus.losses import answer_lm_loss
 from tokenfocus.pretrain.curriculum import (
+    DIRECTIONS,
     VALUE_WORDS,
     Pool,
     element_question,
     presence,
     question,
+    token_counts,
+    token_relations,
     tower_targets,
 )
 from tokenfocus.pretrain.parts import (
@@ -33,7 +36,7 @@ from tokenfocus.pretrain.parts import (
     stage_report,
     tower_heads,
 )
-from tokenfocus.render import Scene, Style
+from tokenfocus.render import COUNTS, Scene, Style
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +59,18 @@ def tower_stage(
     cpu0 = time.process_time()
 
     def feats(images):
-        return readout(
-            tower(pixel_values=pixel_values(processor, images)).last_hidden_state, cfg.tower_readout
-        )
+        return tower(pixel_values=pixel_values(processor, images)).last_hidden_state
 
     with torch.no_grad():
-        width = feats([Image.new("RGB", (image_size, image_size))]).shape[-1]
+        blank = feats([Image.new("RGB", (image_size, image_size))])
+    width = readout(blank, cfg.tower_readout).shape[-1]
     heads = tower_heads(width, cfg.tower_groups)
+    # per-position heads, one linear layer all positions share (docs/styles.md): the count of the
+    # group drawn there, and where that group stands against the others
+    token_weights = {"token_count": cfg.token_count_weight, "token_relation": cfg.token_relation_weight}
+    for name, weight in token_weights.items():
+        if weight > 0:
+            heads[name] = torch.nn.Linear(readout(blank, "tokens").shape[-1], TOKEN_OUTPUTS[name])
     params = [*tower.parameters(), *heads.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     sched = cosine_schedule(opt, cfg.tower_steps)
@@ -75,12 +83,38 @@ def tower_stage(
             cfg.seed * 1_000_003 + step,
             max_groups=cfg.tower_groups,
             styles=styles,
+            count_weights=tuple(cfg.count_weights),
         )
-        loss = _head_loss(heads, feats(pool.images), pool.scenes, cfg.tower_groups, hits)
+        hidden = feats(pool.images)
+        loss = _head_loss(heads, readout(hidden, cfg.tower_readout), pool.scenes, cfg.tower_groups, hits)
+        for name, weight in token_weights.items():
+            if weight > 0:
+                loss = loss + weight * _token_loss(name, heads[name], hidden, pool.scenes, hits)
         losses.append(optimizer_step(opt, sched, params, loss))
     model.eval()
     # the heads' exact-match accuracy on the last 50 training batches (fresh scenes each step)
     return stage_report(losses, cpu0) | {"head_accuracy": _last50(hits)}, heads
+
+
+#: How many outputs each per-position head has: counts 0 (none drawn there) to 4; four directions.
+TOKEN_OUTPUTS = {"token_count": len(COUNTS) + 1, "token_relation": len(DIRECTIONS)}
+
+
+def _token_loss(
+    name: str, head: torch.nn.Module, hidden: torch.Tensor, scenes: list[Scene], hits
+) -> torch.Tensor:
+    """A per-position head's loss on the tower's map ``hidden``: cross-entropy on the count of the
+    group drawn at each position, or one yes/no per direction; appends its exact-match rate."""
+    tokens = readout(hidden, "tokens")
+    h, w = hidden.shape[-2:] if hidden.dim() == 4 else (1, tokens.shape[1])
+    logits = head(tokens)
+    if name == "token_count":
+        y = token_counts(scenes, h, w)
+        hits[name].append(float((logits.argmax(-1) == y).float().mean()))
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+    y = token_relations(scenes, h, w)
+    hits[name].append(float(((logits > 0) == (y > 0.5)).all(-1).float().mean()))
+    return F.binary_cross_entropy_with_logits(logits, y)
 
 
 def _last50(hits: dict[str, list[float]]) -> dict[str, float]:
@@ -93,7 +127,7 @@ def _head_loss(
     """The tower heads' cross-entropy on ``f`` (pooled, or per position: see :func:`readout`);
     appends their exact-match rates to ``hits``."""
     loss = 0.0
-    for k, y in tower_targets(scenes, groups).items():
+    for k, y in tower_targets(scenes, groups).items():  # (the per-position heads: _token_loss)
         if f.dim() == 3:  # per token: every position is asked about the whole scene
             y = y.unsqueeze(1).expand(-1, f.shape[1], *y.shape[1:])
         logits = heads[k](f).reshape(*y.shape, -1)
@@ -122,7 +156,14 @@ def _rows(
     b = cfg.batch_size
     n_open, n_elem = round(b * open_frac), round(b * element_frac)
     n_pairs = max(0, (b - n_open - n_elem) // 2)
-    pool = Pool.draw(n_open + n_pairs, image_size, step_seed, max_groups=cfg.max_groups, styles=styles)
+    pool = Pool.draw(
+        n_open + n_pairs,
+        image_size,
+        step_seed,
+        max_groups=cfg.max_groups,
+        styles=styles,
+        count_weights=tuple(cfg.count_weights),
+    )
     attrs = cfg.attributes
     texts, answers, images, scenes = [], [], [], []
 
