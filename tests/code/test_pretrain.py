@@ -308,7 +308,7 @@ def test_adjacent_false_counts_are_one_off_and_any_keeps_every_other_count():
 
 
 def test_token_counts_give_each_position_the_count_of_the_group_drawn_in_its_region():
-    from tokenfocus.pretrain.curriculum import token_counts
+    from tokenfocus.pretrain.targets import token_counts
     from tokenfocus.render import Group, Scene
 
     two = Scene([Group("circle", "red", "small", 3), Group("star", "blue", "large", 1)], relation="right of")
@@ -350,7 +350,7 @@ def test_count_weights_redraw_the_counts_and_leave_the_default_stream_alone():
 
 
 def test_token_relations_mark_where_each_drawn_group_stands_against_the_others():
-    from tokenfocus.pretrain.curriculum import DIRECTIONS, token_relations
+    from tokenfocus.pretrain.targets import DIRECTIONS, token_relations
     from tokenfocus.render import Group, Scene
 
     left, right, above, below = (list(map(float, (d == k for k in DIRECTIONS))) for d in DIRECTIONS)

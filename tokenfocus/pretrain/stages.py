@@ -16,14 +16,11 @@ from tokenfocus.backbones import assistant_end, template_parts, train_mode
 from tokenfocus.config import PretrainConfig, PromptConfig
 from tokenfocus.losses import answer_lm_loss
 from tokenfocus.pretrain.curriculum import (
-    DIRECTIONS,
     VALUE_WORDS,
     Pool,
     element_question,
     presence,
     question,
-    token_counts,
-    token_relations,
     tower_targets,
 )
 from tokenfocus.pretrain.parts import (
@@ -36,6 +33,7 @@ from tokenfocus.pretrain.parts import (
     stage_report,
     tower_heads,
 )
+from tokenfocus.pretrain.targets import DIRECTIONS, token_counts, token_relations
 from tokenfocus.render import COUNTS, Scene, Style
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,68 @@
+"""What stage 1's per-position heads are taught: at each position of the tower's map, the count
+of the group drawn there and where that group stands against the others (docs/styles.md).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tokenfocus.render import Scene
+
+
+def token_counts(scenes: list[Scene], height: int, width: int) -> torch.Tensor:
+    """(B, height * width) targets: at each position of a ``height`` x ``width`` map, the count of
+    the group drawn in the region (:func:`~tokenfocus.render.draw.regions`) that holds the
+    position's centre; 0 where that group is missing. Why: the language model's attention averages
+    over image tokens and cannot add them into a count, so each token should carry its group's."""
+    from tokenfocus.render.draw import _regions
+
+    y = torch.zeros(len(scenes), height * width, dtype=torch.long)
+    for r, sc in enumerate(scenes):
+        groups = list(sc.groups) + sc.extras
+        boxes = _regions(sc, len(groups))
+        for i in range(height * width):
+            cx, cy = (i % width + 0.5) / width, (i // width + 0.5) / height
+            for gi, (x0, y0, x1, y1) in enumerate(boxes):
+                if x0 <= cx < x1 and y0 <= cy < y1:
+                    y[r, i] = 0 if gi in sc.missing else groups[gi].count
+                    break
+    return y
+
+
+#: The directions :func:`token_relations` marks, in its columns' order.
+DIRECTIONS = ("left of", "right of", "above", "below")
+
+
+def token_relations(scenes: list[Scene], height: int, width: int) -> torch.Tensor:
+    """(B, height * width, 4) targets: at each position of a ``height`` x ``width`` map that lies in
+    a drawn group's region, whether that group is left of / right of / above / below some other
+    drawn group (along the axis their regions' centres differ most). Why: the language model reads
+    a token's content by attention and does not compare two tokens' places (docs/styles.md), so the
+    token of a group should itself carry where it stands against the others, as it carries its
+    colour: one attention step then answers "circle left of star"."""
+    from tokenfocus.render.draw import _regions
+
+    y = torch.zeros(len(scenes), height * width, len(DIRECTIONS))
+    for r, sc in enumerate(scenes):
+        groups = list(sc.groups) + sc.extras
+        boxes = _regions(sc, len(groups))
+        drawn = [gi for gi in range(len(groups)) if gi not in sc.missing]
+        centre = {gi: ((boxes[gi][0] + boxes[gi][2]) / 2, (boxes[gi][1] + boxes[gi][3]) / 2) for gi in drawn}
+        marks = {gi: torch.zeros(len(DIRECTIONS)) for gi in drawn}
+        for gi in drawn:
+            for gj in drawn:
+                if gi == gj:
+                    continue
+                dx, dy = centre[gj][0] - centre[gi][0], centre[gj][1] - centre[gi][1]
+                if abs(dx) >= abs(dy):  # gi is left of gj when gj lies to its right
+                    marks[gi][0 if dx > 0 else 1] = 1.0
+                else:  # image rows grow downwards: gj below gi puts gi above it
+                    marks[gi][2 if dy > 0 else 3] = 1.0
+        for i in range(height * width):
+            cx, cy = (i % width + 0.5) / width, (i // width + 0.5) / height
+            for gi in drawn:
+                x0, y0, x1, y1 = boxes[gi]
+                if x0 <= cx < x1 and y0 <= cy < y1:
+                    y[r, i] = marks[gi]
+                    break
+    return y
