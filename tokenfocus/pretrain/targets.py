@@ -9,23 +9,32 @@ import torch
 from tokenfocus.render import Scene
 
 
+def _layout(scene: Scene, height: int, width: int):
+    """The scene's groups (extras last), their regions, and at each position of a ``height`` x
+    ``width`` map the index of the group whose region holds its centre (None: no region does)."""
+    from tokenfocus.render.draw import _regions
+
+    groups = list(scene.groups) + scene.extras
+    boxes = _regions(scene, len(groups))
+    where = []
+    for i in range(height * width):
+        cx, cy = (i % width + 0.5) / width, (i // width + 0.5) / height
+        hit = (gi for gi, (x0, y0, x1, y1) in enumerate(boxes) if x0 <= cx < x1 and y0 <= cy < y1)
+        where.append(next(hit, None))
+    return groups, boxes, where
+
+
 def token_counts(scenes: list[Scene], height: int, width: int) -> torch.Tensor:
     """(B, height * width) targets: at each position of a ``height`` x ``width`` map, the count of
     the group drawn in the region (:func:`~tokenfocus.render.draw.regions`) that holds the
     position's centre; 0 where that group is missing. Why: the language model's attention averages
     over image tokens and cannot add them into a count, so each token should carry its group's."""
-    from tokenfocus.render.draw import _regions
-
     y = torch.zeros(len(scenes), height * width, dtype=torch.long)
     for r, sc in enumerate(scenes):
-        groups = list(sc.groups) + sc.extras
-        boxes = _regions(sc, len(groups))
-        for i in range(height * width):
-            cx, cy = (i % width + 0.5) / width, (i // width + 0.5) / height
-            for gi, (x0, y0, x1, y1) in enumerate(boxes):
-                if x0 <= cx < x1 and y0 <= cy < y1:
-                    y[r, i] = 0 if gi in sc.missing else groups[gi].count
-                    break
+        groups, _, where = _layout(sc, height, width)
+        for i, gi in enumerate(where):
+            if gi is not None and gi not in sc.missing:
+                y[r, i] = groups[gi].count
     return y
 
 
@@ -40,12 +49,9 @@ def token_relations(scenes: list[Scene], height: int, width: int) -> torch.Tenso
     a token's content by attention and does not compare two tokens' places (docs/styles.md), so the
     token of a group should itself carry where it stands against the others, as it carries its
     colour: one attention step then answers "circle left of star"."""
-    from tokenfocus.render.draw import _regions
-
     y = torch.zeros(len(scenes), height * width, len(DIRECTIONS))
     for r, sc in enumerate(scenes):
-        groups = list(sc.groups) + sc.extras
-        boxes = _regions(sc, len(groups))
+        groups, boxes, where = _layout(sc, height, width)
         drawn = [gi for gi in range(len(groups)) if gi not in sc.missing]
         centre = {gi: ((boxes[gi][0] + boxes[gi][2]) / 2, (boxes[gi][1] + boxes[gi][3]) / 2) for gi in drawn}
         marks = {gi: torch.zeros(len(DIRECTIONS)) for gi in drawn}
@@ -58,11 +64,7 @@ def token_relations(scenes: list[Scene], height: int, width: int) -> torch.Tenso
                     marks[gi][0 if dx > 0 else 1] = 1.0
                 else:  # image rows grow downwards: gj below gi puts gi above it
                     marks[gi][2 if dy > 0 else 3] = 1.0
-        for i in range(height * width):
-            cx, cy = (i % width + 0.5) / width, (i // width + 0.5) / height
-            for gi in drawn:
-                x0, y0, x1, y1 = boxes[gi]
-                if x0 <= cx < x1 and y0 <= cy < y1:
-                    y[r, i] = marks[gi]
-                    break
+        for i, gi in enumerate(where):
+            if gi in marks:
+                y[r, i] = marks[gi]
     return y
