@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from tokenfocus.backbones import load_model_and_processor
 from tokenfocus.config import ConfigError, PretrainConfig
-from tokenfocus.pretrain import check_config, corpus, pretrain
+from tokenfocus.pretrain import check_config, corpus, guarded, pretrain
 from tokenfocus.pretrain.checks import check_accuracy
 from tokenfocus.pretrain.curriculum import ATTRIBUTES, Pool, question
 from tokenfocus.pretrain.parts import part
@@ -73,6 +73,8 @@ def test_one_group_pool_has_no_relation_questions():
         ({"token_relation_weight": -0.3}, "pretrain.token_relation_weight: -0.3 is negative"),
         ({"count_weights": [1.0, 1.0]}, r"pretrain.count_weights: \[1.0, 1.0\] is not 4 odds"),
         ({"count_weights": [0, 0, 0, 1]}, r"pretrain.count_weights: \[0, 0, 0, 1\] is not 4 odds"),
+        ({"stage_floor": 1.5}, "pretrain.stage_floor: 1.5 is not in 0..1"),
+        ({"stage_retries": 5}, "pretrain.stage_retries: 5 is not in 0..3"),
     ],
 )
 def test_bad_pretrain_config_names_the_key(change, message):
@@ -107,6 +109,46 @@ def test_pretraining_is_deterministic_changes_the_weights_and_reports(tiny_param
     assert all(r["steps"] == 2 for r in report["stages"].values()) and report["cpu_minutes"] >= 0
     assert set(report["check_accuracy"]) == {*cfg.attributes, "all"}
     assert set(report["element_accuracy"]) <= {"object", "counting", "color", "attribute", "spatial", "all"}
+
+
+def test_a_guarded_stage_below_its_floor_runs_again_from_its_start_and_keeps_the_best(tiny_params):
+    bb = tiny_params.backbone("fastvlm_llama")
+    model, _ = load_model_and_processor(bb.source, bb)
+    name, start = next(iter(model.state_dict().items()))
+    start = start.clone()
+    scores, seen = [0.2, 0.6, 0.4], []
+
+    def run(attempt: int) -> dict:  # a stage that moves one tensor by its attempt's amount
+        seen.append(torch.equal(model.state_dict()[name], start))
+        model.state_dict()[name].add_(attempt + 1.0)
+        return {"steps": attempt}
+
+    cfg = PretrainConfig(stage_floor=0.9, stage_retries=2)
+    report = guarded(model, run, lambda: scores[len(seen) - 1], cfg, "test")
+    assert seen == [True, True, True]  # every attempt starts from the stage's starting weights
+    assert report == {"steps": 1, "guard": [0.2, 0.6, 0.4], "kept_attempt": 2}
+    assert torch.equal(model.state_dict()[name], start + 2.0)  # the best attempt's weights
+
+    seen.clear()
+    scores[0] = 0.95  # at or above the floor: one attempt
+    report = guarded(model, run, lambda: scores[len(seen) - 1], cfg, "test")
+    assert len(seen) == 1 and report["guard"] == [0.95] and report["kept_attempt"] == 1
+    unguarded = dataclasses.replace(cfg, stage_floor=0.0)
+    seen.clear()
+    assert guarded(model, run, lambda: 0.0, unguarded, "test") == {"steps": 0} and len(seen) == 1
+
+
+def test_pretraining_reports_its_guarded_stages_attempts(tiny_params):
+    bb = tiny_params.backbone("fastvlm_llama")
+    model, processor = load_model_and_processor(bb.source, bb)
+    cfg = PretrainConfig(
+        tower_steps=0, steps=2, element_steps=2, batch_size=8, check_scenes=16, stage_floor=0.99
+    )
+    report = pretrain(model, processor, cfg, bb.image_size, family=bb.family, slug="fastvlm_llama")
+    for stage in ("pairs", "elements"):  # two steps from random weights: below 0.99, so run twice
+        guard = report["stages"][stage]["guard"]
+        assert len(guard) == 2 and all(0.0 <= g < 0.99 for g in guard)
+        assert report["stages"][stage]["kept_attempt"] == 1 + guard.index(max(guard))
 
 
 def test_per_shape_tower_targets_say_which_shape_has_what():

@@ -116,6 +116,10 @@ def check_config(cfg: PretrainConfig) -> None:
             raise ConfigError(f"pretrain.{name}: {getattr(cfg, name)} is not in 0..1")
     if cfg.open_frac + cfg.element_frac > 1.0:
         raise ConfigError("pretrain.open_frac + pretrain.element_frac: more than 1 leaves no room")
+    if not 0.0 <= cfg.stage_floor < 1.0:
+        raise ConfigError(f"pretrain.stage_floor: {cfg.stage_floor} is not in 0..1 (0: no guard)")
+    if not 0 <= cfg.stage_retries <= 3:  # (each attempt draws its scenes from its own seed range)
+        raise ConfigError(f"pretrain.stage_retries: {cfg.stage_retries} is not in 0..3")
     for name in ("steps", "tower_steps", "element_steps", "batch_size", "threads", "check_scenes"):
         if getattr(cfg, name) < 0 or (name in ("batch_size", "threads") and getattr(cfg, name) < 1):
             raise ConfigError(f"pretrain.{name}: {getattr(cfg, name)} is out of range")

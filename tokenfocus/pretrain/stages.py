@@ -205,9 +205,12 @@ def question_stage(
     slug: str,
     heads: torch.nn.ModuleDict | None = None,
     styles: tuple[Style, ...] | None = None,
+    attempt: int = 0,
 ) -> dict:
     """Stages 2 and 3: next-token loss on the answers, plus the auxiliary presence loss, and with
-    ``tower_head_weight`` > 0 stage 1's ``heads`` on the tower's map (tower trainable)."""
+    ``tower_head_weight`` > 0 stage 1's ``heads`` on the tower's map (tower trainable).
+
+    ``attempt`` > 0 (a guarded stage run again) draws other scenes and questions."""
     tower, projector = part(model, family, "tower"), part(model, family, "projector")
     keep_heads = cfg.tower_head_weight > 0 and heads is not None
     if cfg.freeze_tower and not keep_heads:
@@ -232,13 +235,13 @@ def question_stage(
     groups = [{"params": rest}] + ([{"params": mine, "lr": cfg.lr * cfg.tower_lr_scale}] if mine else [])
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.01)
     sched = cosine_schedule(opt, steps)
-    rng = random.Random(cfg.seed * 31 + steps)
+    rng = random.Random(cfg.seed * 31 + steps + 7919 * attempt)
     cpu0 = time.process_time()
     losses, aux_losses, hits = [], [], {}
     train_mode(model)  # a frozen tower keeps its BatchNorm statistics
     try:
         for step in tqdm(range(steps), desc=f"pretrain {slug} {name}", disable=None):
-            seed = cfg.seed * 1_000_003 + 500_000 * (name == "elements") + step
+            seed = cfg.seed * 1_000_003 + 500_000 * (name == "elements") + 100_000 * attempt + step
             texts, answers, images, scenes = _rows(
                 rng, seed, cfg, parts, prompts, image_size, element_frac, open_frac, styles
             )
