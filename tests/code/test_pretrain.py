@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from tokenfocus.backbones import load_model_and_processor
 from tokenfocus.config import ConfigError, PretrainConfig
 from tokenfocus.pretrain import check_config, corpus, guarded, pretrain
-from tokenfocus.pretrain.checks import check_accuracy
+from tokenfocus.pretrain.checks import balanced_accuracy, check_accuracy
 from tokenfocus.pretrain.curriculum import ATTRIBUTES, Pool, question
 from tokenfocus.pretrain.parts import part
 from tokenfocus.render import COUNTS
@@ -136,6 +136,13 @@ def test_a_guarded_stage_below_its_floor_runs_again_from_its_start_and_keeps_the
     unguarded = dataclasses.replace(cfg, stage_floor=0.0)
     seen.clear()
     assert guarded(model, run, lambda: 0.0, unguarded, "test") == {"steps": 0} and len(seen) == 1
+
+
+def test_balanced_accuracy_gives_one_answer_everywhere_a_half():
+    hits = [("object", True, True)] * 7 + [("object", False, False)] * 3 + [("color", False, True)] * 5
+    assert balanced_accuracy(hits, "object") == 0.5  # "yes" to all: right on every realised one only
+    hits += [("object", False, True)] * 3
+    assert balanced_accuracy(hits, "object") == 0.75
 
 
 def test_pretraining_reports_its_guarded_stages_attempts(tiny_params):

@@ -49,7 +49,7 @@ import torch
 from tokenfocus.backbones import META_FILE, load_model_and_processor, save_model
 from tokenfocus.config import BackboneConfig, PretrainConfig, PromptConfig
 from tokenfocus.env import torch_threads
-from tokenfocus.pretrain.checks import check_accuracy, element_accuracy
+from tokenfocus.pretrain.checks import balanced_accuracy, check_accuracy, element_accuracy, element_hits
 from tokenfocus.pretrain.curriculum import check_config, corpus
 from tokenfocus.pretrain.stages import question_stage, tower_stage
 from tokenfocus.render import Style
@@ -141,9 +141,11 @@ def pretrain(
                 name="elements",
                 attempt=attempt,
             ),
-            lambda: element_accuracy(
-                model, processor, prompts, image_size, n=cfg.check_scenes, seed=cfg.seed + 5
-            )["object"],
+            # balanced, so that answering "yes" to every object (58% of them realised) scores 0.5
+            lambda: balanced_accuracy(
+                element_hits(model, processor, prompts, image_size, n=cfg.check_scenes, seed=cfg.seed + 5),
+                "object",
+            ),
             cfg,
             f"{slug} elements",
         )
