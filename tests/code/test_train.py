@@ -173,9 +173,12 @@ def test_scoring_the_saved_model_reproduces_the_trainers_validation_metrics(
     scorer = Scorer.load(tmp_path / slug / "model", batch_size=p.score.batch_size)
     images = load_images(f"{p.validate.data}/images", [r.img_path for r in tr.val_records])
     again = evaluate_split(scorer, tr.val_records, images)
-    for key in ("srcc", "plcc", "element_acc"):
-        # 1e-4: a LoRA adapter is merged into its base for scoring (float rounding, ~1e-6 on PLCC)
-        assert again[key] == pytest.approx(logged[key], abs=1e-4), key
+    # a LoRA adapter is merged into its base for scoring: float rounding in the scores. The rank
+    # statistics keep 1e-4; PLCC comes after a 4-parameter logistic fit, which on a model this weak
+    # (PLCC ~0.18) magnifies it: ~1e-6 on the Intel host, 3.8e-4 measured on an AMD EPYC one. 2e-3
+    # still fails the regression below (0.028).
+    for key, tol in (("srcc", 1e-4), ("plcc", 2e-3), ("element_acc", 1e-4)):
+        assert again[key] == pytest.approx(logged[key], abs=tol), key
     base = Scorer.load(p.backbone(slug).source, batch_size=p.score.batch_size)
     assert evaluate_split(base, tr.val_records, images) != again  # training changed the model
 
