@@ -1,5 +1,7 @@
 """`make bench`: throughput and memory of the scorer and trainer, written to docs/benchmarks.md.
 
+``--dispatch`` measures only section 7 (the CPU kernels' pins) and splices it into the file.
+
 Every row names the machine, the backbone, the batch size, the number of runs and the median,
 and each fast path is compared with its baseline measured in the same run.
 """
@@ -382,18 +384,26 @@ def kernel_env(**values: str) -> dict:
 
 
 def bench_dispatch(params, rows):
-    """What pinning the CPU kernels costs, and which variable changes the golden pass's bits."""
+    """What pinning the CPU kernels costs, which variable changes the golden pass's bits, and
+    whether the bits depend on the CPU's vendor (MKL's vendor check answered the other way by a
+    preloaded shim, :func:`tokenfocus.golden.mkl_vendor_shim`)."""
+    import tempfile
+
     from tokenfocus.env import CPU_KERNEL_ENV
+    from tokenfocus.golden import host_is_intel, mkl_vendor_shim
 
     tokenfocus = str(Path(sys.executable).with_name("tokenfocus"))
-    settings = {"native (host dispatch)": {}, **{f"{k}={v} alone": {k: v} for k, v in CPU_KERNEL_ENV.items()}}
-    settings["pinned (all three, the default)"] = dict(CPU_KERNEL_ENV)
-    hashes = {}
-    for name, values in settings.items():
-        out = subprocess.run([tokenfocus, "golden"], capture_output=True, text=True, env=kernel_env(**values))
+
+    def golden(values: dict, preload: Path | None = None) -> dict:
+        env = kernel_env(**values) | ({"LD_PRELOAD": str(preload)} if preload else {})
+        out = subprocess.run([tokenfocus, "golden"], capture_output=True, text=True, env=env)
         if out.returncode:
-            raise SystemExit(f"tokenfocus golden failed under {name}:\n{out.stderr[-3000:]}")
-        hashes[name] = json.loads(out.stdout)
+            raise SystemExit(f"tokenfocus golden failed under {values}:\n{out.stderr[-3000:]}")
+        return json.loads(out.stdout)
+
+    settings = {"native (host dispatch)": {}, **{f"{k}={v} alone": {k: v} for k, v in CPU_KERNEL_ENV.items()}}
+    settings["pinned (all, the default)"] = dict(CPU_KERNEL_ENV)
+    hashes = {name: golden(values) for name, values in settings.items()}
     native = hashes["native (host dispatch)"]
     for name, h in hashes.items():
         rows["dispatch_bits"].append(
@@ -407,6 +417,31 @@ def bench_dispatch(params, rows):
                 else "differ",
             }
         )
+    with tempfile.TemporaryDirectory() as tmp:
+        shim = mkl_vendor_shim(not host_is_intel(), tmp)
+        if shim is not None:
+            host, other = ("Intel", "not Intel") if host_is_intel() else ("not Intel", "Intel")
+            vendor_bound = CPU_KERNEL_ENV | {"MKL_CBWR": "AVX2,STRICT", "TOKENFOCUS_ONEDNN": "on"}
+            for name, values in (
+                ("pinned (all, the default)", CPU_KERNEL_ENV),
+                ("MKL_CBWR=AVX2,STRICT, oneDNN on", vendor_bound),
+            ):
+                a = hashes.get(name) or golden(values)
+                b = golden(values, shim)
+                rows["dispatch_vendor"].append(
+                    {
+                        "setting": name,
+                        "mkl_told": host,
+                        "logits_sha256": a["logits"][:12],
+                        "grads_sha256": a["grads"][:12],
+                        "mkl_told_other": other,
+                        "other_logits_sha256": b["logits"][:12],
+                        "other_grads_sha256": b["grads"][:12],
+                        "bits": "same"
+                        if (a["logits"], a["grads"]) == (b["logits"], b["grads"])
+                        else "differ",
+                    }
+                )
     # throughput: native and pinned in alternation, so a slow spell of the machine hits both
     for slug, tuning in (("fastvlm_gemma", "lora"), ("fastvlm_llama", "full")):
         rates = {"native": [], "pinned": []}
@@ -425,6 +460,27 @@ def bench_dispatch(params, rows):
                 "pinned_over_native": pin / nat,
             }
         )
+
+
+def dispatch_section(rows: dict) -> str:
+    """Section 7 of docs/benchmarks.md, from :func:`bench_dispatch`'s rows."""
+    return (
+        "\n## 7. CPU kernels pinned to one code path: which variable changes the bits, and what pinning costs\n\n"
+        + f"Machine: {MACHINE}.\n\n"
+        + "`tokenfocus golden` (one forward and backward of the Gemma base through the training loss) "
+        + "under each setting (tokenfocus/env.py); `native` is what an unpinned machine computes, and "
+        + "differs by host. `OPENBLAS_CORETYPE` alone leaves the pass as it is: it pins numpy's "
+        + "BLAS (the stacker, the logistic fit), which the pass does not use.\n\n"
+        + table(rows["dispatch_bits"])
+        + "\nThe CPU's vendor: MKL picks its code by asking whether the CPU is an Intel one. A shim "
+        + "preloaded into the golden pass answers the other way (tokenfocus/golden.py), so one host "
+        + "computes what the other vendor's CPUs compute; on an AMD host, the shim claiming Intel "
+        + "reproduced an Intel host's bits exactly. MKL's `AVX2` branch is no pin across vendors "
+        + "(a non-Intel CPU falls back to its AUTO branch); its `COMPATIBLE` branch is:\n\n"
+        + table(rows["dispatch_vendor"])
+        + "\nTraining throughput (30 steps, one process each, native and pinned in alternation; medians):\n\n"
+        + table(rows["dispatch_speed"])
+    )
 
 
 def table(rows: list[dict]) -> str:
@@ -447,7 +503,27 @@ def main() -> None:
     torch.set_num_threads(2)
     params = load_params()
     rows = {"overall": [], "elements": [], "scaling": [], "train": [], "score_memory": [], "dtype": []}
-    rows |= {"dispatch_bits": [], "dispatch_speed": [], "shared": [], "train_shared": []}
+    rows |= {
+        "dispatch_bits": [],
+        "dispatch_vendor": [],
+        "dispatch_speed": [],
+        "shared": [],
+        "train_shared": [],
+    }
+    if sys.argv[1:] == ["--dispatch"]:
+        # Only section 7, spliced into the existing file: the other sections stay as measured.
+        bench_dispatch(params, rows)
+        doc = Path("docs/benchmarks.md").read_text()
+        start = doc.index("\n## 7. ")
+        end = doc.index("\n## ", start + 1)
+        Path("docs/benchmarks.md").write_text(doc[:start] + dispatch_section(rows) + doc[end:])
+        saved_path = Path("eval/benchmarks.json")
+        saved = json.loads(saved_path.read_text()) if saved_path.exists() else {}
+        saved |= {k: rows[k] for k in ("dispatch_bits", "dispatch_vendor", "dispatch_speed")}
+        saved_path.parent.mkdir(exist_ok=True)
+        saved_path.write_text(json.dumps(saved, indent=1))
+        print(dispatch_section(rows))
+        return
     bench_overall(params, rows)
     bench_elements(params, rows)
     bench_shared(params, rows)
@@ -496,13 +572,7 @@ def main() -> None:
         + "stays float32 unless this row "
         + "shows both a speed-up and a drift well inside the tolerance (0.01 on the 1-5 score).\n\n"
         + table(rows["dtype"])
-        + "\n## 7. CPU kernels pinned to AVX2: which variable changes the bits, and what pinning costs\n\n"
-        + "`tokenfocus golden` (one forward and backward of the Gemma base through the training loss) "
-        + "under each setting. Every variable changes the bits on its own, so all three are pinned "
-        + "(tokenfocus/env.py); `native` is what an unpinned machine computes, and differs by host.\n\n"
-        + table(rows["dispatch_bits"])
-        + "\nTraining throughput (30 steps, one process each, native and pinned in alternation; medians):\n\n"
-        + table(rows["dispatch_speed"])
+        + dispatch_section(rows)
     )
     for extra in (Path("docs/dp-bench.md"), Path("docs/retrain-bench.md"), Path("docs/loadtest.md")):
         if extra.exists():

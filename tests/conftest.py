@@ -8,16 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.gate import gate  # noqa: F401 - a session fixture: trained and blind ensembles
-from tokenfocus.config import SynthConfig
 from tokenfocus.env import apply_cpu_kernel_env, apply_offline_env
+
+# The pipeline's kernels, before anything loads numpy or torch (the gate's imports load numpy, and
+# OpenBLAS reads its core type once, when it loads): the tests compute what the stages compute.
+apply_offline_env(override=True)
+apply_cpu_kernel_env()
+
+from tests.gate import gate  # noqa: E402, F401 - a session fixture: trained and blind ensembles
+from tokenfocus.config import SynthConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config):
-    apply_offline_env(override=True)
-    apply_cpu_kernel_env()  # the pipeline's kernels, before any test imports torch
     os.environ.pop("MLFLOW_RUN_ID", None)
 
 

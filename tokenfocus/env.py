@@ -1,4 +1,4 @@
-"""Process environment: offline, private defaults, and CPU kernels pinned to one instruction set.
+"""Process environment: offline, private defaults, and CPU kernels pinned to one code path.
 
 Both are applied by entry points (the CLI, the flows, the scripts, the tests), never on import.
 An operator's own values always win: only variables that are unset are filled in.
@@ -23,20 +23,28 @@ OFFLINE_ENV = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
 }
 
-#: CPU kernels dispatch on the host's instruction set, so by default an AVX-512 machine computes
-#: other bits than an AVX2 one, and an Intel one other bits than an AMD one. Each of the three
-#: changes the golden pass's bits on its own (measured, docs/benchmarks.md), so all three are
-#: pinned to AVX2, which every x86-64 machine of the last decade has:
-#: - ATen's own vectorised kernels (softmax, norms, element-wise ops);
-#: - oneDNN, which runs the convolutional towers;
-#: - MKL's BLAS (every linear layer), in its strict conditional-numerical-reproducibility mode,
-#:   whose results do not depend on the data's alignment.
-#: All three are read once, when torch first dispatches: set them before torch is imported.
+#: CPU kernels dispatch on the host's instruction set and vendor, so by default an AVX-512 machine
+#: computes other bits than an AVX2 one, and an Intel one other bits than an AMD one (measured,
+#: docs/benchmarks.md). Each library is pinned to a code path that is the same on every x86-64
+#: machine of the last decade:
+#: - ATen's own vectorised kernels (softmax, norms, element-wise ops): AVX2;
+#: - MKL's BLAS (every linear layer): its vendor-neutral COMPATIBLE branch, in the strict mode whose
+#:   results depend neither on the data's alignment nor on the thread count. ``AVX2`` is no pin
+#:   across vendors: on a non-Intel CPU MKL ignores it and falls back to its AUTO branch;
+#: - oneDNN, which would run the convolutions with kernels blocked for the host: switched off
+#:   (:data:`ONEDNN_SWITCH`, read by :func:`torch_threads`), so they run as im2col plus MKL's GEMM;
+#:   its instruction set is capped as well, for any op that still reaches it;
+#: - OpenBLAS, numpy's and scipy's BLAS (the stacker, the logistic fit): its Haswell kernels.
+#: The variables are read once, when their library loads: set them before torch or numpy is imported.
 CPU_KERNEL_ENV = {
     "ATEN_CPU_CAPABILITY": "avx2",
+    "MKL_CBWR": "COMPATIBLE,STRICT",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
-    "MKL_CBWR": "AVX2,STRICT",
+    "TOKENFOCUS_ONEDNN": "off",
+    "OPENBLAS_CORETYPE": "Haswell",
 }
+#: ``off`` runs convolutions without oneDNN (torch.backends.mkldnn), ``on`` with it.
+ONEDNN_SWITCH = "TOKENFOCUS_ONEDNN"
 #: Set to "native" to let the kernels dispatch to the host's best instruction set (faster on
 #: some machines, other bits on each).
 NATIVE_SWITCH = "TOKENFOCUS_CPU_KERNELS"
@@ -92,9 +100,16 @@ def check_cpu_kernels() -> str:
 
 
 def torch_threads(threads: int) -> None:
-    """Fix torch's thread count (reductions split by thread: another count, other bits) and
-    check the kernels' dispatch."""
+    """Fix torch's thread count (reductions split by thread: another count, other bits), switch
+    oneDNN as :data:`ONEDNN_SWITCH` says, and check the kernels' dispatch.
+
+    Args:
+        threads: torch's intra-op threads.
+    """
     import torch
 
     torch.set_num_threads(threads)
+    # A runtime flag, not an environment variable torch reads: it is set here, where every
+    # trainer and scorer fixes its threads.
+    torch.backends.mkldnn.enabled = os.environ.get(ONEDNN_SWITCH, "on").lower() != "off"
     check_cpu_kernels()

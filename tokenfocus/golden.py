@@ -25,6 +25,50 @@ def _digest(tensors) -> str:
     return h.hexdigest()
 
 
+#: MKL asks these two functions whether the CPU is an Intel one, and picks its code by the answer.
+_MKL_VENDOR_SHIM = """
+int mkl_serv_intel_cpu_true(void) {{ return {answer}; }}
+int mkl_serv_intel_cpu(void) {{ return {answer}; }}
+"""
+
+
+def host_is_intel() -> bool:
+    """Whether ``/proc/cpuinfo`` names an Intel CPU (False where it cannot be read)."""
+    try:
+        return "GenuineIntel" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def mkl_vendor_shim(claims_intel: bool, directory: str | Path) -> Path | None:
+    """Build a library that, preloaded (``LD_PRELOAD``), answers MKL's vendor check as told.
+
+    One host can then compute what MKL computes on the other vendor's CPUs: on an AMD host, a
+    shim claiming Intel reproduced the Intel host's bits exactly (docs/benchmarks.md).
+
+    Args:
+        claims_intel: what the shim answers.
+        directory: where to write the source and the library.
+
+    Returns:
+        The library's path, or None where no C compiler is on the PATH.
+    """
+    import shutil
+    import subprocess
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    name = "intel" if claims_intel else "other"
+    source = directory / f"mkl_vendor_{name}.c"
+    source.write_text(_MKL_VENDOR_SHIM.format(answer=int(claims_intel)))
+    library = directory / f"libmkl_vendor_{name}.so"
+    subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(source)], check=True)
+    return library
+
+
 def golden_pass(
     params_path: str | Path = "params.yaml", *, slug: str = GOLDEN_SLUG, pairs: int = GOLDEN_PAIRS
 ) -> dict[str, str | float]:

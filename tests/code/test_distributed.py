@@ -63,7 +63,11 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "checkpoint" / "weights.safetensors")
 
 
-def _close(a: dict, b: dict, tol: float = 1e-5) -> float:
+def _close(a: dict, b: dict, tol: float = 2.5e-5) -> float:
+    # Two ranks sum each half of the batch's gradients, then all-reduce: another summation order,
+    # which Adam turns into weight differences of ~1e-5 after 20 steps (1.03e-5 measured for the
+    # LoRA Gemma under MKL's vendor-neutral kernels). A rank that skipped the all-reduce would
+    # learn from half the batch, with differences of the order of the update itself (lr 2e-4).
     assert a.keys() == b.keys()
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst <= tol, worst

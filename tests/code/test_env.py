@@ -70,3 +70,24 @@ def test_the_cli_sets_its_own_environment():
         k: v for k, v in env.OFFLINE_ENV.items() if k != "HF_HUB_OFFLINE"
     }
     assert {k: seen[k] for k in env.CPU_KERNEL_ENV} == env.CPU_KERNEL_ENV
+    # and numpy's BLAS loaded after the pin, so it runs the pinned kernels, not the host's
+    coretype = env.CPU_KERNEL_ENV["OPENBLAS_CORETYPE"]
+    assert seen["blas"] and all(b.lower() == f"openblas:{coretype}".lower() for b in seen["blas"]), seen[
+        "blas"
+    ]
+
+
+@pytest.mark.parametrize(("value", "enabled"), [("off", False), ("on", True), (None, True)])
+def test_torch_threads_switches_onednn_as_the_environment_says(clean, value, enabled):
+    import torch
+
+    if value is not None:
+        clean.setenv(env.ONEDNN_SWITCH, value)
+    before = (torch.get_num_threads(), torch.backends.mkldnn.enabled)
+    try:
+        env.torch_threads(1)
+        assert torch.backends.mkldnn.enabled is enabled
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before[0])
+        torch.backends.mkldnn.enabled = before[1]

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tokenfocus.env import CPU_KERNEL_ENV, NATIVE_SWITCH
+from tokenfocus.golden import host_is_intel, mkl_vendor_shim
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = json.loads((Path(__file__).with_name("golden_bits.json")).read_text())
@@ -61,6 +62,28 @@ def test_golden_pass_has_the_committed_bits():
     assert got["capability"] == GOLDEN["capability"], "the CLI did not pin the kernels before torch loaded"
     assert got["logits"] == GOLDEN["logits"], "the logits' bits drifted on this machine"
     assert got["grads"] == GOLDEN["grads"], "the gradients' bits drifted on this machine"
+
+
+@needs_avx2_cpu
+def test_golden_bits_are_those_of_the_other_cpu_vendor_too(tmp_path):
+    """MKL picks its code by the CPU's vendor: a shim answering its vendor check the other way
+    (Intel on an AMD host, not Intel on an Intel one) must leave the pinned bits unchanged."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU computes other bits (same code, tolerances instead): see the README")
+    shim = mkl_vendor_shim(not host_is_intel(), tmp_path)
+    if shim is None:
+        pytest.skip("no C compiler to build the vendor shim with")
+    # Control: MKL's AVX2 branch is vendor-dependent, so there the shim must change the bits.
+    vendor_bound = {"MKL_CBWR": "AVX2,STRICT", "TOKENFOCUS_ONEDNN": "on"}
+    host = _golden(vendor_bound)
+    other = _golden({**vendor_bound, "LD_PRELOAD": str(shim)})
+    if host["logits"] == other["logits"]:
+        pytest.skip("this torch build does not let the shim reach MKL's vendor check")
+    got = _golden({"LD_PRELOAD": str(shim)})
+    assert got["logits"] == GOLDEN["logits"], "the pinned logits depend on the CPU's vendor"
+    assert got["grads"] == GOLDEN["grads"], "the pinned gradients depend on the CPU's vendor"
 
 
 @needs_avx2_cpu

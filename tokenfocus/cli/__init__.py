@@ -117,7 +117,13 @@ def show_env() -> None:
     from tokenfocus.env import CPU_KERNEL_ENV, NATIVE_SWITCH, OFFLINE_ENV
 
     keys = [*OFFLINE_ENV, *CPU_KERNEL_ENV, NATIVE_SWITCH]
-    typer.echo(json.dumps({k: os.environ.get(k) for k in keys}, indent=1))
+    seen = {k: os.environ.get(k) for k in keys}
+    # What numpy's BLAS really runs (its core type is read once, when it loads).
+    import numpy  # noqa: F401
+    from threadpoolctl import threadpool_info
+
+    seen["blas"] = sorted({f"{i['internal_api']}:{i.get('architecture')}" for i in threadpool_info()})
+    typer.echo(json.dumps(seen, indent=1))
 
 
 @app.command()
