@@ -56,7 +56,7 @@ run: bases
 	@echo "Next: 'make ui' for the MLflow and Prefect UIs, '$(BIN)/dvc metrics show', 'make serve'."
 
 test: bases
-	$(PY) -m pytest -q -x
+	$(PY) -m pytest -q -x --durations=25
 
 test-all: bases
 	$(PY) -m pytest -q -m "" -x

@@ -21,12 +21,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from tokenfocus.backbones import load_model_and_processor  # noqa: E402
+from tokenfocus.backbones import load_model_and_processor, template_parts  # noqa: E402
 from tokenfocus.config import load_params  # noqa: E402
 from tokenfocus.pretrain.checks import yes_margins  # noqa: E402
 from tokenfocus.pretrain.curriculum import Pool, noun, question  # noqa: E402
 from tokenfocus.render import BACKGROUNDS, COUNTS, drawn_fill  # noqa: E402
-from tokenfocus.scoring import template_parts  # noqa: E402
 
 SEED = 12345  # not pre-training's seed (99) nor its checks' (0)
 

@@ -9,9 +9,7 @@ PKG = Path(__file__).resolve().parents[2] / "tokenfocus"
 #: Modules that hold one concern at more than 300 lines, and why they stay whole.
 LONG = {
     "config": "the typed dataclasses of every stage",
-    "scoring": "the scorer's paths (plain, one-level and shared prefix) and their batching",
     "synth": "SynthMuse's prompts, corruptions and annotators",
-    "train": "the training loop as one story",
 }
 
 

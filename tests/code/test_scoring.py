@@ -90,7 +90,8 @@ def test_a_pair_scores_the_same_alone_and_in_a_left_padded_batch(tiny_params, sa
 
 
 def test_suffix_ids_are_reused_across_calls_and_bounded(tiny_params, sample, monkeypatch):
-    import tokenfocus.scoring as scoring
+    import tokenfocus.scoring.reuse as reuse
+    from tokenfocus.prompts import element_suffix
 
     recs, imgs = sample
     scorer = Scorer.load(tiny_params.backbone("idefics3_tiny").source, batch_size=4)
@@ -100,11 +101,11 @@ def test_suffix_ids_are_reused_across_calls_and_bounded(tiny_params, sample, mon
     assert set(scorer._suffix_cache) == {k for ks in els for k in ks}
     # the cached ids are what the tokenizer gives for each element's question suffix
     key = els[0][0]
-    suffix = scoring.element_suffix(scorer.parts, scorer.prompts, key)
+    suffix = element_suffix(scorer.parts, scorer.prompts, key)
     assert scorer._suffix_cache[key] == scorer.processor.tokenizer.encode(suffix, add_special_tokens=False)
     assert scorer.elements_prefix(imgs, prompts, els) == first
     # past the bound, the cache starts over instead of growing, and results do not change
-    monkeypatch.setattr(scoring, "SUFFIX_CACHE_MAX", 1)
+    monkeypatch.setattr(reuse, "SUFFIX_CACHE_MAX", 1)
     other = [["blue star (color)"] for _ in recs]
     plain = scorer.elements_plain(imgs, prompts, other)
     again = scorer.elements_prefix(imgs, prompts, other)

@@ -467,3 +467,58 @@ def test_short_keys_rewrite_a_share_of_pairs_in_evalmuses_form_with_the_long_key
     short_loss, long_loss = tr._loss(batch_recs, batch_keys, 0), long_run._loss(batch_recs, batch_keys, 0)
     for part in ("loss", "element"):  # the element question's own loss too: its key is short
         assert short_loss[part].item() != pytest.approx(long_loss[part].item())
+
+
+@pytest.mark.parametrize("slug", ["fastvlm_llama", "qwen2_vl_tiny", "idefics3_tiny", "internvl_tiny"])
+def test_freeze_tower_trains_all_but_the_vision_tower(tiny_params, tmp_path, slug):
+    """backbones.<slug>.freeze_tower in full fine-tuning: the tower (FastVLM's and LLaVA's
+    ``vision_tower``, Qwen2-VL's ``visual``, Idefics3's ``vision_model``) keeps the base's weights;
+    the projector (Qwen2-VL's ``merger`` inside ``visual`` too) and the language model train."""
+    bbs = dict(tiny_params.backbones)
+    bbs[slug] = dataclasses.replace(bbs[slug], tuning="full", freeze_tower=True)
+    p = dataclasses.replace(
+        _params(tiny_params, slug, steps=2, eval_every=2, checkpoint_every=2), backbones=bbs
+    )
+    tr = Trainer(slug, p, out=tmp_path / "frozen")
+    tr._load_data()
+    tr.setup()
+    before = {n: q.detach().clone() for n, q in tr.model.named_parameters()}
+    tower = {n for n, q in tr.model.named_parameters() if not q.requires_grad}
+    assert tower and all(
+        any(f".{t}." in n for t in ("vision_tower", "visual", "vision_model")) for n in tower
+    )
+    tr.run()
+    changed = {n for n, q in tr.model.named_parameters() if not torch.equal(before[n], q.detach())}
+    assert changed and not changed & tower
+    assert any(t in n for n in changed for t in ("projector", "connector", "merger", "mlp1"))
+    assert any("language_model" in n or "text_model" in n for n in changed)
+
+
+def test_more_element_questions_per_pair_average_each_rounds_loss(tiny_params, tmp_path):
+    """train.elements_per_pair: the first round is the batch's own keys; each further round draws
+    a key of the pair's per row from (seed, step, place, round), so a shard of the batch draws the
+    same rows' keys; the element loss is the mean of the rounds' element losses, the overall loss
+    that of one round."""
+    slug = "qwen2_vl_tiny"
+    p = _params(tiny_params, slug, mse_warmup_frac=0.0, elements_per_pair=3, counterfactual=0.5)
+    tr = Trainer(slug, p, out=tmp_path / "t")
+    tr._load_data()
+    tr.setup()
+    tr.model.eval()  # no dropout: the rounds are compared row for row
+    recs, keys, swaps = tr._batch(0, 0)
+    pos = list(range(len(recs)))
+    rounds = tr._rounds(recs, keys, swaps, 0, 0, pos)
+    assert len(rounds) == 3 and rounds[0] == (keys, swaps)
+    for asked, _ in rounds[1:]:
+        assert all(k in r.element_score for r, k in zip(recs, asked, strict=True))
+    assert rounds[1][0] != rounds[2][0] != keys  # other draws, not copies of the first
+    half = pos[1::2]  # a rank's shard: the same rows get the same keys
+    shard = tr._rounds([recs[i] for i in half], [keys[i] for i in half], [swaps[i] for i in half], 0, 0, half)
+    assert [[ks[i] for i in half] for ks, _ in rounds] == [ks for ks, _ in shard]
+    with torch.no_grad():
+        three = tr._loss(recs, keys, 0, swaps=swaps)
+        tr.cfg = dataclasses.replace(tr.cfg, elements_per_pair=1)
+        one = [tr._loss(recs, ks, 0, swaps=sw) for ks, sw in rounds]
+    assert three["element"].item() == pytest.approx(sum(o["element"].item() for o in one) / 3, rel=1e-4)
+    assert three["ce"].item() == pytest.approx(one[0]["ce"].item(), rel=1e-5)
+    assert three["mse"].item() == pytest.approx(one[0]["mse"].item(), rel=1e-5)

@@ -51,6 +51,9 @@ class BackboneConfig:
     pretrain: dict[str, Any] = field(default_factory=dict)  # overrides of the pretrain block
     lr: float | None = None  # overrides train.lr
     steps: int | None = None  # overrides train.steps
+    # full fine-tuning leaves the vision tower's weights as the base's (LLaVA's recipe); LoRA
+    # leaves them anyway (lora.include_vision)
+    freeze_tower: bool = False
     # data-parallel ranks (torchrun) for this backbone's fine-tuning and scoring; 1 = one process
     nproc: int = 1
 
@@ -135,6 +138,10 @@ class TrainConfig:
     mse_warmup_frac: float = 0.2  # CE alone first, then the regression term joins
     element_weight: float = 0.5
     element_balance: float = 0.5  # share of element questions drawn from absent elements, when any
+    # element questions asked per pair and step: the first as ever, the others drawn per row from
+    # streams of their own; each extends the pair's image prefix (a few tokens), and the element
+    # loss is their mean
+    elements_per_pair: int = 1
     augment_lighting: float = 0.0  # random lighting (brightness/contrast +- this, iMatch's); 0 = off
     image_cache: int = 4096  # decoded training images kept at a time (least recently used out)
     # share of training images swapped for a redrawing of their scene in another style (SynthMuse's
@@ -153,6 +160,10 @@ class TrainConfig:
     patience: int = 4  # evaluations without val SRCC gain before stopping
     threads: int = 2
     out: str = "models/trained"
+
+    def __post_init__(self):
+        if self.elements_per_pair < 1:
+            raise ConfigError(f"train.elements_per_pair must be >= 1, got {self.elements_per_pair}")
 
 
 @dataclass
