@@ -63,38 +63,26 @@ def train_mode(model) -> None:
             m.eval()
 
 
-#: where the Auto classes keep the vision encoder, by architecture (LLaVA and FastVLM, Qwen2-VL,
-#: Idefics3 and SmolVLM, others)
-TOWER_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder")
-#: the projector where an architecture keeps it inside the tower's module (Qwen2-VL's ``merger``)
-PROJECTOR_INSIDE = ("merger",)
+#: where the Auto classes keep the vision encoder (LLaVA and FastVLM, Qwen2-VL, Idefics3, others),
+#: and a projector some keep inside it (Qwen2-VL's ``merger``)
+TOWER_NAMES, PROJECTOR_INSIDE = ("vision_tower", "visual", "vision_model", "vision_encoder"), ("merger",)
 
 
 def tower_parameters(model) -> list:
-    """The vision encoder's parameters in an image-text-to-text model (under a PEFT wrapper too),
-    without a projector kept inside it (:data:`PROJECTOR_INSIDE`).
+    """The vision encoder's parameters (under a PEFT wrapper too), less a projector kept inside it.
 
     Raises:
         ValueError: the model keeps no module under any of :data:`TOWER_NAMES`.
     """
-    import torch
-
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     inner = getattr(inner, "model", inner)
-    for name in TOWER_NAMES:
-        tower = getattr(inner, name, None)
-        if isinstance(tower, torch.nn.Module):
-            inside = [
-                getattr(tower, n)
-                for n in PROJECTOR_INSIDE
-                if isinstance(getattr(tower, n, None), torch.nn.Module)
-            ]
-            skip = {id(q) for m in inside for q in m.parameters()}
+    for tower in (getattr(inner, n, None) for n in TOWER_NAMES):
+        if hasattr(tower, "parameters"):
+            skip = {
+                id(q) for n in PROJECTOR_INSIDE if hasattr(tower, n) for q in getattr(tower, n).parameters()
+            }
             return [q for q in tower.parameters() if id(q) not in skip]
-    raise ValueError(
-        f"{type(model).__name__}: no vision tower under any of {TOWER_NAMES}; "
-        "set freeze_tower: false for this backbone"
-    )
+    raise ValueError(f"{type(model).__name__}: no vision tower under {TOWER_NAMES}; set freeze_tower: false")
 
 
 def replace_dir(tmp: Path, out: Path) -> None:

@@ -522,3 +522,10 @@ def test_more_element_questions_per_pair_average_each_rounds_loss(tiny_params, t
     assert three["element"].item() == pytest.approx(sum(o["element"].item() for o in one) / 3, rel=1e-4)
     assert three["ce"].item() == pytest.approx(one[0]["ce"].item(), rel=1e-5)
     assert three["mse"].item() == pytest.approx(one[0]["mse"].item(), rel=1e-5)
+
+
+def test_freeze_tower_refuses_a_model_without_a_known_tower_by_name():
+    from tokenfocus.backbones import tower_parameters
+
+    with pytest.raises(ValueError, match="Linear: no vision tower .*freeze_tower: false"):
+        tower_parameters(torch.nn.Linear(2, 2))

@@ -30,7 +30,7 @@ def repo(small_data, tmp_path_factory):
         ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
     for f in files:
-        if f.startswith(("dvc.yaml", "params.yaml", ".dvc/", "data.dvc")):
+        if f.startswith(("dvc.yaml", "params.yaml", ".dvc/", "data.dvc", ".dvcignore")):
             (d / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, d / f)
     shutil.copytree(ROOT / "tokenfocus", d / "tokenfocus")  # stage deps name these files
@@ -134,6 +134,11 @@ def test_repro_resumes_then_noop_then_partial(repo):
     assert (d / "eval" / "registry.json").exists() and (d / "docs" / "results.md").exists()
     _assert_the_mlflow_record(d)
     assert "Running stage" not in _run([DVC, "repro"], d, env)  # a second repro is a no-op
+    assert "up to date" in _run([DVC, "status"], d, env)
+    # the bytecode Python writes beside a package that stages depend on does not make them stale
+    for pkg in ("train", "scoring", "render"):
+        (d / "tokenfocus" / pkg / "__pycache__").mkdir(exist_ok=True)
+        (d / "tokenfocus" / pkg / "__pycache__" / "x.cpython-312.pyc").write_bytes(b"\0")
     assert "up to date" in _run([DVC, "status"], d, env)
     metrics = _run([DVC, "metrics", "show"], d, env)
     assert "eval/ensemble/metrics.json" in metrics
