@@ -60,14 +60,14 @@ def run(
     bbs = dict(p.backbones)
     if augment in BACKBONE_KNOBS:
         bbs[slug] = dataclasses.replace(bbs[slug], **{BACKBONE_KNOBS[augment]: bool(strength)})
-    threads = {"threads": threads} if threads else {}
+    pinned = {"threads": threads} if threads else {}
     p = dataclasses.replace(
         p,
         backbones=bbs,
         train=dataclasses.replace(
-            p.train, **(fixed or {}), **knob, **threads, out=str(work / f"{augment}{strength}")
+            p.train, **(fixed or {}), **knob, **pinned, out=str(work / f"{augment}{strength}")
         ),
-        score=dataclasses.replace(p.score, **threads, out=str(work / f"scores{strength}")),
+        score=dataclasses.replace(p.score, **pinned, out=str(work / f"scores{strength}")),
     )
     summary = Trainer(slug, p).run()
     metrics = score_backbone(
@@ -81,8 +81,8 @@ def run(
             for s in SPLITS
         },
     )
-    held = read_table(Path(p.score.out) / slug / f"{HELDOUT}.json")
-    short = read_table(Path(p.score.out) / slug / f"{SHORT}.json")
+    held = read_table(mine / slug / f"{HELDOUT}.json")
+    short = read_table(mine / slug / f"{SHORT}.json")
     return {
         augment: strength,
         "stack": stack,
@@ -93,7 +93,7 @@ def run(
         "heldout_category_accuracy": category_accuracy(held),
         "test_short": metrics[SHORT],
         "short_category_accuracy": category_accuracy(short),
-        "test_category_accuracy": category_accuracy(read_table(Path(p.score.out) / slug / "test.json")),
+        "test_category_accuracy": category_accuracy(read_table(mine / slug / "test.json")),
     }
 
 
