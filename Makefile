@@ -26,7 +26,11 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# The CPU torch wheel first, so no dependency can pull a CUDA build; never torchvision.
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	# The rest through uv: the same versions pip resolves (compared: identical freeze), in ~10 s
+	# where pip takes ~2 min; torch stays the installed CPU build. Without uv, pip does it.
+	if $(PY) -m pip install -q --disable-pip-version-check 'uv>=0.9,<1' && \
+	  $(BIN)/uv pip install -q --python $(PY) -e '.[dev]' torch==2.13.0; then :; \
+	else $(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'; fi
 	touch $@
 
 setup: $(VENV)/.installed
