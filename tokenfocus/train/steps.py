@@ -68,12 +68,13 @@ class TrainingSteps:
         pos = list(range(len(recs))) if pos is None else pos
         imgs = [self._image(r, step, micro, i) for r, i in zip(recs, pos, strict=True)]
         prompts = [self.scorer.fit_prompt(r.prompt, r.img_path) for r in recs]  # the scorer's cut
-        names, element, labels = [], [], []
-        for n, (asked, swapped) in enumerate(self._rounds(recs, keys, swaps, step, micro, pos)):
+        names, element, labels = None, [], []
+        for asked, swapped in self._rounds(recs, keys, swaps, step, micro, pos):
             # the pair's short-key draw, the same in every round: one form per pair and step
             short = [np.random.default_rng([self.cfg.seed, step, micro, 3_571, i]) for i in pos]
             forms, said = short_keyed(recs, asked, self.cfg.short_keys, short, self.cfg.short_keys_overall)
-            names = forms if n == 0 else names
+            if names is None:  # the overall question names the elements as the first round does
+                names = forms
             quoted = list(prompts)
             labels_n = [r.element_score[k] for r, k in zip(recs, asked, strict=True)]  # the long keys' labels
             for i, sw in enumerate(swapped):
@@ -85,7 +86,7 @@ class TrainingSteps:
                     )
             element += [element_text(parts, pr, p, k) for p, k in zip(quoted, said, strict=True)]
             labels += labels_n
-        overall = [overall_text(parts, pr, p, n) for p, n in zip(prompts, names, strict=True)]
+        overall = [overall_text(parts, pr, p, e) for p, e in zip(prompts, names, strict=True)]
         scores, labels = torch.tensor([r.total_score for r in recs]), torch.tensor(labels)
         tokens = self.scorer.tokens
         if self.cfg.loss == "lm":
