@@ -37,7 +37,7 @@ SLUG, STEPS, BATCH = "fastvlm_gemma", 30, 16
 def train_rate(nproc: int, work: Path) -> dict:
     """Samples/s of ``STEPS`` steps of the shipped Gemma base (LoRA) in ``nproc`` ranks."""
     p = load_params()
-    bb = dataclasses.replace(p.backbone(SLUG), nproc=nproc)
+    bb = dataclasses.replace(p.backbone(SLUG), nproc=nproc, steps=None)  # STEPS, not its own count
     p = dataclasses.replace(
         p,
         backbones={SLUG: bb},

@@ -161,7 +161,10 @@ def tiny_params(small_data, tmp_path_factory):
     p.backbones = {}
     for slug in FAMILIES:
         entry = repo.get(slug) or build_config(BackboneConfig, {"source": "", **VIT_BACKBONES[slug]}, slug)
-        p.backbones[slug] = dataclasses.replace(entry, source=str(work / "base" / slug), pretrain={})
+        # a backbone's own step count (params.yaml) would override the few steps of train.steps
+        p.backbones[slug] = dataclasses.replace(
+            entry, source=str(work / "base" / slug), pretrain={}, steps=None
+        )
     for slug, entry in PATH_BACKBONES.items():
         p.backbones[slug] = build_config(BackboneConfig, {"source": str(work / "base" / slug), **entry}, slug)
     split_main(p.split, small_data)
@@ -185,6 +188,7 @@ def write_tiny_params(
     for entry in p["backbones"].values():
         entry["pretrain"] = {}  # the short test pre-training for every backbone
         entry.pop("lr", None)
+        entry.pop("steps", None)  # its own step count would override the few steps below
     p["validate"]["data"] = data
     p["train"].update(steps=steps, batch_size=4, eval_every=steps, checkpoint_every=steps)
     p["pretrain"].update(PRETRAIN_STEPS)

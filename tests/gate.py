@@ -92,7 +92,9 @@ def gate(tmp_path_factory):
     d = tmp_path_factory.mktemp("gate")
     _subset(ROOT / "data", d / "data")
     p = load_params(ROOT / "params.yaml")
-    p.backbones = {SLUG: dataclasses.replace(p.backbones[SLUG], source=str(base), tuning="full", lr=None)}
+    p.backbones = {
+        SLUG: dataclasses.replace(p.backbones[SLUG], source=str(base), tuning="full", lr=None, steps=None)
+    }
     p.split = dataclasses.replace(p.split, out=str(d / "work" / "splits.json"))
     p.train = dataclasses.replace(
         p.train, steps=2, eval_every=2, checkpoint_every=2, out=str(d / "models/trained")

@@ -104,11 +104,17 @@ class Ensemble:
         else:
             raise ValueError(f"unknown ensemble method {method!r}")
         total = np.clip(total, 1.0, 5.0)
-        out = []
+        keys = [list(tables[slugs[0]][i]["elements"]) for i in range(n)]
+        # every element of every pair in one call: the stacker's input checks cost more than its
+        # arithmetic (measured: one call per element was a fifth of the stack stage)
+        flat = self._elements(
+            np.array([[tables[s][i]["elements"][k] for s in slugs] for i in range(n) for k in keys[i]])
+        )
+        out, start = [], 0
         for i in range(n):
             first = tables[slugs[0]][i]
-            keys = list(first["elements"])
-            probs = {k: self._element(np.array([tables[s][i]["elements"][k] for s in slugs])) for k in keys}
+            probs = dict(zip(keys[i], flat[start : start + len(keys[i])].tolist(), strict=True))
+            start += len(keys[i])
             dist = np.mean([tables[s][i]["distribution"] for s in slugs], axis=0)
             out.append(
                 {
@@ -126,11 +132,15 @@ class Ensemble:
             )
         return out
 
-    def _element(self, p: np.ndarray) -> float:
+    def _elements(self, p: np.ndarray) -> np.ndarray:
+        """P(yes) of elements (M,) from each backbone's P(yes) (M, backbones)."""
+        p = p.reshape(-1, len(self.slugs))
         if self.element_method == "logistic" and self.element_stacker is not None:
-            z = np.log(np.clip(p, 1e-6, 1 - 1e-6) / np.clip(1 - p, 1e-6, 1)).reshape(1, -1)
-            return float(self.element_stacker.predict_proba(z)[0, 1])
-        return float(p.mean())
+            if not len(p):
+                return np.empty(0)
+            z = np.log(np.clip(p, 1e-6, 1 - 1e-6) / np.clip(1 - p, 1e-6, 1))
+            return self.element_stacker.predict_proba(z)[:, 1]
+        return p.mean(1)
 
     # -- persistence: skops for sklearn objects, JSON for the rest (no pickle) ------------------
     def save(self, out: str | Path) -> Path:

@@ -66,6 +66,29 @@ def test_distributions_and_prefix_reuse(tiny_params, sample, slug):
     assert _spread([p[k] for i, p in enumerate(plain) for k in els[i]]) > SPREAD * TOL
 
 
+@pytest.mark.parametrize("reuse", [True, False])
+def test_a_val_pass_without_element_questions_scores_the_pairs_the_same(tiny_params, sample, reuse):
+    """``train.val_elements`` false: the overall questions alone, which still list the elements,
+    give the very distributions (so val SRCC and the checkpoint picked) of the full pass."""
+    from tokenfocus.predictions import evaluate_split
+
+    recs, imgs = sample
+    scorer = Scorer.load(_source(tiny_params, "shipped:fastvlm_gemma"), batch_size=4)
+    scorer.prefix_reuse = reuse
+    prompts = [r.prompt for r in recs]
+    els = [[e.key for e in r.elements] for r in recs]
+    dists, probs = scorer.score_pairs(imgs, prompts, els)
+    alone, none = scorer.score_pairs(imgs, prompts, els, element_rows=False)
+    assert torch.equal(alone, dists) and none == [{} for _ in recs]
+    assert all(probs)  # the full pass asked them
+    bare, _ = scorer.score_pairs(imgs, prompts, [[] for _ in recs])
+    assert not torch.equal(bare, dists)  # the element list is part of the overall question
+    images = {r.img_path: im for r, im in zip(recs, imgs, strict=True)}
+    full, fast = (evaluate_split(scorer, recs, images, elements=e) for e in (True, False))
+    assert fast["srcc"] == full["srcc"] and fast["plcc"] == full["plcc"]
+    assert full["element_acc"] is not None and fast["element_acc"] is None and fast["final"] is None
+
+
 @pytest.mark.parametrize("slug", ALL)
 def test_a_pair_scores_the_same_alone_and_in_a_left_padded_batch(tiny_params, sample, slug):
     """Left padding and mixed image sizes must not move a pair's scores (a classic silent drift).

@@ -68,3 +68,28 @@ def test_a_saved_ensemble_is_the_same_bytes_in_another_process_and_loads_back(tm
     a, b = fitted.combine(tables()), back.combine(tables())
     assert [r["score"] for r in a] == [r["score"] for r in b]
     assert [r["elements"] for r in a] == [r["elements"] for r in b]
+
+
+def test_combined_elements_are_each_elements_own_stacked_probability():
+    """All elements go through the element stacker in one call; each pair still gets its own keys'
+    probabilities, in order, when pairs hold different numbers of elements (none included)."""
+    t = tables()
+    for slug in t:
+        for i, r in enumerate(t[slug]):
+            keep = list(r["elements"])[: i % 3]  # 0, 1 or 2 elements
+            r["elements"] = {k: r["elements"][k] for k in keep}
+            r["gt_elements"] = {k: r["gt_elements"][k] for k in keep}
+    cfg = StackConfig(features=["score", "element_mean"], element_method="logistic")
+    ens = fit_ensemble(t, cfg)
+    rows = ens.combine(t)
+    for i, row in enumerate(rows):
+        assert list(row["elements"]) == list(t["a"][i]["elements"])
+        for k, got in row["elements"].items():
+            p = np.clip([t[s][i]["elements"][k] for s in ("a", "b")], 1e-6, 1 - 1e-6)
+            one = ens.element_stacker.predict_proba(np.log(p / (1 - p)).reshape(1, -1))[0, 1]
+            assert abs(got - one) < 1e-12
+    assert len({round(p, 6) for r in rows for p in r["elements"].values()}) > 10  # not one constant
+    ens.element_method = "mean"
+    for i, row in enumerate(ens.combine(t)):
+        for k, got in row["elements"].items():
+            assert got == np.mean([t[s][i]["elements"][k] for s in ("a", "b")])

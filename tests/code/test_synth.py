@@ -30,6 +30,17 @@ def test_generation_is_byte_identical(tmp_path, small_data):
     assert _digest(tmp_path / "again") == _digest(small_data)
 
 
+def test_the_redrawings_side_by_side_write_the_bytes_of_a_serial_run(tmp_path, small_data, monkeypatch):
+    """The held-out family's and the styled redrawings run one process each; each draws from a
+    stream of its own, so they write the bytes of one process drawing them in turn."""
+    import tokenfocus.synth as synth
+
+    assert (small_data / "heldout_style").is_dir() and (small_data / "styled" / "1").is_dir()  # 3 jobs
+    monkeypatch.setattr(synth.os, "cpu_count", lambda: 1)  # one core: in this process, in turn
+    generate(SMALL, tmp_path / "serial", styles=repo_styles())
+    assert _digest(tmp_path / "serial") == _digest(small_data)
+
+
 def test_another_seed_gives_other_data(tmp_path, small_data):
     generate(SynthConfig(**{**SMALL.__dict__, "seed": 6}), tmp_path / "other", styles=repo_styles())
     assert _digest(tmp_path / "other") != _digest(small_data)

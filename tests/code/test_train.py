@@ -165,7 +165,7 @@ def test_scoring_the_saved_model_reproduces_the_trainers_validation_metrics(
     from tokenfocus.scoring import Scorer
 
     assert tiny_params.backbone(slug).tuning == tuning
-    p = _params(tiny_params, slug, steps=4, eval_every=4, checkpoint_every=4, lr=0.01)
+    p = _params(tiny_params, slug, steps=4, eval_every=4, checkpoint_every=4, lr=0.01, val_elements=True)
     tr = Trainer(slug, p, out=tmp_path / slug)
     tr.run()
     state = json.loads((tmp_path / slug / "checkpoint" / "state.json").read_text())

@@ -155,6 +155,9 @@ class TrainConfig:
     prefix_reuse: bool = True  # one image prefill per pair for its overall and element rows
     soft_target: bool = True  # two-hot target around the mean human score
     eval_every: int = 200
+    # a val pass asks the element questions too (and logs val element accuracy); the checkpoint is
+    # picked on val SRCC, which the overall questions alone give, with the same bits
+    val_elements: bool = False
     log_every: int = 10  # steps between the loss and learning-rate points logged to MLflow
     checkpoint_every: int = 200
     patience: int = 4  # evaluations without val SRCC gain before stopping

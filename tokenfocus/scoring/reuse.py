@@ -42,9 +42,14 @@ class PrefixReuse:
 
     @torch.inference_mode()
     def shared(
-        self, images: list[Image.Image], prompts: list[str], elements: list[list[str]]
+        self,
+        images: list[Image.Image],
+        prompts: list[str],
+        elements: list[list[str]],
+        element_rows: bool = True,
     ) -> tuple[torch.Tensor, list[dict[str, float]]]:
-        """The overall distributions (N, 5) and element P(yes) of pairs, from one image prefix each.
+        """The overall distributions (N, 5) and element P(yes) of pairs, from one image prefix each
+        (without ``element_rows``, the overall questions alone: empty element dicts).
 
         Per batch of pairs, the image alone (the template's head) runs once, through the tower and
         the prefill. From its cache: the overall question (one row per pair), and the element
@@ -65,7 +70,7 @@ class PrefixReuse:
             logits, _ = self.after_head(image, torch.arange(len(idx)), [questions[i] for i in idx])
             self._check_mass(logits)
             dists[idx] = torch.softmax(self.tokens.score_logits(logits).float(), dim=-1).cpu()
-            has = [b for b, i in enumerate(idx) if elements[i]]
+            has = [b for b, i in enumerate(idx) if elements[i]] if element_rows else []
             if has:
                 _, words = self.after_head(
                     image, torch.tensor(has), [contexts[idx[b]] for b in has], keep=True

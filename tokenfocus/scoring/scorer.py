@@ -182,13 +182,19 @@ class Scorer(PrefixReuse):
         return out
 
     def score_pairs(
-        self, images: list[Image.Image], prompts: list[str], elements: list[list[str]]
+        self,
+        images: list[Image.Image],
+        prompts: list[str],
+        elements: list[list[str]],
+        *,
+        element_rows: bool = True,
     ) -> tuple[torch.Tensor, list[dict[str, float]]]:
         """Overall distributions (N, 5) and element P(yes), from a shared image prefix where the
-        family allows it."""
+        family allows it. With ``element_rows`` False the element questions are not asked (empty
+        dicts); the overall questions still list ``elements``, so their distributions are the same."""
         if self.prefix_reuse:
             try:
-                return self._halving_on_oom(self.shared, images, prompts, elements)
+                return self._halving_on_oom(self.shared, images, prompts, elements, element_rows)
             except CACHE_UNSUPPORTED as exc:  # a family whose forward cannot take a reused cache
                 # only a family's own incapacity switches reuse off for good: a transient error
                 # (a CUDA fault, a full disk) is raised, never turned into 8x the work for ever
@@ -196,7 +202,7 @@ class Scorer(PrefixReuse):
                 self._warned_fallback = True
                 self.prefix_reuse = False
         dists = self._halving_on_oom(self.overall, images, prompts, elements if any(elements) else None)
-        if not any(elements):
+        if not any(elements) or not element_rows:
             return dists, [{} for _ in images]
         return dists, self._halving_on_oom(self.elements_plain, images, prompts, elements)
 

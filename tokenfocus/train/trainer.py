@@ -160,7 +160,7 @@ class Trainer(TrainingSteps, Resumable):
             if (state.step % cfg.eval_every == 0 or last) and main:
                 self.model.eval()
                 with self.amp():
-                    m = evaluate_split(self.scorer, self.val_records, self.images)
+                    m = evaluate_split(self.scorer, self.val_records, self.images, elements=cfg.val_elements)
                 state.history.append({"step": state.step, **m})
                 self.log_fn({f"val_{k}": v for k, v in m.items()}, state.step)
                 srcc = m["srcc"] if m["srcc"] is not None else -1.0  # constant output: no ranking yet
