@@ -162,8 +162,8 @@ def _draw_all_again(
 ) -> dict[str, int]:
     """Run :func:`draw_again` for each ``(name, styles, out, stream)`` job; return name -> count.
 
-    Why side by side: the redrawings are three quarters of the drawing (measured: 36 of SynthMuse's
-    47 s on 2 cores), and each job draws from a random stream of its own, so a process per job
+    Why side by side: the redrawings are most of the drawing (measured, one after another: 48.6 of
+    SynthMuse's 55.7 s on 2 cores), and each job draws from a random stream of its own, so a process per job
     writes the very bytes a serial run writes. One process each, even on 2 cores: three streams
     time-sliced over two cores end sooner than two workers taking three jobs.
     """
