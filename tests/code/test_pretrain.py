@@ -8,11 +8,11 @@ import torch.nn.functional as F
 
 from tokenfocus.backbones import load_model_and_processor
 from tokenfocus.config import ConfigError, PretrainConfig
-from tokenfocus.pretrain import check_config, corpus, guarded, pretrain
+from tokenfocus.pretrain import check_config, corpus, guarded, pretrain, pretrain_base
 from tokenfocus.pretrain.checks import balanced_accuracy, check_accuracy
 from tokenfocus.pretrain.curriculum import ATTRIBUTES, Pool, question
 from tokenfocus.pretrain.parts import part
-from tokenfocus.render import COUNTS
+from tokenfocus.render import COUNTS, StyleError
 from tokenfocus.synth import plural
 
 
@@ -423,3 +423,20 @@ def test_token_relations_mark_where_each_drawn_group_stands_against_the_others()
     assert rows == [[0.0] * 4, above, below]
     one = Scene([Group("circle", "red", "small", 2)])
     assert not token_relations([one], 2, 2).any()
+
+
+def test_a_bases_own_styles_are_checked_before_anything_trains(tiny_params, tmp_path):
+    """``backbones.<slug>.pretrain.styles`` replaces styles.pretrain for that base; a held-out
+    style there is refused, naming the key, before a step runs and before any base is written."""
+    slug = "fastvlm_llama"
+    bb = tiny_params.backbone(slug)
+    p = dataclasses.replace(
+        tiny_params,
+        backbones={slug: dataclasses.replace(bb, pretrain={"styles": ["classic", "studio"]})},
+    )
+    assert p.pretrain_for(slug).styles == ["classic", "studio"]
+    with pytest.raises(
+        StyleError, match=rf"backbones.{slug}.pretrain.styles: 'studio' belongs to the held-out"
+    ):
+        pretrain_base(slug, p, out=tmp_path / "base")
+    assert not (tmp_path / "base").exists()

@@ -8,11 +8,11 @@ import random
 import numpy as np
 import pytest
 
-from tests.conftest import SMALL, repo_styles
-from tokenfocus.config import StylesConfig
+from tests.conftest import ROOT, SMALL, repo_styles
+from tokenfocus.config import StylesConfig, load_params
 from tokenfocus.evalmuse import load_records
 from tokenfocus.render import BACKGROUNDS, COLORS, Group, Scene, Style, StyleError, pick_style, render
-from tokenfocus.render.effects import relight
+from tokenfocus.render.effects import background, relight
 
 BOOK = repo_styles().book()
 
@@ -87,14 +87,45 @@ def test_no_model_may_learn_from_the_held_out_family():
         bad.book()
     with pytest.raises(StyleError, match=r"styles.synth: unknown style 'nope'"):
         StylesConfig(synth=["nope"]).book()
+    # a backbone's own pre-training styles (backbones.<slug>.pretrain.styles) go through the same gate
+    where = "backbones.x.pretrain.styles"
+    with pytest.raises(StyleError, match=rf"{where}: 'studio_light' belongs to the held-out family"):
+        BOOK.learned(["patchwork", "studio_light"], where)
+    with pytest.raises(StyleError, match=rf"{where}: unknown style 'nope'"):
+        BOOK.learned(["nope"], where)
+    assert BOOK.learned(["classic", "patchwork"], where) == (
+        BOOK.catalog["classic"],
+        BOOK.catalog["patchwork"],
+    )
+
+
+def _learned_styles():
+    """Every style a model learns from: the benchmark's, styles.pretrain and each backbone's own."""
+    params = load_params(ROOT / "params.yaml")
+    own = [n for slug in params.backbones for n in params.pretrain_for(slug).styles]
+    return BOOK.styles("pretrain") + BOOK.styles("synth") + BOOK.learned(own or ["classic"], "own")
 
 
 def test_held_out_kinds_appear_in_no_training_style():
     """Far from the training styles, not a mild variant: its backdrop and fill are kinds no
     training style draws."""
     held = {k for s in BOOK.heldout for k in s.background + s.fill}
-    seen = {k for s in BOOK.styles("pretrain") + BOOK.styles("synth") for k in s.background + s.fill}
+    seen = {k for s in _learned_styles() for k in s.background + s.fill}
     assert held - seen == {"checker", "shaded"}
+
+
+def test_patchwork_draws_a_few_large_regions_near_the_background_tone():
+    """Irregular hard-edged patches: a handful of tones (one per cell), each near the base colour,
+    where noise draws thousands and flat one."""
+    bg, other = (128, 128, 128), (200, 200, 190)
+    for seed in range(6):
+        px = np.asarray(background("patchwork", 256, bg, other, random.Random(seed))).reshape(-1, 3)
+        tones, counts = np.unique(px, axis=0, return_counts=True)
+        assert 3 <= len(tones) <= 20
+        assert np.abs(tones.astype(int) - np.array(bg)).max() <= 40 + 4 * 6 + 1
+        assert counts.max() >= 256 * 256 / 20  # at least one large region
+    flat = np.asarray(background("flat", 256, bg, other, random.Random(0))).reshape(-1, 3)
+    assert len(np.unique(flat, axis=0)) == 1
 
 
 def test_one_style_takes_nothing_from_the_random_stream():

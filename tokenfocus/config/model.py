@@ -117,6 +117,9 @@ class PretrainConfig:
     # its starting weights with other scenes, up to ``stage_retries`` times, the best attempt kept
     stage_floor: float = 0.0
     stage_retries: int = 1
+    # the styles this base's scenes are drawn in (names of styles.catalog), in place of
+    # styles.pretrain; empty: styles.pretrain. Never the held-out family (refused)
+    styles: list[str] = field(default_factory=list)
     seed: int = 99  # scenes are drawn from this seed alone, never from the benchmark
     threads: int = 1  # torch threads: fixed, so a rerun reproduces the base exactly
     check_scenes: int = 240  # other fresh scenes on which the checks are measured

@@ -238,6 +238,11 @@ def pretrain_base(
     cfg = params.pretrain_for(slug)
     check_config(cfg)
     book = params.styles.book()  # checked before the long run: no held-out style may train
+    styles = (
+        book.learned(cfg.styles, f"backbones.{slug}.pretrain.styles")
+        if cfg.styles
+        else book.styles("pretrain")
+    )
     model, processor = load_model_and_processor(init, dataclasses.replace(bb, source=str(init)), slug=slug)
     meta = json.loads((init / META_FILE).read_text())
     if cfg.steps or cfg.tower_steps or cfg.element_steps:
@@ -249,7 +254,7 @@ def pretrain_base(
             family=bb.family,
             prompts=params.prompts_for(slug),
             slug=slug,
-            styles=book.styles("pretrain"),
+            styles=styles,
         )
     meta["kind"] = "base"
     return save_model(model, processor, meta, out)

@@ -24,7 +24,8 @@ def _grid(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def background(kind: str, big: int, bg, other, rng: random.Random) -> Image.Image:
-    """The canvas: ``bg`` flat, or a gradient to ``other``, noise, a texture, clutter or a checker."""
+    """The canvas: ``bg`` flat, or a gradient to ``other``, noise, a texture, clutter, a checker or
+    a patchwork."""
     base = np.empty((big, big, 3), np.float32)
     base[:] = bg
     nrng = np.random.default_rng(rng.getrandbits(32))
@@ -40,6 +41,18 @@ def background(kind: str, big: int, bg, other, rng: random.Random) -> Image.Imag
         period, a = rng.uniform(6, 18), rng.uniform(0, math.pi)
         wave = np.sin((np.cos(a) * xx + np.sin(a) * yy) * big / period * 2 * math.pi)
         base = base + (rng.uniform(10, 25) * wave)[..., None]
+    elif kind == "patchwork":
+        # irregular hard-edged patches (a Voronoi partition) in tones near the background: large
+        # regions of one tone, as walls, floors and skies are, which no other training kind draws
+        # (docs/styles.md: the held-out checker's large cells alone took the count check to chance)
+        k = rng.randint(3, 20)
+        seeds = nrng.random((k, 2)).astype(np.float32)
+        # the partition at the output's resolution (the canvas is drawn at 4x), then blown up
+        sy, sx = _grid(big // 4)
+        cell = ((sy[..., None] - seeds[:, 0]) ** 2 + (sx[..., None] - seeds[:, 1]) ** 2).argmin(-1)
+        cell = np.repeat(np.repeat(cell, 4, 0), 4, 1)
+        tone = nrng.uniform(-1.0, 1.0, (k, 1)) * rng.uniform(18, 40) + nrng.normal(0.0, 6.0, (k, 3))
+        base = base + tone.astype(np.float32)[cell]
     elif kind == "checker":
         cell = rng.randint(big // 12, big // 6)
         tone = ((np.arange(big)[:, None] // cell + np.arange(big)[None, :] // cell) % 2).astype(np.float32)

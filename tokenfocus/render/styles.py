@@ -16,7 +16,7 @@ from tokenfocus.config import ConfigError
 
 #: Background kinds the renderer knows. ``checker`` and ``shaded`` fills are reserved, by the
 #: default params, for the held-out family: no model sees them while learning.
-BACKGROUND_KINDS = ("flat", "gradient", "noise", "texture", "clutter", "checker")
+BACKGROUND_KINDS = ("flat", "gradient", "noise", "texture", "clutter", "checker", "patchwork")
 FILL_KINDS = ("flat", "shaded")
 OUTLINE_KINDS = ("none", "dark", "light")
 
@@ -180,22 +180,27 @@ class StyleBook:
         catalog.setdefault("classic", Style())
         book = cls(catalog, cfg.heldout_family, tuple(cfg.synth), tuple(cfg.pretrain))
         for use in ("synth", "pretrain"):
-            names = getattr(book, use)
-            if not names:
-                raise StyleError(f"styles.{use}: empty; name at least one style of styles.catalog")
-            for n in names:
-                if n not in catalog:
-                    raise StyleError(f"styles.{use}: unknown style {n!r}; the catalog has {sorted(catalog)}")
-                if catalog[n].family == cfg.heldout_family:
-                    raise StyleError(
-                        f"styles.{use}: {n!r} belongs to the held-out family {cfg.heldout_family!r}, "
-                        "which no model may learn from"
-                    )
+            book.learned(getattr(book, use), f"styles.{use}")
         if cfg.heldout_family and not book.heldout:
             raise StyleError(
                 f"styles.heldout_family: no style of family {cfg.heldout_family!r} in the catalog"
             )
         return book
+
+    def learned(self, names, where: str) -> tuple[Style, ...]:
+        """The styles ``names`` that a model learns from, refusing an empty list, an unknown
+        style or one of the held-out family; ``where`` names the list in the error."""
+        if not names:
+            raise StyleError(f"{where}: empty; name at least one style of styles.catalog")
+        for n in names:
+            if n not in self.catalog:
+                raise StyleError(f"{where}: unknown style {n!r}; the catalog has {sorted(self.catalog)}")
+            if self.catalog[n].family == self.heldout_family:
+                raise StyleError(
+                    f"{where}: {n!r} belongs to the held-out family {self.heldout_family!r}, "
+                    "which no model may learn from"
+                )
+        return tuple(self.catalog[n] for n in names)
 
     @property
     def heldout(self) -> tuple[Style, ...]:
