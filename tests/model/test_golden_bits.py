@@ -64,6 +64,7 @@ def test_golden_pass_has_the_committed_bits():
     assert got["grads"] == GOLDEN["grads"], "the gradients' bits drifted on this machine"
 
 
+@pytest.mark.slow  # ~22 s, three golden passes; make test keeps the committed bits' check above
 @needs_avx2_cpu
 def test_golden_bits_are_those_of_the_other_cpu_vendor_too(tmp_path):
     """MKL picks its code by the CPU's vendor: a shim answering its vendor check the other way

@@ -173,17 +173,8 @@ def test_repro_resumes_then_noop_then_partial(repo):
         & third
     )
     assert "stack" in third
-    # the resumed run reached the weights of one never interrupted
-    from safetensors.torch import load_file
-
-    p = yaml.safe_load((d / "params.yaml").read_text())
-    p["train"]["out"] = "models/clean"
-    (d / "clean.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    tf = str(Path(sys.executable).with_name("tokenfocus"))
-    _run([tf, "train", "-b", "idefics3_tiny", "--no-track", "--params", "clean.yaml"], d, env)
-    a = load_file(d / "models/trained/idefics3_tiny/checkpoint/weights.safetensors")
-    b = load_file(d / "models/clean/idefics3_tiny/checkpoint/weights.safetensors")
-    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    # that a resumed run reaches the weights of one never interrupted, byte for byte, is
+    # tests/pipeline/test_faults.py's (the same trainer, killed with SIGKILL): not trained again here
 
 
 def test_rerun_with_no_network_at_all(repo):
@@ -196,6 +187,7 @@ def test_rerun_with_no_network_at_all(repo):
     assert {"stack", "register"} <= ran
 
 
+@pytest.mark.slow  # ~50 s (a whole `dvc exp run`); `make test-all` runs it
 def test_exp_run_with_set_param(repo):
     """`dvc exp run -S` rewrites params.yaml (YAML 1.2); the stages must still read it as typed."""
     from tokenfocus.config import load_params
