@@ -103,7 +103,8 @@ def _learned_styles():
     """Every style a model learns from: the benchmark's, styles.pretrain and each backbone's own."""
     params = load_params(ROOT / "params.yaml")
     own = [n for slug in params.backbones for n in params.pretrain_for(slug).styles]
-    return BOOK.styles("pretrain") + BOOK.styles("synth") + BOOK.learned(own or ["classic"], "own")
+    mine = BOOK.learned(own, "backbones.*.pretrain.styles") if own else ()
+    return BOOK.styles("pretrain") + BOOK.styles("synth") + mine
 
 
 def test_held_out_kinds_appear_in_no_training_style():
