@@ -199,18 +199,16 @@ def score_resumably(
 
     Only one chunk's images are decoded at a time, so memory does not grow with the split. Every
     run scores the same chunks, so a resumed table equals an uninterrupted one byte for byte. The
-    partial file starts with what it was made from (the model's digest, the pairs); another model
-    or another split starts it afresh. ``stop_after`` (tests): return after that many chunks.
+    partial file starts with what it was made from (the model's digest, the pairs and their
+    images); another model, another split or changed data starts it afresh. ``stop_after`` (tests): return after that many chunks.
     """
-    import hashlib
-
-    from tokenfocus.checkpoint import folder_digest
+    from tokenfocus.checkpoint import data_signature, folder_digest
     from tokenfocus.images import load_images
 
     partial = stem.with_name(stem.name + ".partial.jsonl")
     head = {
         "model": folder_digest(model_dir),
-        "pairs": hashlib.sha1("\n".join(r.img_path for r in records).encode()).hexdigest(),
+        "pairs": data_signature(records, [root]),
         "chunk": chunk,
     }
     rows: list[dict] = []
@@ -225,7 +223,7 @@ def score_resumably(
             rows = rows[: len(rows) // chunk * chunk]  # whole chunks only
             log.info("%s: resuming after %d of %d pairs", partial.name, len(rows), len(records))
         else:
-            log.warning("%s: made from another model or split; scoring afresh", partial.name)
+            log.warning("%s: made from another model, split or data; scoring afresh", partial.name)
             rows = []
     partial.parent.mkdir(parents=True, exist_ok=True)
     with partial.open("w") as f:  # rewritten: the kept rows, then each new chunk as it is scored

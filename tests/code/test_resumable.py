@@ -58,3 +58,21 @@ def test_a_partial_file_of_another_model_is_not_resumed(tiny_params, tmp_path):
     stem.parent.mkdir(parents=True)
     stem.with_name("test.partial.jsonl").write_text(json.dumps(stale) + "\n" + json.dumps(fake) + "\n" * 1)
     assert json.dumps(score_resumably(scorer, records, root, stem, 4, base)) == json.dumps(whole)
+
+
+def test_a_partial_file_of_other_pairs_at_the_same_paths_is_not_resumed(tiny_params, tmp_path):
+    """Regression: the partial file named its pairs by image path alone, so a table cut while
+    scoring one set of questions about the images resumed into another set at the same paths."""
+    import dataclasses
+
+    from tokenfocus.scoring import Scorer
+
+    base = Path(tiny_params.backbone("fastvlm_gemma").source)
+    scorer = Scorer.load(base, batch_size=4)
+    records = split_records(tiny_params, "test")[:8]
+    other = [dataclasses.replace(r, elements=r.elements[:1]) for r in records]
+    root = Path(tiny_params.validate.data) / "images"
+    stem = tmp_path / "b" / "test"
+    score_resumably(scorer, records, root, stem, 4, base, stop_after=1)  # "killed" after a chunk
+    fresh = score_resumably(scorer, other, root, tmp_path / "a" / "test", 4, base)
+    assert json.dumps(score_resumably(scorer, other, root, stem, 4, base)) == json.dumps(fresh)

@@ -87,6 +87,9 @@ def test_no_model_may_learn_from_the_held_out_family():
         bad.book()
     with pytest.raises(StyleError, match=r"styles.synth: unknown style 'nope'"):
         StylesConfig(synth=["nope"]).book()
+    # fine-tuning's redrawings (styles.augment) too, refused when the book is built
+    with pytest.raises(StyleError, match=r"styles.augment: 'studio' belongs to the held-out family"):
+        dataclasses.replace(bad, pretrain=["classic"], augment=["patchwork", "studio"]).book()
     # a backbone's own pre-training styles (backbones.<slug>.pretrain.styles) go through the same gate
     where = "backbones.x.pretrain.styles"
     with pytest.raises(StyleError, match=rf"{where}: 'studio_light' belongs to the held-out family"):
@@ -100,11 +103,12 @@ def test_no_model_may_learn_from_the_held_out_family():
 
 
 def _learned_styles():
-    """Every style a model learns from: the benchmark's, styles.pretrain and each backbone's own."""
+    """Every style a model learns from: the benchmark's, styles.pretrain, each backbone's own and
+    fine-tuning's redrawings'."""
     params = load_params(ROOT / "params.yaml")
     own = [n for slug in params.backbones for n in params.pretrain_for(slug).styles]
     mine = BOOK.learned(own, "backbones.*.pretrain.styles") if own else ()
-    return BOOK.styles("pretrain") + BOOK.styles("synth") + mine
+    return BOOK.styles("pretrain") + BOOK.styles("synth") + mine + BOOK.augmenting()
 
 
 def test_held_out_kinds_appear_in_no_training_style():
@@ -169,11 +173,13 @@ def render_file(path):
 
 
 def test_synthmuse_redraws_each_labelled_scene_in_the_styles_pretraining_draws(small_data, tmp_path):
-    """`styled/<k>/`: what fine-tuning's style augmentation swaps in. Every labelled pair, in the
-    styles pre-training learns from (never the benchmark's own, never the held-out family), and
-    the benchmark's files do not move with the number of copies."""
+    """`styled/<k>/`: what fine-tuning's style augmentation swaps in. Every labelled pair, in
+    styles.augment's styles (by default the ones pre-training learns from, never the benchmark's
+    own, never the held-out family), and the benchmark's files do not move with the copies."""
     train = {r["img_path"] for r in json.loads((small_data / "train_list.json").read_text())}
-    allowed = {s.name for s in BOOK.styles("pretrain")} - set(BOOK.synth)
+    allowed = {s.name for s in BOOK.augmenting()}
+    if not repo_styles().augment:  # the default: pre-training's styles less the benchmark's own
+        assert allowed == {s.name for s in BOOK.styles("pretrain")} - set(BOOK.synth)
     copies = sorted((small_data / "styled").iterdir())
     assert [c.name for c in copies] == [str(k) for k in range(SMALL.styled_copies)]
     drawn = [json.loads((c / "styles.json").read_text()) for c in copies]
@@ -190,5 +196,15 @@ def test_synthmuse_redraws_each_labelled_scene_in_the_styles_pretraining_draws(s
 
     generate(dataclasses.replace(SMALL, styled_copies=0), tmp_path / "none", styles=repo_styles())
     assert _digest(tmp_path / "none") == {
+        k: v for k, v in _digest(small_data).items() if not k.startswith("styled/")
+    }
+    # styles.augment names the redrawings' styles (weighted as pre-training's list is), and moves
+    # nothing but them
+    own = dataclasses.replace(repo_styles(), augment=["patchwork", "patchwork", "outlined"])
+    generate(dataclasses.replace(SMALL, styled_copies=1), tmp_path / "own", styles=own)
+    drawn = json.loads((tmp_path / "own" / "styled" / "0" / "styles.json").read_text())
+    assert set(drawn) == train and set(drawn.values()) == {"patchwork", "outlined"}
+    assert list(drawn.values()).count("patchwork") > list(drawn.values()).count("outlined")
+    assert {k: v for k, v in _digest(tmp_path / "own").items() if not k.startswith("styled/")} == {
         k: v for k, v in _digest(small_data).items() if not k.startswith("styled/")
     }

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tokenfocus.predictions import split_records
 from tokenfocus.train import Trainer
 
 
@@ -148,6 +149,40 @@ def test_checkpoint_of_another_base_at_the_same_path_is_not_resumed(tiny_params,
     meta = json.loads((base / "tokenfocus.json").read_text())
     (base / "tokenfocus.json").write_text(json.dumps({**meta, "pretrain": {"cpu_minutes": 1.0}}))
     assert resumed_step() == 0  # the same path, another base: afresh
+
+
+def test_checkpoint_of_other_data_is_not_resumed(tiny_params, tmp_path):
+    """Regression: ``dvc repro`` runs a train stage again when its data changed (here: a label, or
+    a redrawn copy's image), and the finished run's checkpoint of the old data was resumed at its
+    last step and saved as the new model, untrained on the new data."""
+    import shutil
+
+    slug = "idefics3_tiny"
+    data = tmp_path / "data"
+    shutil.copytree(tiny_params.validate.data, data)
+    p = _params(tiny_params, slug, steps=2, checkpoint_every=2, eval_every=2)
+    p = dataclasses.replace(p, validate=dataclasses.replace(p.validate, data=str(data)))
+    Trainer(slug, p, out=tmp_path / "a").run()
+
+    def resumed_step() -> int:
+        tr = Trainer(slug, p, out=tmp_path / "a")
+        tr._load_data()
+        tr.setup()
+        return tr._resume().step
+
+    assert resumed_step() == 2  # the same data: resumed
+    rows = json.loads((data / "train_list.json").read_text())
+    trained = {r.img_path for r in split_records(p, "train")}
+    row = next(r for r in rows if r["img_path"] in trained)
+    row["total_score"] = [5 if min(row["total_score"]) < 5 else 1] * len(row["total_score"])
+    original = (data / "train_list.json").read_text()
+    (data / "train_list.json").write_text(json.dumps(rows))
+    assert resumed_step() == 0  # a train pair's label changed: afresh
+    (data / "train_list.json").write_text(original)
+    assert resumed_step() == 2
+    copy = sorted((data / "styled").iterdir())[0] / "images" / row["img_path"]
+    copy.write_bytes(copy.read_bytes() + b"\0")  # a redrawn copy fine-tuning may swap in
+    assert resumed_step() == 0
 
 
 @pytest.mark.parametrize(("slug", "tuning"), [("fastvlm_llama", "full"), ("fastvlm_gemma", "lora")])

@@ -27,12 +27,15 @@ class StylesConfig:
 
     ``catalog`` maps a style's name to its drawing choices (see :class:`tokenfocus.render.Style`
     for the keys); ``synth`` names the styles SynthMuse draws its benchmark in, ``pretrain`` the
-    ones pre-training randomises over, and no style of ``heldout_family`` may be in either.
+    ones pre-training randomises over, ``augment`` the ones SynthMuse's redrawings for
+    fine-tuning's style augmentation are drawn in (empty: each style of ``pretrain`` beside
+    ``synth`` once), and no style of ``heldout_family`` may be in any of them.
     """
 
     heldout_family: str = ""  # never seen by any model; the pipeline reports it beside test
     synth: list[str] = field(default_factory=lambda: ["classic"])
     pretrain: list[str] = field(default_factory=lambda: ["classic"])
+    augment: list[str] = field(default_factory=list)
     catalog: dict[str, dict] = field(default_factory=dict)
 
     def book(self):

@@ -171,6 +171,7 @@ class StyleBook:
     heldout_family: str
     synth: tuple[str, ...]
     pretrain: tuple[str, ...]
+    augment: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, cfg) -> StyleBook:
@@ -178,9 +179,12 @@ class StyleBook:
         the styles any model learns from."""
         catalog = {n: Style.from_params(n, dict(raw or {})) for n, raw in cfg.catalog.items()}
         catalog.setdefault("classic", Style())
-        book = cls(catalog, cfg.heldout_family, tuple(cfg.synth), tuple(cfg.pretrain))
+        book = cls(
+            catalog, cfg.heldout_family, tuple(cfg.synth), tuple(cfg.pretrain), tuple(cfg.augment or ())
+        )
         for use in ("synth", "pretrain"):
             book.learned(getattr(book, use), f"styles.{use}")
+        book.augmenting()
         if cfg.heldout_family and not book.heldout:
             raise StyleError(
                 f"styles.heldout_family: no style of family {cfg.heldout_family!r} in the catalog"
@@ -201,6 +205,14 @@ class StyleBook:
                     "which no model may learn from"
                 )
         return tuple(self.catalog[n] for n in names)
+
+    def augmenting(self) -> tuple[Style, ...]:
+        """The styles fine-tuning's redrawings are drawn in: ``augment`` (a style named k times
+        drawn k times as often), or, when it is empty, each style of ``pretrain`` beside
+        ``synth`` once."""
+        if self.augment:
+            return self.learned(self.augment, "styles.augment")
+        return tuple(dict.fromkeys(s for s in self.styles("pretrain") if s.name not in self.synth))
 
     @property
     def heldout(self) -> tuple[Style, ...]:

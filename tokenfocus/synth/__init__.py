@@ -65,8 +65,8 @@ def generate(
     reads it), ``styles.json`` (which style drew each image; the EvalMuse loader ignores it) and
     ``contact_sheet.png``. With a held-out style family (``styles.heldout_family``), every
     labelled pair's drawn scene again in that family, under ``heldout_style/`` (see
-    :func:`draw_again`), and with ``synth.styled_copies`` that many redrawings in the styles
-    pre-training draws, under ``styled/<k>/``.
+    :func:`draw_again`), and with ``synth.styled_copies`` that many redrawings in the styles of
+    ``styles.augment`` (by default pre-training's), under ``styled/<k>/``.
 
     Returns:
         Counts of what was written.
@@ -147,10 +147,12 @@ def generate(
     jobs = []
     if book.heldout:
         jobs.append(("heldout_style", book.heldout, out / HELDOUT_DIR, "heldout_style"))
-    # the styles pre-training learns from, less the benchmark's own drawing
-    styled = tuple(dict.fromkeys(s for s in book.styles("pretrain") if s.name not in book.synth))
+    styled = book.augmenting()  # styles.augment, or pre-training's less the benchmark's own drawing
     if cfg.styled_copies and not styled:
-        raise ValueError("synth.styled_copies: styles.pretrain names no style beside styles.synth to draw in")
+        raise ValueError(
+            "synth.styled_copies: styles.augment is empty and styles.pretrain names no style "
+            "beside styles.synth to draw in"
+        )
     for k in range(cfg.styled_copies):
         jobs.append((f"styled_{k}", styled, out / STYLED_DIR / str(k), f"styled:{k}"))
     counts.update(_draw_all_again(scenes, jobs, cfg))

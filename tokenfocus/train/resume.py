@@ -1,5 +1,5 @@
 """The trainer's saved state: the best model's folder, and a checkpoint that resumes exactly and
-only where its configs, base and training code are the same."""
+only where its configs, base, data and training code are the same."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tokenfocus.checkpoint import (
     TrainState,
+    data_signature,
     folder_digest,
     load_checkpoint,
     save_checkpoint,
@@ -37,14 +38,27 @@ class Resumable:
         }
         save_trained(self.model, self.processor, meta, dest)
 
+    def _data_signature(self) -> str:
+        """The data a run learns from and picks its checkpoint on: the train and val records and
+        their images in every folder training reads (the benchmark's and its redrawn copies).
+
+        Why: ``dvc repro`` runs a train stage again when its data changed, and a finished run's
+        checkpoint of the old data would otherwise be resumed at its last step and saved as the
+        new model.
+        """
+        roots = [self.images.root, *(c.root for c in self.styled)]
+        return data_signature([*self.train_records, *self.val_records], roots)
+
     def _identity(self) -> dict:
-        """What must match for a checkpoint to be resumed: configs, base, and the training code."""
+        """What must match for a checkpoint to be resumed: configs, base, data and the training code."""
         import hashlib
 
         import tokenfocus
 
         if self._base_digest is None:  # read once per run, not at every checkpoint
             self._base_digest = folder_digest(self.source)
+        if self._data_digest is None:
+            self._data_digest = self._data_signature()
         code = hashlib.sha1()
         root = Path(tokenfocus.__file__).parent
         files = [*sorted((root / "train").glob("*.py")), *sorted((root / "scoring").glob("*.py"))]
@@ -57,6 +71,7 @@ class Resumable:
             "source": str(self.source),
             # the base itself: a re-built or re-pre-trained base at the same path is another start
             "base": self._base_digest,
+            "data": self._data_digest,
             "exclude_fold": self.exclude_fold,
             "code": code.hexdigest(),
         }
@@ -75,7 +90,9 @@ class Resumable:
             return TrainState()
         state, weights, opt = saved
         if state.pop("config") != json.loads(json.dumps(self._identity())):
-            log.warning("%s: checkpoint was made by another config or code; starting afresh", self.slug)
+            log.warning(
+                "%s: checkpoint was made by another config, base, data or code; starting afresh", self.slug
+            )
             return TrainState()
         if self.bb.tuning == "lora":
             from peft import set_peft_model_state_dict

@@ -60,6 +60,7 @@ class Trainer(TrainingSteps, Resumable):
         self.model = None  # set by setup(); run() sets up only if nobody did
         self.train_records, self.styled = None, []  # set by _load_data()
         self._base_digest: str | None = None  # the base folder's digest, read once (see _identity)
+        self._data_digest: str | None = None  # the data's signature, taken once (see _identity)
 
     # -- the loop ---------------------------------------------------------------------------------
     def setup(self) -> None:
