@@ -35,9 +35,13 @@ def folder_digest(source: str | Path, whole_below: int = 64 * 1024 * 1024) -> st
 
 
 def data_signature(records, roots: list[Path]) -> str:
-    """What a run was made from: the records (prompts, elements, labels) and, for each image they
-    name under each of ``roots``, its size and modification time. A stat per image, not a read,
-    so it is cheap on EvalMuse-40K; data regenerated with the same bytes only looks new."""
+    """What a run was made from: the records (prompts, elements, labels) and the size of each
+    image they name under each of ``roots``.
+
+    A stat per image, not a read, so it is cheap on EvalMuse-40K. Its size, not its time: the
+    signature is saved inside the trained model's folder, a versioned output that every clone
+    must write to the same bytes (a redrawn image almost always changes size).
+    """
     from dataclasses import asdict
 
     h = hashlib.sha1()
@@ -47,8 +51,7 @@ def data_signature(records, roots: list[Path]) -> str:
         h.update(f"#{i}".encode())
         for r in records:
             path = Path(root) / r.img_path
-            st = path.stat() if path.exists() else None
-            h.update(f"{r.img_path}:{st and st.st_size}:{st and st.st_mtime_ns};".encode())
+            h.update(f"{r.img_path}:{path.stat().st_size if path.exists() else None};".encode())
     return h.hexdigest()
 
 

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +172,9 @@ def test_checkpoint_of_other_data_is_not_resumed(tiny_params, tmp_path):
         return tr._resume().step
 
     assert resumed_step() == 2  # the same data: resumed
+    for image in data.rglob("*.png"):  # the same bytes written at another time (another clone)
+        os.utime(image, ns=(1, 1))
+    assert resumed_step() == 2  # the signature is saved in a versioned output: no times in it
     rows = json.loads((data / "train_list.json").read_text())
     trained = {r.img_path for r in split_records(p, "train")}
     row = next(r for r in rows if r["img_path"] in trained)

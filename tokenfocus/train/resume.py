@@ -40,7 +40,7 @@ class Resumable:
 
     def _data_signature(self) -> str:
         """The data a run learns from and picks its checkpoint on: the train and val records and
-        their images in every folder training reads (the benchmark's and its redrawn copies).
+        their images' sizes in every folder training reads (the benchmark's and its redrawn copies).
 
         Why: ``dvc repro`` runs a train stage again when its data changed, and a finished run's
         checkpoint of the old data would otherwise be resumed at its last step and saved as the
