@@ -200,7 +200,8 @@ def score_resumably(
     Only one chunk's images are decoded at a time, so memory does not grow with the split. Every
     run scores the same chunks, so a resumed table equals an uninterrupted one byte for byte. The
     partial file starts with what it was made from (the model's digest, the pairs and their
-    images); another model, another split or changed data starts it afresh. ``stop_after`` (tests): return after that many chunks.
+    images); another model, another split or changed data starts it afresh. ``stop_after``
+    (tests): return after that many chunks.
     """
     from tokenfocus.checkpoint import data_signature, folder_digest
     from tokenfocus.images import load_images

@@ -184,7 +184,7 @@ class StyleBook:
         )
         for use in ("synth", "pretrain"):
             book.learned(getattr(book, use), f"styles.{use}")
-        book.augmenting()
+        book.augmenting()  # styles.augment checked here too, not first when SynthMuse draws
         if cfg.heldout_family and not book.heldout:
             raise StyleError(
                 f"styles.heldout_family: no style of family {cfg.heldout_family!r} in the catalog"
