@@ -425,18 +425,42 @@ def test_token_relations_mark_where_each_drawn_group_stands_against_the_others()
     assert not token_relations([one], 2, 2).any()
 
 
-def test_a_bases_own_styles_are_checked_before_anything_trains(tiny_params, tmp_path):
-    """``backbones.<slug>.pretrain.styles`` replaces styles.pretrain for that base; a held-out
-    style there is refused, naming the key, before a step runs and before any base is written."""
+@pytest.mark.parametrize("key", ["styles", "tower_styles"])
+def test_a_bases_own_styles_are_checked_before_anything_trains(tiny_params, tmp_path, key):
+    """``backbones.<slug>.pretrain.styles`` replaces styles.pretrain for that base, and
+    ``tower_styles`` those of its stage 1; a held-out style in either is refused, naming the key,
+    before a step runs and before any base is written."""
     slug = "fastvlm_llama"
     bb = tiny_params.backbone(slug)
     p = dataclasses.replace(
         tiny_params,
-        backbones={slug: dataclasses.replace(bb, pretrain={"styles": ["classic", "studio"]})},
+        backbones={slug: dataclasses.replace(bb, pretrain={key: ["classic", "studio"]})},
     )
-    assert p.pretrain_for(slug).styles == ["classic", "studio"]
+    assert getattr(p.pretrain_for(slug), key) == ["classic", "studio"]
     with pytest.raises(
-        StyleError, match=rf"backbones.{slug}.pretrain.styles: 'studio' belongs to the held-out"
+        StyleError, match=rf"backbones.{slug}.pretrain.{key}: 'studio' belongs to the held-out"
     ):
         pretrain_base(slug, p, out=tmp_path / "base")
     assert not (tmp_path / "base").exists()
+
+
+def test_tower_styles_draw_the_tower_stages_scenes_and_no_others(tiny_params):
+    """``pretrain.tower_styles`` (docs/styles.md): stage 1 draws in them as it would in ``styles``;
+    the language-model stages keep ``styles``."""
+    bb = tiny_params.backbone("fastvlm_llama")
+    patchwork = (tiny_params.styles.book().catalog["patchwork"],)
+
+    def weights(cfg: PretrainConfig, **styles) -> dict[str, torch.Tensor]:
+        model, processor = load_model_and_processor(bb.source, bb)
+        pretrain(model, processor, cfg, bb.image_size, family=bb.family, slug="fastvlm_llama", **styles)
+        return model.state_dict()
+
+    def equal(a: dict, b: dict) -> bool:
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    tower = PretrainConfig(tower_steps=2, steps=0, element_steps=0, batch_size=8, check_scenes=8)
+    drawn = weights(tower, tower_styles=patchwork)
+    assert equal(drawn, weights(tower, styles=patchwork))
+    assert not equal(drawn, weights(tower))  # the classic drawing trains other weights
+    pairs = PretrainConfig(tower_steps=0, steps=2, element_steps=0, batch_size=8, check_scenes=8)
+    assert equal(weights(pairs, tower_styles=patchwork), weights(pairs))

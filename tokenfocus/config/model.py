@@ -120,6 +120,11 @@ class PretrainConfig:
     # the styles this base's scenes are drawn in (names of styles.catalog), in place of
     # styles.pretrain; empty: styles.pretrain. Never the held-out family (refused)
     styles: list[str] = field(default_factory=list)
+    # the styles stage 1 (the tower) alone draws its scenes in, in place of the list above; empty:
+    # that list. Lets a drawing the language-model stages do not take reach the tower only
+    # (docs/styles.md: patchwork in every stage broke the Gemma base's language model). Never the
+    # held-out family (refused)
+    tower_styles: list[str] = field(default_factory=list)
     seed: int = 99  # scenes are drawn from this seed alone, never from the benchmark
     threads: int = 1  # torch threads: fixed, so a rerun reproduces the base exactly
     check_scenes: int = 240  # other fresh scenes on which the checks are measured

@@ -70,6 +70,7 @@ def pretrain(
     prompts: PromptConfig | None = None,
     slug: str = "",
     styles: tuple[Style, ...] | None = None,
+    tower_styles: tuple[Style, ...] | None = None,
 ) -> dict:
     """Run the curriculum on ``model`` in place.
 
@@ -84,6 +85,7 @@ def pretrain(
         styles: the styles every scene is drawn in, one per image (domain randomisation);
             default the classic drawing. (How a base fares in other styles, the held-out family
             included, is measured apart: ``scripts/style_checks.py``.)
+        tower_styles: the styles stage 1 alone draws in; default ``styles``.
 
     Returns:
         Per stage ``steps``/``first_loss``/``last_loss``/``cpu_minutes``, the total
@@ -99,7 +101,7 @@ def pretrain(
     stages, heads = {}, None
     if cfg.tower_steps:
         stages["tower"], heads = tower_stage(
-            model, processor, family, cfg, image_size, slug=slug, styles=styles
+            model, processor, family, cfg, image_size, slug=slug, styles=tower_styles or styles
         )
     common = {"family": family, "cfg": cfg, "prompts": prompts, "image_size": image_size, "slug": slug}
     common["styles"] = styles
@@ -243,6 +245,11 @@ def pretrain_base(
         if cfg.styles
         else book.styles("pretrain")
     )
+    tower_styles = (
+        book.learned(cfg.tower_styles, f"backbones.{slug}.pretrain.tower_styles")
+        if cfg.tower_styles
+        else None
+    )
     model, processor = load_model_and_processor(init, dataclasses.replace(bb, source=str(init)), slug=slug)
     meta = json.loads((init / META_FILE).read_text())
     if cfg.steps or cfg.tower_steps or cfg.element_steps:
@@ -255,6 +262,7 @@ def pretrain_base(
             prompts=params.prompts_for(slug),
             slug=slug,
             styles=styles,
+            tower_styles=tower_styles,
         )
     meta["kind"] = "base"
     return save_model(model, processor, meta, out)
