@@ -443,7 +443,7 @@ def bench_dispatch(params, rows):
                     }
                 )
     # throughput: native and pinned in alternation, so a slow spell of the machine hits both
-    for slug, tuning in (("fastvlm_gemma", "lora"), ("fastvlm_llama", "full")):
+    for slug, tuning in (("fastvlm_gemma", "lora"), ("fastvlm_qwen2", "full")):
         rates = {"native": [], "pinned": []}
         for _ in range(3):
             rates["native"].append(child("train", slug, tuning, env=kernel_env())["rate"])

@@ -40,9 +40,9 @@ def stack_stage(params: Params) -> dict:
     train_prompts = set() if fit_split == "oof" else {r.prompt_id for r in split_records(params, "train")}
     ens = fit_ensemble(tables[fit_split], params.stack, train_prompts=train_prompts)
     ens.save(params.stack.out)
-    bagged = {}
-    if params.stack.bagging_seeds > 1:
-        bagged = {s: read_metrics(Path("eval") / s / "metrics.json").get("test", {}) for s in slugs}
+    bagged_slugs = [s for s in slugs if params.bagging_for(s) > 1]
+    if bagged_slugs:  # each backbone's single seed (member 0) beside its bagged average
+        bagged = {s: read_metrics(Path("eval") / s / "metrics.json").get("test", {}) for s in bagged_slugs}
         singles = {s: read_table(Path(params.score.out) / s / "member0" / "test.json") for s in slugs}
         rows = comparison(tables["test"], ens, singles=singles, bagged=bagged)
     else:

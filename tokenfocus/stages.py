@@ -29,7 +29,7 @@ def _members(slug: str, params: Params) -> list[tuple[Params, Path]]:
     """Bagging members: (params with the member's seed, output folder); member 0 is the plain run."""
     base = Path(params.train.out) / slug
     out = []
-    for k in range(max(1, params.stack.bagging_seeds)):
+    for k in range(params.bagging_for(slug)):
         p = dataclasses.replace(params, train=dataclasses.replace(params.train, seed=params.train.seed + k))
         out.append((p, base if k == 0 else base / f"bag{k}"))
     return out

@@ -40,6 +40,8 @@ def build(cls: type, raw: Any, where: str) -> Any:
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+    except ConfigError as exc:  # a block's own check (__post_init__): name the block it is in
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def coerce(tp: Any, value: Any, where: str) -> Any:

@@ -125,7 +125,7 @@ def test_remote_code_runs_only_when_a_backbone_asks_and_the_log_says_so(tmp_path
     root = Path(__file__).resolve().parents[2]
     assert all(not bb.trust_remote_code for bb in load_params(root / "params.yaml").backbones.values())
     src = tmp_path / "remote"
-    shutil.copytree(root / "models/base/fastvlm_llama", src)
+    shutil.copytree(root / "models/base/fastvlm_qwen2", src)
     marker = tmp_path / "ran.txt"
     (src / "evil.py").write_text(
         f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import PreTrainedModel as EvilModel\n"

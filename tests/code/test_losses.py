@@ -79,7 +79,7 @@ def test_the_trainer_sends_gradient_only_through_the_answer_tokens_at_the_first_
 
     root = Path(__file__).resolve().parents[2]
     params = load_params(root / "params.yaml")
-    trainer = Trainer("fastvlm_llama", params, source=str(root / "models/base/fastvlm_llama"))
+    trainer = Trainer("fastvlm_qwen2", params, source=str(root / "models/base/fastvlm_qwen2"))
     trainer.setup()
     recs = load_records(root / "data/train_list.json")[:6]
     trainer.images = load_images(root / "data/images", [r.img_path for r in recs])
@@ -117,7 +117,7 @@ def test_answer_lm_loss_reads_each_answer_token_where_it_is_predicted_under_left
     from tokenfocus.scoring import encode
 
     root = Path(__file__).resolve().parents[2]
-    src = root / "models/base/fastvlm_llama"
+    src = root / "models/base/fastvlm_qwen2"
     model, processor = load_model_and_processor(src, BackboneConfig(source=str(src)), slug="t")
     processor.tokenizer.padding_side = "left"
     end = assistant_end(processor)

@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import FAMILIES, PATH_BACKBONES
+from tokenfocus.config import load_params
 from tokenfocus.evalmuse import load_records
 from tokenfocus.images import load_images
 from tokenfocus.scoring import Scorer, distribution_stats
@@ -20,7 +21,7 @@ def sample(small_data):
 ROOT = Path(__file__).resolve().parents[2]
 #: The shipped, really pre-trained bases (pulled by `make bases`): their outputs depend on
 #: position and image, so a position-id or padding bug moves them; a 2-step base would hide it.
-SHIPPED = ["shipped:fastvlm_llama", "shipped:fastvlm_qwen2", "shipped:fastvlm_gemma"]
+SHIPPED = [f"shipped:{s}" for s, bb in load_params(ROOT / "params.yaml").backbones.items() if bb.family]
 ALL = [*FAMILIES, *PATH_BACKBONES, *SHIPPED]
 TOL = 1e-4
 #: How much further apart the pairs must score than the tolerance, or the equality proves nothing (the
@@ -271,7 +272,7 @@ def test_out_of_memory_halves_the_batch_and_a_transient_error_keeps_prefix_reuse
 
 def test_fit_prompt_cuts_a_long_prompt_and_refuses_an_empty_one(tiny_params):
     """The cut that scoring, training (Trainer._loss) and validation (evaluate_split) all apply."""
-    scorer = Scorer.load(_source(tiny_params, "shipped:fastvlm_llama"))
+    scorer = Scorer.load(_source(tiny_params, "shipped:fastvlm_qwen2"))
     long = "two red circles " * 100
     assert scorer.fit_prompt(long, "p") == long[: scorer.max_prompt_chars]
     with pytest.raises(ValueError, match="empty prompt"):

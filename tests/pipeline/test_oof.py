@@ -39,18 +39,24 @@ def test_oof_stacker_fits_on_predictions_of_unseen_folds(tiny_params, tmp_path, 
     assert (Path(p.stack.out) / "stacker.skops").exists()
 
 
-def test_bagging_averages_seed_members(tiny_params, tmp_path, monkeypatch):
+def test_bagging_averages_seed_members_of_the_backbone_that_asks(tiny_params, tmp_path, monkeypatch):
+    """``backbones.<slug>.bagging_seeds`` bags that backbone alone (the default bags Gemma only)."""
     monkeypatch.chdir(tmp_path)
+    bags = {"idefics3_tiny": 2, "llava_siglip_tiny": None}
     p = dataclasses.replace(
         tiny_params,
-        backbones={k: v for k, v in tiny_params.backbones.items() if k == "idefics3_tiny"},
-        stack=dataclasses.replace(tiny_params.stack, bagging_seeds=2, out=str(tmp_path / "ens")),
+        backbones={
+            k: dataclasses.replace(tiny_params.backbones[k], bagging_seeds=n) for k, n in bags.items()
+        },
+        stack=dataclasses.replace(tiny_params.stack, bagging_seeds=1, out=str(tmp_path / "ens")),
         train=dataclasses.replace(tiny_params.train, out=str(tmp_path / "trained"), steps=2, eval_every=2),
         score=dataclasses.replace(tiny_params.score, out=str(tmp_path / "scores")),
     )
-    train_stage("idefics3_tiny", p, track=False)
+    for slug in bags:
+        train_stage(slug, p, track=False)
+        score_stage(slug, p, track=False)
     assert (Path(p.train.out) / "idefics3_tiny" / "bag1" / "model").exists()
-    score_stage("idefics3_tiny", p, splits=("test",), track=False)
+    assert not (Path(p.train.out) / "llava_siglip_tiny" / "bag1").exists()
     d = Path(p.score.out) / "idefics3_tiny"
     m0, m1, bag = (
         json.loads((d / f).read_text()) for f in ("member0/test.json", "member1/test.json", "test.json")
@@ -61,3 +67,6 @@ def test_bagging_averages_seed_members(tiny_params, tmp_path, monkeypatch):
         assert abs(c["score"] - sum((i + 1) * q for i, q in enumerate(dist))) < 1e-9
         key = next(iter(c["elements"]))
         assert abs(c["elements"][key] - (a["elements"][key] + b["elements"][key]) / 2) < 1e-9
+    stack_stage(p)
+    models = [r["model"] for r in json.loads(Path("eval/ensemble/comparison.json").read_text())]
+    assert "bagging (idefics3_tiny)" in models and "bagging (llava_siglip_tiny)" not in models

@@ -83,14 +83,24 @@ class Params:
         return build(PretrainConfig, merged, f"backbones.{slug}.pretrain")
 
     def train_for(self, slug: str) -> TrainConfig:
-        """The train block with the backbone's lr/steps overrides applied."""
-        cfg = dataclasses.replace(self.train)
+        """The train block with the backbone's overrides applied (its ``train`` block, then its
+        ``lr`` and ``steps``; type-checked)."""
         bb = self.backbone(slug)
+        for key in ("lr", "steps"):
+            if getattr(bb, key) is not None and key in bb.train:
+                raise ConfigError(f"backbones.{slug}: {key} is set twice, as {key} and as train.{key}")
+        merged = {**dataclasses.asdict(self.train), **bb.train}
+        cfg = build(TrainConfig, merged, f"backbones.{slug}.train")
         if bb.lr is not None:
             cfg.lr = bb.lr
         if bb.steps is not None:
             cfg.steps = bb.steps
         return cfg
+
+    def bagging_for(self, slug: str) -> int:
+        """How many seeds of the backbone are trained and averaged (1: no bagging)."""
+        n = self.backbone(slug).bagging_seeds
+        return max(1, self.stack.bagging_seeds if n is None else n)
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:

@@ -3,7 +3,7 @@ and scoring."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tokenfocus.typed import ConfigError
@@ -30,6 +30,11 @@ class LoraConfig:
     include_vision: bool = False  # the vision tower stays frozen unless asked
 
 
+# the train block's keys one backbone may not override: where every model is saved, the threads the
+# flows share out, and the seed the tiny bases are built from (bagging members count up from it)
+PIPELINE_WIDE_TRAIN_KEYS = frozenset({"out", "threads", "seed"})
+
+
 @dataclass
 class BackboneConfig:
     source: str  # a local directory or a hub id
@@ -51,6 +56,8 @@ class BackboneConfig:
     pretrain: dict[str, Any] = field(default_factory=dict)  # overrides of the pretrain block
     lr: float | None = None  # overrides train.lr
     steps: int | None = None  # overrides train.steps
+    train: dict[str, Any] = field(default_factory=dict)  # overrides of the train block (any key)
+    bagging_seeds: int | None = None  # overrides stack.bagging_seeds: this backbone's models averaged
     # full fine-tuning leaves the vision tower's weights as the base's (LLaVA's recipe); LoRA
     # leaves them anyway (lora.include_vision)
     freeze_tower: bool = False
@@ -59,9 +66,20 @@ class BackboneConfig:
 
     def __post_init__(self):
         if self.nproc < 1:
-            raise ConfigError(f"backbones: nproc must be >= 1, got {self.nproc}")
+            raise ConfigError(f"nproc must be >= 1, got {self.nproc}")
         if self.max_patches < 0:
-            raise ConfigError(f"backbones: max_patches must be >= 0, got {self.max_patches}")
+            raise ConfigError(f"max_patches must be >= 0, got {self.max_patches}")
+        known = {f.name for f in fields(TrainConfig)} - PIPELINE_WIDE_TRAIN_KEYS
+        for key in self.train:
+            if key not in known:
+                why = (
+                    "is pipeline-wide (set it in the train block)"
+                    if key in PIPELINE_WIDE_TRAIN_KEYS
+                    else "is no train key"
+                )
+                raise ConfigError(f"train.{key} {why}; a backbone may override {sorted(known)}")
+        if self.bagging_seeds is not None and self.bagging_seeds < 1:
+            raise ConfigError(f"bagging_seeds must be >= 1, got {self.bagging_seeds}")
 
 
 @dataclass
