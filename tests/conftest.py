@@ -166,10 +166,10 @@ def tiny_params(small_data, tmp_path_factory):
         entry = repo.get(slug) or build_config(
             BackboneConfig, {"source": "", **{**VIT_BACKBONES, **TEST_FASTVLMS}[slug]}, slug
         )
-        # a backbone's own step count (params.yaml) would override the few steps of train.steps,
-        # and its bagging would train each of its models twice
+        # a backbone's own step count (params.yaml) would override the few steps of train.steps, its
+        # train overrides would tune the tests to it, and its bagging would train each model twice
         p.backbones[slug] = dataclasses.replace(
-            entry, source=str(work / "base" / slug), pretrain={}, steps=None, bagging_seeds=None
+            entry, source=str(work / "base" / slug), pretrain={}, steps=None, train={}, bagging_seeds=None
         )
     for slug, entry in PATH_BACKBONES.items():
         p.backbones[slug] = build_config(BackboneConfig, {"source": str(work / "base" / slug), **entry}, slug)
@@ -196,6 +196,7 @@ def write_tiny_params(
         entry["pretrain"] = {}  # the short test pre-training for every backbone
         entry.pop("lr", None)
         entry.pop("steps", None)  # its own step count would override the few steps below
+        entry.pop("train", None)  # nor its own train overrides
         entry.pop("bagging_seeds", None)  # and its bagging would train each model twice
     p["validate"]["data"] = data
     p["train"].update(steps=steps, batch_size=4, eval_every=steps, checkpoint_every=steps)
