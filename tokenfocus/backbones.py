@@ -290,5 +290,15 @@ def apply_lora(model, slug: str, params: Params):
     ]
     if not names:
         raise ValueError(f"{slug}: LoRA target modules {lc.target_modules} match nothing in the model")
-    config = LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=names)
+    found = {n.split(".")[-1] for n, _ in model.named_modules()}
+    missing = [m for m in lc.modules_to_save if m not in found]
+    if missing:
+        raise ValueError(f"{slug}: lora.modules_to_save {missing} match no module of the model")
+    config = LoraConfig(
+        r=lc.r,
+        lora_alpha=lc.alpha,
+        lora_dropout=lc.dropout,
+        target_modules=names,
+        modules_to_save=list(lc.modules_to_save) or None,
+    )
     return get_peft_model(model, config)

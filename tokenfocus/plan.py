@@ -156,6 +156,13 @@ def plan(
             and n.split(".")[-1] in lc.target_modules
             and (lc.include_vision or n.startswith(lm_prefix))
         )
+        # a module trained whole beside the adapter: a trainable copy of each of its weights
+        trainable += sum(
+            p.numel()
+            for n, m in model.named_modules()
+            if n.split(".")[-1] in lc.modules_to_save
+            for p in m.parameters()
+        )
         tbytes = 4  # peft keeps adapter weights in float32 on a 16-bit base
     else:
         trainable, tbytes = total, wbytes

@@ -16,12 +16,23 @@ from tokenfocus.plan import load_config, plan
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("slug", ["qwen2_vl_tiny", "qwen2_5_vl_tiny", "internvl_tiny", "fastvlm_gemma"])
-def test_counts_from_the_config_equal_the_loaded_models(tiny_params, slug):
+@pytest.mark.parametrize(
+    ("slug", "whole"),
+    [
+        ("qwen2_vl_tiny", []),
+        ("qwen2_5_vl_tiny", []),
+        ("internvl_tiny", []),
+        ("fastvlm_gemma", []),
+        ("fastvlm_gemma", ["multi_modal_projector"]),  # a projector trained whole beside the adapter
+        ("qwen2_vl_tiny", ["merger"]),  # Qwen2-VL's projector, kept inside its tower
+    ],
+    ids=lambda v: ("+".join(v) or "adapter") if isinstance(v, list) else v,
+)
+def test_counts_from_the_config_equal_the_loaded_models(tiny_params, slug, whole):
     from tokenfocus.backbones import apply_lora, load_model_and_processor
 
     bb = tiny_params.backbone(slug)
-    lora = dataclasses.replace(bb, tuning="lora")
+    lora = dataclasses.replace(bb, tuning="lora", lora=dataclasses.replace(bb.lora, modules_to_save=whole))
     got = plan(load_config(bb.source), lora, tiny_params.train)
     model, _ = load_model_and_processor(bb.source, bb)
     assert got.params_total == sum(p.numel() for p in model.parameters())

@@ -239,17 +239,34 @@ def test_training_twice_gives_the_same_metrics_and_weights(tiny_params, tmp_path
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_lora_model_is_merged_for_scoring_and_scores_as_the_adapter_does(tiny_params, tmp_path):
+def _with_lora(params, slug, **lora):
+    bb = params.backbone(slug)
+    bb = dataclasses.replace(bb, lora=dataclasses.replace(bb.lora, **lora))
+    return dataclasses.replace(params, backbones={**params.backbones, slug: bb})
+
+
+@pytest.mark.parametrize("whole", [[], ["multi_modal_projector"]], ids=["adapter", "projector"])
+def test_a_lora_model_is_merged_for_scoring_and_scores_as_the_adapter_does(tiny_params, tmp_path, whole):
     from tokenfocus.backbones import load_model_and_processor
     from tokenfocus.evalmuse import load_records
     from tokenfocus.images import load_images
     from tokenfocus.scoring import Scorer
 
     slug = "gemma3_tiny"
-    p = _params(tiny_params, slug, steps=2, eval_every=2, checkpoint_every=2, lr=0.01)
+    p = _with_lora(tiny_params, slug, modules_to_save=whole)
+    p = _params(p, slug, steps=2, eval_every=2, checkpoint_every=2, lr=0.01)
     Trainer(slug, p, out=tmp_path / "t").run()
     merged = Scorer.load(tmp_path / "t" / "model")
     assert not any("lora_" in n for n, _ in merged.model.named_parameters())  # one weight per layer
+    # a module trained whole travels in the adapter, and the merged model carries its trained copy
+    saved = load_file(tmp_path / "t" / "model" / "adapter_model.safetensors").keys()
+    assert any("multi_modal_projector" in k for k in saved) == bool(whole)
+    base_model, _ = load_model_and_processor(p.backbone(slug).source, p.backbone(slug))
+    base_w, merged_w = dict(base_model.named_parameters()), dict(merged.model.named_parameters())
+    projector = [n for n in base_w if ".multi_modal_projector." in n]
+    assert projector
+    moved = [n for n in projector if not torch.equal(base_w[n], merged_w[n])]
+    assert bool(moved) == bool(whole)
     model, processor = load_model_and_processor(tmp_path / "t" / "model", p.backbone(slug), merge_lora=False)
     assert any("lora_" in n for n, _ in model.named_parameters())
     adapter = Scorer(model, processor, merged.prompts, slug=slug)
@@ -266,6 +283,16 @@ def test_a_lora_model_is_merged_for_scoring_and_scores_as_the_adapter_does(tiny_
     for x, y in zip(a, b, strict=True):
         assert x.score == pytest.approx(y.score, abs=1e-5)
         assert all(x.elements[k] == pytest.approx(y.elements[k], abs=1e-5) for k in x.elements)
+
+
+def test_a_module_to_save_that_the_model_lacks_is_named(tiny_params):
+    from tokenfocus.backbones import apply_lora, load_model_and_processor
+
+    slug = "gemma3_tiny"
+    p = _with_lora(tiny_params, slug, modules_to_save=["multi_modal_projector", "projektor"])
+    model, _ = load_model_and_processor(p.backbone(slug).source, p.backbone(slug))
+    with pytest.raises(ValueError, match=r"gemma3_tiny: lora.modules_to_save \['projektor'\]"):
+        apply_lora(model, slug, p)
 
 
 def test_bf16_full_fine_tuning_keeps_float32_master_weights(tiny_params, tmp_path):

@@ -28,6 +28,10 @@ class LoraConfig:
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     include_vision: bool = False  # the vision tower stays frozen unless asked
+    # modules trained whole beside the adapter (peft's modules_to_save), named by the last part of
+    # their path: ["multi_modal_projector"] lets fine-tuning move the projector that LoRA's
+    # language-model targets leave frozen (LLaVA-style fine-tuning trains it too)
+    modules_to_save: list[str] = field(default_factory=list)
 
 
 # the train block's keys one backbone may not override: where every model is saved, the threads the
