@@ -38,7 +38,7 @@ def stack_stage(params: Params) -> dict:
     # val rows: no backbone trained on them. oof rows: each came from the fold model that excluded
     # its fold (fold_models, Trainer.exclude_fold), so the full-train check does not apply there.
     train_prompts = set() if fit_split == "oof" else {r.prompt_id for r in split_records(params, "train")}
-    ens = fit_ensemble(tables[fit_split], params.stack, train_prompts=train_prompts)
+    ens = fit_ensemble(fit_rows(params, tables[fit_split]), params.stack, train_prompts=train_prompts)
     ens.save(params.stack.out)
     bagged_slugs = [s for s in slugs if params.bagging_for(s) > 1]
     if bagged_slugs:  # each backbone's single seed (member 0) beside its bagged average
@@ -99,6 +99,31 @@ def stack_stage(params: Params) -> dict:
 
     write_plot_data(test_rows, Path("eval") / "ensemble")
     return summary
+
+
+def fit_rows(params: Params, val: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """The stacker's fit rows: ``val`` per backbone, then its first ``stack.fit_styled``
+    redrawings (``val_styled<k>`` tables, the same pairs in fine-tuning's styles).
+
+    Raises:
+        FileNotFoundError: a backbone lacks a redrawing's table (the data holds fewer redrawings
+            than asked, or the backbone was scored before ``stack.fit_styled`` was set).
+    """
+    from tokenfocus.predictions import STYLED_VAL, read_table
+
+    rows = {s: list(t) for s, t in val.items()}
+    for k in range(params.stack.fit_styled):
+        for s in rows:
+            path = Path(params.score.out) / s / f"{STYLED_VAL}{k}.json"
+            if not path.exists():
+                raise FileNotFoundError(
+                    f"stack.fit_styled: {params.stack.fit_styled} asks for val redrawn in "
+                    f"{params.validate.data}/styled/{k}/, but {path} is missing: score {s} again "
+                    f"(`tokenfocus score -b {s}`) where the data holds that redrawing "
+                    "(synth.styled_copies), or lower stack.fit_styled (real data has none: 0)"
+                )
+            rows[s] += read_table(path)
+    return rows
 
 
 def register_stage(params: Params, *, pid: str | None = None) -> dict:

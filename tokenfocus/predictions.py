@@ -30,26 +30,44 @@ HELDOUT = "heldout_style"
 SHORT = "test_short"
 #: The test split's variants, reported beside it in the same form.
 TEST_VARIANTS = (HELDOUT, SHORT)
+#: ``val_styled<k>``: the val split's pairs redrawn in fine-tuning's styles (SynthMuse's
+#: ``styled/<k>/``), extra rows for the stacker's fit (``stack.fit_styled``).
+STYLED_VAL = "val_styled"
 
 
 def scored_splits(params: Params) -> tuple[str, ...]:
-    """:data:`SCORED_SPLITS`, plus on SynthMuse (its ``styles.json``) :data:`SHORT`, and
-    :data:`HELDOUT` where the data holds a held-out style set."""
+    """:data:`SCORED_SPLITS`, plus on SynthMuse (its ``styles.json``) :data:`SHORT`,
+    :data:`HELDOUT` where the data holds a held-out style set, and the first ``stack.fit_styled``
+    of val's redrawings that the data holds."""
     root = Path(params.validate.data)
     short = (SHORT,) if (root / "styles.json").exists() else ()
-    return SCORED_SPLITS + short + ((HELDOUT,) if (root / HELDOUT / "images").is_dir() else ())
+    heldout = (HELDOUT,) if (root / HELDOUT / "images").is_dir() else ()
+    styled = tuple(
+        f"{STYLED_VAL}{k}" for k in range(params.stack.fit_styled) if styled_root(root, k).is_dir()
+    )
+    return SCORED_SPLITS + short + heldout + styled
+
+
+def styled_root(data: Path, k: int) -> Path:
+    """The images of SynthMuse's ``k``-th redrawing of the labelled pairs."""
+    from tokenfocus.synth import STYLED_DIR
+
+    return data / STYLED_DIR / str(k) / "images"
 
 
 def image_root(params: Params, split: str) -> Path:
     """The folder a split's ``img_path`` values are relative to."""
     root = Path(params.validate.data)
+    if split.startswith(STYLED_VAL):
+        return styled_root(root, int(split.removeprefix(STYLED_VAL)))
     return root / HELDOUT / "images" if split == HELDOUT else root / "images"
 
 
 def split_records(params: Params, split: str) -> list[Record]:
     """Records of a split: ``train``/``val``/``test`` of train_list.json, ``ntire`` (test.json
-    with labels from eval.json when it exists), or ``heldout_style`` (the test split's records,
-    whose images :func:`image_root` finds in the held-out style set)."""
+    with labels from eval.json when it exists), ``heldout_style`` (the test split's records,
+    whose images :func:`image_root` finds in the held-out style set), or ``val_styled<k>`` (val's
+    records, drawn in SynthMuse's ``k``-th redrawing)."""
     root = Path(params.validate.data)
     if split == SHORT:
         from tokenfocus.synth import shorten
@@ -57,6 +75,8 @@ def split_records(params: Params, split: str) -> list[Record]:
         return [_rekeyed(r, shorten(list(r.element_score))) for r in split_records(params, "test")]
     if split == HELDOUT:
         split = "test"
+    if split.startswith(STYLED_VAL):
+        split = "val"
     if split.startswith("train-fold"):  # one stacking fold of the train split
         fold = int(split.removeprefix("train-fold"))
         return load_split(load_records(root / "train_list.json"), params.split.out, "train", fold=fold)

@@ -14,6 +14,8 @@ def test_repo_params_load():
         ("synth:\n  sede: 1\n", "unknown key"),
         ("synth:\n  seed: one\n", "synth.seed"),
         ("synth: 3\n", "expected a mapping"),
+        ("stack:\n  fit_styled: -1\n", "stack.fit_styled: -1 is below 0"),
+        ("stack:\n  fit_on: oof\n  fit_styled: 2\n", "stack.fit_styled: 2 .* needs stack.fit_on: val"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, text, needle):

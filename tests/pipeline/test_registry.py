@@ -65,6 +65,37 @@ def _request(p, n=3):
     )
 
 
+def test_the_stacker_fits_on_val_and_its_redrawings(trained, tmp_path, monkeypatch):
+    """``stack.fit_styled`` (params.yaml: 2): val's pairs redrawn in fine-tuning's styles are
+    scored and join the stacker's fit rows, beside val's own drawing."""
+    from tokenfocus.ensemble_stages import fit_rows
+    from tokenfocus.predictions import read_table, scored_splits
+
+    p, _ = trained
+    assert p.stack.fit_styled == 2
+    assert scored_splits(p)[-2:] == ("val_styled0", "val_styled1")
+    scores = Path(p.score.out)
+    val = {s: read_table(scores / s / "val.json") for s in p.backbones}
+    for slug in p.backbones:
+        for k in range(2):
+            styled = read_table(scores / slug / f"val_styled{k}.json")
+            assert [(r["img_path"], r["gt_score"]) for r in styled] == [
+                (r["img_path"], r["gt_score"]) for r in val[slug]
+            ]
+            # other pixels, other answers: the redrawing's images were read, not val's own
+            assert any(abs(a["score"] - b["score"]) > 1e-6 for a, b in zip(val[slug], styled, strict=True))
+    assert {s: len(r) for s, r in fit_rows(p, val).items()} == {s: 3 * len(val[s]) for s in val}
+    monkeypatch.chdir(tmp_path)  # the stage writes eval/ here, not over the module's
+    alone = dataclasses.replace(p, stack=dataclasses.replace(p.stack, fit_styled=0, out=str(tmp_path / "e")))
+    stack_stage(alone)
+    coef = [json.loads((Path(e) / "ensemble.json").read_text())["ridge"]["coef"] for e in (p.stack.out, "e")]
+    assert coef[0] != pytest.approx(coef[1])
+    more = dataclasses.replace(p, stack=dataclasses.replace(p.stack, fit_styled=3))
+    assert "val_styled2" not in scored_splits(more)  # the small data holds two redrawings
+    with pytest.raises(FileNotFoundError, match="styled/2/"):
+        fit_rows(more, val)
+
+
 def test_pyfunc_round_trip_matches_the_pipelines_own_predictions(trained, store):
     """The registered model, loaded back through MLflow, answers what the pipeline's stack stage
     wrote for the same test pairs (models/ensemble/test_predictions.json): an independent path

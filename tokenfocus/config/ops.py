@@ -15,7 +15,20 @@ class StackConfig:
     features: list[str] = field(default_factory=lambda: ["score"])  # + entropy, element_mean
     element_method: str = "mean"  # mean | logistic
     bagging_seeds: int = 1  # per-backbone models averaged (seeds); 1 = no bagging
+    # the val pairs redrawn in fine-tuning's styles (SynthMuse's styled/<k>/, k < fit_styled) join
+    # the stacker's fit rows beside val's own drawing: weights that hold across drawings, not fitted
+    # to one renderer's. The same prompts and labels: still no row a backbone trained on. 0 = val only
+    fit_styled: int = 0
     out: str = "models/ensemble"
+
+    def __post_init__(self):
+        if self.fit_styled < 0:
+            raise ConfigError(f"stack.fit_styled: {self.fit_styled} is below 0")
+        if self.fit_styled and self.fit_on != "val":
+            raise ConfigError(
+                f"stack.fit_styled: {self.fit_styled} adds val's redrawings to the fit; "
+                f"it needs stack.fit_on: val, not {self.fit_on!r}"
+            )
 
 
 @dataclass
