@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tokenfocus.config import Params
+from tokenfocus.config import Params, StackConfig
 
 HEADER = "| model | SRCC | PLCC | element acc | NTIRE score |\n|---|---|---|---|---|\n"
 
@@ -169,6 +169,14 @@ def ensemble_gain() -> str:
     )
 
 
+def fitted_on(stack: StackConfig) -> str:
+    """What the stacker's fit rows were, in words for the results page."""
+    if stack.fit_on == "oof":
+        return "out-of-fold predictions of the train split"
+    k = stack.fit_styled
+    return f"val and {k} redrawing{'s' if k > 1 else ''} of val in fine-tuning's styles" if k else "val"
+
+
 def main(params: Params, *, write: bool = True) -> str:
     """Build the results page; write it to docs/results.md unless ``write`` is False."""
     text = (
@@ -177,7 +185,7 @@ def main(params: Params, *, write: bool = True) -> str:
         "alignment and the annotators' mean score on the same pairs (label noise bounds any scorer).\n\n"
         "## Backbones at the default budget\n\n"
         + backbone_table(params)
-        + "\n## Ensembles (fitted on val, measured on test)\n\n"
+        + f"\n## Ensembles (fitted on {fitted_on(params.stack)}, measured on test)\n\n"
         + ensemble_table()
         + ensemble_gain()
         + "\n## Element accuracy per category (test)\n\n"

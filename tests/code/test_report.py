@@ -24,3 +24,13 @@ def test_a_variant_table_survives_a_model_without_a_ranking(tmp_path, monkeypatc
     assert rows["a"].endswith("| - |")
     assert rows["ensemble"].endswith("| -0.1000 |")
     assert "Not measured" in variant_table(Params(), "test_short", "short keys")
+
+
+def test_the_ensemble_heading_says_what_the_stacker_was_fitted_on():
+    from tokenfocus.config import StackConfig
+    from tokenfocus.report import fitted_on
+
+    assert fitted_on(StackConfig()) == "val"
+    assert fitted_on(StackConfig(fit_styled=2)) == "val and 2 redrawings of val in fine-tuning's styles"
+    assert fitted_on(StackConfig(fit_styled=1)) == "val and 1 redrawing of val in fine-tuning's styles"
+    assert fitted_on(StackConfig(fit_on="oof")) == "out-of-fold predictions of the train split"
