@@ -14,10 +14,12 @@ themselves through torchrun (:func:`relaunch`), so DVC stages and Prefect tasks 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -165,3 +167,23 @@ def run_ranks(name: str, params_path: str, slug: str, pid: str | None, nproc: in
         if rc != 0:
             raise RuntimeError(f"{name}@{slug}: the {nproc} torchrun ranks failed (exit {rc})")
         return json.loads(result.read_text())
+
+
+def merge_shards(stem: Path, rows: list[dict], w: World, n: int) -> list[dict] | None:
+    """Every rank writes its rows of a split's table; rank 0 puts them back in the split's order
+    (rank r holds positions r, r + size, ...) and returns them; the other ranks return None."""
+    from tokenfocus.evalmuse import write_json_atomic
+
+    part = stem.with_name(f"{stem.name}.rank{w.rank}.json")
+    write_json_atomic(part, rows)
+    barrier(w)
+    merged = None
+    if w.main:
+        merged = [None] * n
+        for r in range(w.size):
+            shard = stem.with_name(f"{stem.name}.rank{r}.json")
+            merged[r :: w.size] = json.loads(shard.read_text())
+        for r in range(w.size):
+            stem.with_name(f"{stem.name}.rank{r}.json").unlink()
+    barrier(w)
+    return merged

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tokenfocus.config import Params
-from tokenfocus.distributed import barrier, init, world
+from tokenfocus.distributed import init, merge_shards, world
 from tokenfocus.evalmuse import Record, load_records, write_json_atomic, write_submission
 from tokenfocus.metrics import evaluate
 from tokenfocus.split import load_split
@@ -193,7 +193,7 @@ def score_backbone(
         stem = out / (split if w.size == 1 else f"{split}.rank{w.rank}")
         rows = score_resumably(scorer, recs, image_root(params, split), stem, params.score.chunk, model_dir)
         if w.size > 1:
-            rows = _merge_shards(out / split, rows, w, len(records))
+            rows = merge_shards(out / split, rows, w, len(records))
             if rows is None:  # not rank 0: its shard is on disk for rank 0
                 continue
         write_json_atomic(out / f"{split}.json", rows)
@@ -268,24 +268,6 @@ def score_resumably(
             rows += new
     partial.unlink()
     return rows
-
-
-def _merge_shards(stem: Path, rows: list[dict], w, n: int) -> list[dict] | None:
-    """Every rank writes its rows; rank 0 puts them back in the split's order (rank r holds
-    positions r, r + size, ...) and returns them; the other ranks return None."""
-    part = stem.with_name(f"{stem.name}.rank{w.rank}.json")
-    write_json_atomic(part, rows)
-    barrier(w)
-    merged = None
-    if w.main:
-        merged = [None] * n
-        for r in range(w.size):
-            shard = stem.with_name(f"{stem.name}.rank{r}.json")
-            merged[r :: w.size] = read_table(shard)
-        for r in range(w.size):
-            stem.with_name(f"{stem.name}.rank{r}.json").unlink()
-    barrier(w)
-    return merged
 
 
 def evaluate_split(

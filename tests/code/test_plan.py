@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
     ids=lambda v: ("+".join(v) or "adapter") if isinstance(v, list) else v,
 )
 def test_counts_from_the_config_equal_the_loaded_models(tiny_params, slug, whole):
-    from tokenfocus.backbones import apply_lora, load_model_and_processor
+    from tokenfocus.backbones import load_model_and_processor
+    from tokenfocus.lora import apply_lora
 
     bb = tiny_params.backbone(slug)
     lora = dataclasses.replace(bb, tuning="lora", lora=dataclasses.replace(bb.lora, modules_to_save=whole))

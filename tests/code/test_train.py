@@ -286,7 +286,8 @@ def test_a_lora_model_is_merged_for_scoring_and_scores_as_the_adapter_does(tiny_
 
 
 def test_a_module_to_save_that_the_model_lacks_is_named(tiny_params):
-    from tokenfocus.backbones import apply_lora, load_model_and_processor
+    from tokenfocus.backbones import load_model_and_processor
+    from tokenfocus.lora import apply_lora
 
     slug = "gemma3_tiny"
     p = _with_lora(tiny_params, slug, modules_to_save=["multi_modal_projector", "projektor"])

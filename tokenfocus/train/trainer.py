@@ -11,7 +11,6 @@ import torch
 from tqdm.auto import tqdm
 
 from tokenfocus.backbones import (
-    apply_lora,
     assistant_end,
     load_model_and_processor,
     tower_parameters,
@@ -23,6 +22,7 @@ from tokenfocus.config import Params
 from tokenfocus.distributed import average_gradients, barrier, broadcast, init, mean_over_ranks, world
 from tokenfocus.env import torch_threads
 from tokenfocus.evalmuse import write_json_atomic
+from tokenfocus.lora import apply_lora
 from tokenfocus.predictions import evaluate_split
 from tokenfocus.scoring import Scorer
 from tokenfocus.train.resume import Resumable
