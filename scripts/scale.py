@@ -41,6 +41,7 @@ def layout(n: int, work: Path, repo: Path, backbones: list[str] | None = None) -
     p["synth"]["n_prompts"] = max(2, round(0.75 * n / ipp))
     p["synth"]["n_test_prompts"] = max(1, round(0.25 * n / ipp))
     p["synth"]["styled_copies"] = 0  # fine-tuning's redrawings: the harness scores, never fine-tunes
+    p["stack"]["fit_styled"] = 0  # so the stacker fits on val alone, as on real data
     if backbones:
         p["backbones"] = {k: v for k, v in p["backbones"].items() if k in backbones}
     for entry in p["backbones"].values():

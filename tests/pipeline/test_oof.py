@@ -17,7 +17,7 @@ def test_oof_stacker_fits_on_predictions_of_unseen_folds(tiny_params, tmp_path, 
         backbones={
             k: v for k, v in tiny_params.backbones.items() if k in ("idefics3_tiny", "llava_siglip_tiny")
         },
-        stack=dataclasses.replace(tiny_params.stack, fit_on="oof", out=str(tmp_path / "ens")),
+        stack=dataclasses.replace(tiny_params.stack, fit_on="oof", fit_styled=0, out=str(tmp_path / "ens")),
         train=dataclasses.replace(tiny_params.train, out=str(tmp_path / "trained"), steps=2, eval_every=2),
         score=dataclasses.replace(tiny_params.score, out=str(tmp_path / "scores")),
     )
