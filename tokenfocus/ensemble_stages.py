@@ -109,7 +109,7 @@ def fit_rows(params: Params, val: dict[str, list[dict]]) -> dict[str, list[dict]
         FileNotFoundError: a backbone lacks a redrawing's table (the data holds fewer redrawings
             than asked, or the backbone was scored before ``stack.fit_styled`` was set).
     """
-    from tokenfocus.predictions import STYLED_VAL, read_table
+    from tokenfocus.predictions import STYLED_VAL, read_table, styled_root
 
     rows = {s: list(t) for s, t in val.items()}
     for k in range(params.stack.fit_styled):
@@ -118,7 +118,7 @@ def fit_rows(params: Params, val: dict[str, list[dict]]) -> dict[str, list[dict]
             if not path.exists():
                 raise FileNotFoundError(
                     f"stack.fit_styled: {params.stack.fit_styled} asks for val redrawn in "
-                    f"{params.validate.data}/styled/{k}/, but {path} is missing: score {s} again "
+                    f"{styled_root(Path(params.validate.data), k).parent}/, but {path} is missing: score {s} again "
                     f"(`tokenfocus score -b {s}`) where the data holds that redrawing "
                     "(synth.styled_copies), or lower stack.fit_styled (real data has none: 0)"
                 )
