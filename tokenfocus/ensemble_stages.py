@@ -18,10 +18,10 @@ def stack_stage(params: Params) -> dict:
     """Fit the ensemble on held-out predictions (val, or out-of-fold), compare it on test, write
     output.json and metrics."""
     from tokenfocus.predictions import (
-        TEST_VARIANTS,
         metrics_of,
         read_table,
         split_records,
+        test_variants,
         write_table_submission,
     )
     from tokenfocus.stack import comparison, fit_ensemble
@@ -29,7 +29,9 @@ def stack_stage(params: Params) -> dict:
     slugs = list(params.backbones)
     fit_split = "oof" if fold_models(slugs[0], params) else "val"
     variants = tuple(
-        v for v in TEST_VARIANTS if all((Path(params.score.out) / s / f"{v}.json").exists() for s in slugs)
+        v
+        for v in test_variants(params)
+        if all((Path(params.score.out) / s / f"{v}.json").exists() for s in slugs)
     )
     tables = {
         split: {s: read_table(Path(params.score.out) / s / f"{split}.json") for s in slugs}
@@ -101,9 +103,12 @@ def stack_stage(params: Params) -> dict:
     return summary
 
 
-def fit_rows(params: Params, val: dict[str, list[dict]]) -> dict[str, list[dict]]:
+def fit_rows(
+    params: Params, val: dict[str, list[dict]], *, styled: dict[str, dict[str, list[dict]]] | None = None
+) -> dict[str, list[dict]]:
     """The stacker's fit rows: ``val`` per backbone, then its first ``stack.fit_styled``
-    redrawings (``val_styled<k>`` tables, the same pairs in fine-tuning's styles).
+    redrawings (``val_styled<k>`` tables, the same pairs in fine-tuning's styles), read from
+    ``score.out`` or, where given, from ``styled`` (split -> backbone -> table).
 
     Raises:
         FileNotFoundError: a backbone lacks a redrawing's table (the data holds fewer redrawings
@@ -115,6 +120,9 @@ def fit_rows(params: Params, val: dict[str, list[dict]]) -> dict[str, list[dict]
     for k in range(params.stack.fit_styled):
         for s in rows:
             path = Path(params.score.out) / s / f"{STYLED_VAL}{k}.json"
+            if styled is not None:
+                rows[s] += styled[f"{STYLED_VAL}{k}"][s]
+                continue
             if not path.exists():
                 raise FileNotFoundError(
                     f"stack.fit_styled: {params.stack.fit_styled} asks for val redrawn in "

@@ -10,16 +10,12 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tokenfocus.config import Params
 from tokenfocus.distributed import init, merge_shards, world
 from tokenfocus.evalmuse import Record, load_records, write_json_atomic, write_submission
 from tokenfocus.metrics import evaluate
 from tokenfocus.split import load_split
-
-if TYPE_CHECKING:
-    from tokenfocus.scoring import Scorer
 
 log = logging.getLogger(__name__)
 #: Splits a backbone is scored on: val (stacker fit), test (report), ntire (test.json, eval.json).
@@ -28,8 +24,10 @@ SCORED_SPLITS = ("val", "test", "ntire")
 HELDOUT = "heldout_style"
 #: The test split's pairs with SynthMuse's element keys in EvalMuse's short form (same images, labels).
 SHORT = "test_short"
-#: The test split's variants, reported beside it in the same form.
+#: The test split's variants, reported beside it in the same form (see :func:`test_variants`).
 TEST_VARIANTS = (HELDOUT, SHORT)
+#: ``check_<family>``: the test split's pairs drawn in a check family (``styles.check_families``).
+CHECK = "check_"
 #: ``val_styled<k>``: the val split's pairs redrawn in fine-tuning's styles (SynthMuse's
 #: ``styled/<k>/``), extra rows for the stacker's fit (``stack.fit_styled``).
 STYLED_VAL = "val_styled"
@@ -37,15 +35,22 @@ STYLED_VAL = "val_styled"
 
 def scored_splits(params: Params) -> tuple[str, ...]:
     """:data:`SCORED_SPLITS`, plus on SynthMuse (its ``styles.json``) :data:`SHORT`,
-    :data:`HELDOUT` where the data holds a held-out style set, and the first ``stack.fit_styled``
-    of val's redrawings that the data holds."""
+    :data:`HELDOUT` where the data holds a held-out style set, each check family's set it holds,
+    and the first ``stack.fit_styled`` of val's redrawings that the data holds."""
     root = Path(params.validate.data)
     short = (SHORT,) if (root / "styles.json").exists() else ()
     heldout = (HELDOUT,) if (root / HELDOUT / "images").is_dir() else ()
+    checks = tuple(v for v in test_variants(params) if v.startswith(CHECK) and image_root(params, v).is_dir())
     styled = tuple(
         f"{STYLED_VAL}{k}" for k in range(params.stack.fit_styled) if styled_root(root, k).is_dir()
     )
-    return SCORED_SPLITS + short + heldout + styled
+    return SCORED_SPLITS + short + heldout + checks + styled
+
+
+def test_variants(params: Params) -> tuple[str, ...]:
+    """The test split's variants, each reported beside it: :data:`TEST_VARIANTS`, then
+    ``check_<family>`` for each of ``styles.check_families``."""
+    return TEST_VARIANTS + tuple(f"{CHECK}{fam}" for fam in params.styles.check_families)
 
 
 def styled_root(data: Path, k: int) -> Path:
@@ -57,23 +62,27 @@ def styled_root(data: Path, k: int) -> Path:
 
 def image_root(params: Params, split: str) -> Path:
     """The folder a split's ``img_path`` values are relative to."""
+    from tokenfocus.synth import CHECK_DIR
+
     root = Path(params.validate.data)
     if split.startswith(STYLED_VAL):
         return styled_root(root, int(split.removeprefix(STYLED_VAL)))
+    if split.startswith(CHECK):
+        return root / CHECK_DIR / split.removeprefix(CHECK) / "images"
     return root / HELDOUT / "images" if split == HELDOUT else root / "images"
 
 
 def split_records(params: Params, split: str) -> list[Record]:
     """Records of a split: ``train``/``val``/``test`` of train_list.json, ``ntire`` (test.json
-    with labels from eval.json when it exists), ``heldout_style`` (the test split's records,
-    whose images :func:`image_root` finds in the held-out style set), or ``val_styled<k>`` (val's
-    records, drawn in SynthMuse's ``k``-th redrawing)."""
+    with labels from eval.json when it exists), ``heldout_style`` or ``check_<family>`` (the
+    test split's records, whose images :func:`image_root` finds in that family's set), or
+    ``val_styled<k>`` (val's records, drawn in SynthMuse's ``k``-th redrawing)."""
     root = Path(params.validate.data)
     if split == SHORT:
         from tokenfocus.synth import shorten
 
         return [_rekeyed(r, shorten(list(r.element_score))) for r in split_records(params, "test")]
-    if split == HELDOUT:
+    if split == HELDOUT or split.startswith(CHECK):
         split = "test"
     if split.startswith(STYLED_VAL):
         split = "val"
@@ -268,27 +277,3 @@ def score_resumably(
             rows += new
     partial.unlink()
     return rows
-
-
-def evaluate_split(
-    scorer: Scorer, records: list[Record], images: dict, *, elements: bool = True
-) -> dict[str, float]:
-    """Overall and element metrics of the current model on a list of records (the trainer's val).
-
-    Args:
-        elements: also ask every element question. Without them the overall scores are the same
-            (each overall question still lists the pair's elements), ``element_acc`` and
-            ``final`` are None, and the pass costs about half (measured on the tiny bases).
-    """
-    from tokenfocus.scoring import distribution_stats
-
-    pil = [images[r.img_path] for r in records]
-    prompts = [scorer.fit_prompt(r.prompt, r.img_path) for r in records]  # as scoring will cut them
-    els = [[e.key for e in r.elements] for r in records]
-    # as the scoring stage reads them
-    dists, probs = scorer.score_pairs(pil, prompts, els, element_rows=elements)
-    scores, _ = distribution_stats(dists)
-    asked = els if elements else [[] for _ in records]
-    pe = [probs[i][k] for i, r in enumerate(records) for k in asked[i]]
-    ge = [r.element_score[k] for i, r in enumerate(records) for k in asked[i]]
-    return evaluate(scores.tolist(), [r.total_score for r in records], pe, ge)

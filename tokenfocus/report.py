@@ -144,6 +144,24 @@ def variant_table(params: Params, variant: str, label: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def families_table(params: Params) -> str:
+    """NTIRE score, SRCC and element accuracy per model in test, the held-out family and each
+    check family (``styles.check_families``): the test split's pairs in each drawing."""
+    ens = _load(Path("eval") / "ensemble" / "metrics.json")
+    cols = [("test", "test"), ("heldout_style", "held-out")]
+    cols += [(f"check_{f}", f) for f in params.styles.check_families if ens.get(f"check_{f}")]
+    if len(cols) < 3:
+        return "_Not measured: the data has no check family's set._\n"
+    keys = (("final", "NTIRE"), ("srcc", "SRCC"), ("element_acc", "element acc"))
+    head = [f"{name} {label}" for _, name in keys for _, label in cols]
+    lines = ["| model | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    models = [(s, _load(Path("eval") / s / "metrics.json")) for s in params.backbones]
+    for name, m in [*models, ("ensemble", ens)]:
+        cells = [_f(m.get(split, {}).get(k), 3) for k, _ in keys for split, _ in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def category_table(split: str = "test") -> str:
     """Element accuracy per category on ``split`` (``test`` or ``heldout_style``), per backbone
     and for the ensemble."""
@@ -196,6 +214,10 @@ def main(params: Params, *, write: bool = True) -> str:
         + variant_table(params, "heldout_style", "held-out")
         + "\nElement accuracy per category, held-out family:\n\n"
         + category_table("heldout_style")
+        + "\n## More families no model saw, drawn to check levers (`styles.check_families`)\n\n"
+        "The test split's pairs again in each check family. A lever ships when it holds across\n"
+        "all of them, not in the held-out family alone (docs/styles.md).\n\n"
+        + families_table(params)
         + "\n## EvalMuse's short element keys\n\n"
         "The test split's pairs again, same images and labels, each compositional key\n"
         "(`red circles (color)`, `two circles (counting)`, `circle left of star (spatial)`) in\n"

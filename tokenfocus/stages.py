@@ -127,11 +127,11 @@ def score_stage(
     from tokenfocus.distributed import world
     from tokenfocus.plots import category_accuracy, figures, write_plot_data
     from tokenfocus.predictions import (
-        TEST_VARIANTS,
         metrics_of,
         read_table,
         score_backbone,
         scored_splits,
+        test_variants,
         write_table_submission,
     )
     from tokenfocus.stack import bag_tables
@@ -174,7 +174,7 @@ def score_stage(
         "members": len(members),
         "train": read_metrics(Path(params.train.out) / slug / "metrics.json"),
     }
-    for variant in TEST_VARIANTS:  # the test pairs drawn in the held-out style family, or short-keyed
+    for variant in test_variants(params):  # the test pairs in an unseen style family, or short-keyed
         if variant in metrics:
             summary[variant] = metrics[variant] | {
                 "category_accuracy": category_accuracy(read_table(scores_dir / f"{variant}.json"))

@@ -3,7 +3,7 @@
 import json
 
 from tokenfocus.config import BackboneConfig, Params
-from tokenfocus.report import variant_table
+from tokenfocus.report import families_table, variant_table
 
 
 def _write(path, obj):
@@ -34,3 +34,23 @@ def test_the_ensemble_heading_says_what_the_stacker_was_fitted_on():
     assert fitted_on(StackConfig(fit_styled=2)) == "val and 2 redrawings of val in fine-tuning's styles"
     assert fitted_on(StackConfig(fit_styled=1)) == "val and 1 redrawing of val in fine-tuning's styles"
     assert fitted_on(StackConfig(fit_on="oof")) == "out-of-fold predictions of the train split"
+
+
+def test_the_families_table_puts_each_drawing_side_by_side(tmp_path, monkeypatch):
+    """One row per model; NTIRE, SRCC and element accuracy in test, the held-out family and each
+    check family, in the order params.yaml lists them; without a check family's set, it says so."""
+    from tokenfocus.config import StylesConfig
+
+    monkeypatch.chdir(tmp_path)
+    params = Params(
+        backbones={"a": BackboneConfig(source="x")}, styles=StylesConfig(check_families=["w", "b"])
+    )
+    assert "Not measured" in families_table(params)
+    m = {"srcc": 0.5, "plcc": 0.6, "element_acc": 0.8, "final": 0.7}
+    blocks = {"test": m, "heldout_style": {**m, "final": 0.6}, "check_w": {**m, "final": 0.5}}
+    _write(tmp_path / "eval/ensemble/metrics.json", {**blocks, "check_b": {**m, "final": 0.4}})
+    _write(tmp_path / "eval/a/metrics.json", blocks)
+    lines = families_table(params).splitlines()
+    assert lines[0].startswith("| model | NTIRE test | NTIRE held-out | NTIRE w | NTIRE b | SRCC test")
+    assert lines[2].startswith("| a | 0.700 | 0.600 | 0.500 | - | 0.500 |")
+    assert lines[3].startswith("| ensemble | 0.700 | 0.600 | 0.500 | 0.400 | 0.500 |")

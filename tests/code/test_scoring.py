@@ -71,7 +71,7 @@ def test_distributions_and_prefix_reuse(tiny_params, sample, slug):
 def test_a_val_pass_without_element_questions_scores_the_pairs_the_same(tiny_params, sample, reuse):
     """``train.val_elements`` false: the overall questions alone, which still list the elements,
     give the very distributions (so val SRCC and the checkpoint picked) of the full pass."""
-    from tokenfocus.predictions import evaluate_split
+    from tokenfocus.train.trainer import evaluate_split
 
     recs, imgs = sample
     scorer = Scorer.load(_source(tiny_params, "shipped:fastvlm_gemma"), batch_size=4)

@@ -102,6 +102,24 @@ def test_no_model_may_learn_from_the_held_out_family():
     )
 
 
+def test_no_model_may_learn_from_a_check_family():
+    """The check families are kept out of every list a model learns from, like the held-out one;
+    a check family must exist, and be named once."""
+    cfg = repo_styles()
+    fam = cfg.check_families[0]
+    assert BOOK.family(fam) and not {s.family for s in _learned_styles()} & set(cfg.check_families)
+    with pytest.raises(StyleError, match=rf"styles.augment: '{fam}' belongs to the check family '{fam}'"):
+        dataclasses.replace(cfg, augment=["patchwork", fam]).book()
+    with pytest.raises(StyleError, match=rf"backbones.x.pretrain.styles: '{fam}' belongs to the check"):
+        BOOK.learned(["classic", fam], "backbones.x.pretrain.styles")
+    with pytest.raises(StyleError, match=r"styles.check_families: no style of family 'nope'"):
+        dataclasses.replace(cfg, check_families=["nope"]).book()
+    with pytest.raises(StyleError, match=rf"styles.check_families: '{fam}' is named twice"):
+        dataclasses.replace(cfg, check_families=[fam, fam]).book()
+    with pytest.raises(StyleError, match=r"'studio' is named twice \(or is the held-out family\)"):
+        dataclasses.replace(cfg, check_families=["studio"]).book()
+
+
 def _learned_styles():
     """Every style a model learns from: the benchmark's, styles.pretrain, each backbone's own and
     fine-tuning's redrawings'."""
@@ -162,6 +180,14 @@ def test_synthmuse_records_the_style_and_redraws_every_labelled_pair(small_data)
         a = np.asarray(render_file(small_data / "images" / p))
         b = np.asarray(render_file(small_data / "heldout_style" / "images" / p))
         assert a.shape == b.shape and (a != b).any()
+    # each check family likewise, in its own folder, pixels of its own
+    assert BOOK.check_families
+    for fam in BOOK.check_families:
+        drawn = json.loads((small_data / "check_style" / fam / "styles.json").read_text())
+        assert set(drawn) == set(held) and set(drawn.values()) == {s.name for s in BOOK.family(fam)}
+        p = next(iter(drawn))
+        c = np.asarray(render_file(small_data / "check_style" / fam / "images" / p))
+        assert (c != np.asarray(render_file(small_data / "heldout_style" / "images" / p))).any()
     # the EvalMuse loader reads the same records, the side files ignored
     assert len(load_records(small_data / "train_list.json")) == SMALL.n_prompts * SMALL.images_per_prompt
 

@@ -200,8 +200,8 @@ def test_scoring_the_saved_model_reproduces_the_trainers_validation_metrics(
     differently (measured 0.191 logged vs 0.163 re-scored).
     """
     from tokenfocus.images import load_images
-    from tokenfocus.predictions import evaluate_split
     from tokenfocus.scoring import Scorer
+    from tokenfocus.train.trainer import evaluate_split
 
     assert tiny_params.backbone(slug).tuning == tuning
     p = _params(tiny_params, slug, steps=4, eval_every=4, checkpoint_every=4, lr=0.01, val_elements=True)

@@ -154,6 +154,15 @@ def test_repro_resumes_then_noop_then_partial(repo):
         }
         assert one["heldout_style"]["n"] == one["test"]["n"]
     assert "A style family no model saw" in (d / "docs" / "results.md").read_text()
+    # and in each check family, in the same form
+    fams = yaml.safe_load((d / "params.yaml").read_text())["styles"]["check_families"]
+    for fam in fams:
+        check = ens[f"check_{fam}"]
+        assert check["n"] == ens["test"]["n"] and check["final"] != held["final"]
+        assert set(check["backbones"]) == {"idefics3_tiny", "llava_siglip_tiny"}
+    assert f"| ensemble | {ens['test']['final']:.3f} | {held['final']:.3f} |" in (
+        d / "docs" / "results.md"
+    ).read_text()
     # one backbone's param changes: only its stages and what depends on them rerun
     p = yaml.safe_load((d / "params.yaml").read_text())
     p["backbones"]["llava_siglip_tiny"]["lr"] = 0.001

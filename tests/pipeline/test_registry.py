@@ -85,6 +85,9 @@ def test_the_stacker_fits_on_val_and_its_redrawings(trained, tmp_path, monkeypat
             # other pixels, other answers: the redrawing's images were read, not val's own
             assert any(abs(a["score"] - b["score"]) > 1e-6 for a, b in zip(val[slug], styled, strict=True))
     assert {s: len(r) for s, r in fit_rows(p, val).items()} == {s: 3 * len(val[s]) for s in val}
+    # redrawings' tables given in memory (scripts/test_time_views.py) are used instead of the files
+    given = {f"val_styled{k}": {s: val[s][:2] for s in val} for k in range(2)}
+    assert fit_rows(p, val, styled=given) == {s: val[s] + val[s][:2] * 2 for s in val}
     monkeypatch.chdir(tmp_path)  # the stage writes eval/ here, not over the module's
     alone = dataclasses.replace(p, stack=dataclasses.replace(p.stack, fit_styled=0, out=str(tmp_path / "e")))
     stack_stage(alone)

@@ -29,10 +29,14 @@ class StylesConfig:
     for the keys); ``synth`` names the styles SynthMuse draws its benchmark in, ``pretrain`` the
     ones pre-training randomises over, ``augment`` the ones SynthMuse's redrawings for
     fine-tuning's style augmentation are drawn in (empty: each style of ``pretrain`` beside
-    ``synth`` once), and no style of ``heldout_family`` may be in any of them.
+    ``synth`` once), and no style of ``heldout_family`` or of ``check_families`` may be in any of
+    them.
     """
 
     heldout_family: str = ""  # never seen by any model; the pipeline reports it beside test
+    # more families no model sees, drawn and reported like the held-out one: a lever is judged
+    # across all of them, so that it is not chosen against one family's drawing
+    check_families: list[str] = field(default_factory=list)
     synth: list[str] = field(default_factory=lambda: ["classic"])
     pretrain: list[str] = field(default_factory=lambda: ["classic"])
     augment: list[str] = field(default_factory=list)

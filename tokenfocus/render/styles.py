@@ -165,22 +165,30 @@ def pick_style(styles: tuple[Style, ...] | None, rng: random.Random) -> Style | 
 
 @dataclass(frozen=True)
 class StyleBook:
-    """The catalog, and which styles draw the benchmark, pre-training and the held-out set."""
+    """The catalog, and which styles draw the benchmark, pre-training, the held-out set and the
+    check sets."""
 
     catalog: dict[str, Style]
     heldout_family: str
     synth: tuple[str, ...]
     pretrain: tuple[str, ...]
     augment: tuple[str, ...] = ()
+    check_families: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, cfg) -> StyleBook:
-        """Build from a :class:`tokenfocus.config.StylesConfig`, refusing a held-out style in
-        the styles any model learns from."""
+        """Build from a :class:`tokenfocus.config.StylesConfig`, refusing a held-out or check
+        style in the styles any model learns from."""
         catalog = {n: Style.from_params(n, dict(raw or {})) for n, raw in cfg.catalog.items()}
         catalog.setdefault("classic", Style())
+        checks = tuple(getattr(cfg, "check_families", None) or ())
         book = cls(
-            catalog, cfg.heldout_family, tuple(cfg.synth), tuple(cfg.pretrain), tuple(cfg.augment or ())
+            catalog,
+            cfg.heldout_family,
+            tuple(cfg.synth),
+            tuple(cfg.pretrain),
+            tuple(cfg.augment or ()),
+            checks,
         )
         for use in ("synth", "pretrain"):
             book.learned(getattr(book, use), f"styles.{use}")
@@ -189,20 +197,26 @@ class StyleBook:
             raise StyleError(
                 f"styles.heldout_family: no style of family {cfg.heldout_family!r} in the catalog"
             )
+        for fam in checks:
+            if fam == cfg.heldout_family or checks.count(fam) > 1:
+                raise StyleError(f"styles.check_families: {fam!r} is named twice (or is the held-out family)")
+            if not book.family(fam):
+                raise StyleError(f"styles.check_families: no style of family {fam!r} in the catalog")
         return book
 
     def learned(self, names, where: str) -> tuple[Style, ...]:
         """The styles ``names`` that a model learns from, refusing an empty list, an unknown
-        style or one of the held-out family; ``where`` names the list in the error."""
+        style or one of the held-out or check families; ``where`` names the list in the error."""
         if not names:
             raise StyleError(f"{where}: empty; name at least one style of styles.catalog")
         for n in names:
             if n not in self.catalog:
                 raise StyleError(f"{where}: unknown style {n!r}; the catalog has {sorted(self.catalog)}")
-            if self.catalog[n].family == self.heldout_family:
+            fam = self.catalog[n].family
+            if fam == self.heldout_family or fam in self.check_families:
+                kind = "held-out" if fam == self.heldout_family else "check"
                 raise StyleError(
-                    f"{where}: {n!r} belongs to the held-out family {self.heldout_family!r}, "
-                    "which no model may learn from"
+                    f"{where}: {n!r} belongs to the {kind} family {fam!r}, which no model may learn from"
                 )
         return tuple(self.catalog[n] for n in names)
 
@@ -217,9 +231,11 @@ class StyleBook:
     @property
     def heldout(self) -> tuple[Style, ...]:
         """The held-out family's styles (empty when none is set)."""
-        return tuple(
-            s for s in self.catalog.values() if self.heldout_family and s.family == self.heldout_family
-        )
+        return self.family(self.heldout_family)
+
+    def family(self, name: str) -> tuple[Style, ...]:
+        """The catalog's styles of family ``name`` (empty for an empty name)."""
+        return tuple(s for s in self.catalog.values() if name and s.family == name)
 
     def styles(self, use: str) -> tuple[Style, ...]:
         """The styles of one use: ``synth``, ``pretrain`` or ``heldout``."""

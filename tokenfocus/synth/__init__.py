@@ -34,6 +34,7 @@ from tokenfocus.synth.wording import elements_of, make_prompt, plural, short_key
 
 __all__ = [
     "ANNOTATOR_BIAS",
+    "CHECK_DIR",
     "EXTRA_PENALTY",
     "GENERATORS",
     "HELDOUT_DIR",
@@ -65,7 +66,8 @@ def generate(
     reads it), ``styles.json`` (which style drew each image; the EvalMuse loader ignores it) and
     ``contact_sheet.png``. With a held-out style family (``styles.heldout_family``), every
     labelled pair's drawn scene again in that family, under ``heldout_style/`` (see
-    :func:`draw_again`), and with ``synth.styled_copies`` that many redrawings in the styles of
+    :func:`draw_again`), likewise in each of ``styles.check_families`` under
+    ``check_style/<family>/``, and with ``synth.styled_copies`` that many redrawings in the styles of
     ``styles.augment`` (by default pre-training's), under ``styled/<k>/``.
 
     Returns:
@@ -147,6 +149,8 @@ def generate(
     jobs = []
     if book.heldout:
         jobs.append(("heldout_style", book.heldout, out / HELDOUT_DIR, "heldout_style"))
+    for fam in book.check_families:  # more unseen families, each from a stream of its own
+        jobs.append((f"check_{fam}", book.family(fam), out / CHECK_DIR / fam, f"check:{fam}"))
     styled = book.augmenting()  # styles.augment, or pre-training's less the benchmark's own drawing
     if cfg.styled_copies and not styled:
         raise ValueError(
@@ -180,9 +184,10 @@ def _draw_all_again(
         return {name: job.result() for name, job in running.items()}
 
 
-#: Where :func:`generate` writes the labelled pairs redrawn in the held-out style family, and
-#: the redrawings fine-tuning may swap in (``styled/<k>/``, one folder per copy).
-HELDOUT_DIR, STYLED_DIR = "heldout_style", "styled"
+#: Where :func:`generate` writes the labelled pairs redrawn in the held-out style family, the
+#: redrawings fine-tuning may swap in (``styled/<k>/``, one folder per copy) and the redrawings in
+#: each check family (``check_style/<family>/``).
+HELDOUT_DIR, STYLED_DIR, CHECK_DIR = "heldout_style", "styled", "check_style"
 
 
 def draw_again(

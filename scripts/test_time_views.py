@@ -1,0 +1,104 @@
+"""Test-time views (docs/styles.md): each backbone's answers averaged over the original image and
+label-preserving views of it, stacked as the pipeline stacks, in every drawing the data holds.
+
+Each trained backbone scores every split the pipeline scores (val and its redrawings, so that the
+stacker is fitted on the views it is applied to; test; the held-out and check families) once per
+view; the tables are averaged as bagging averages seeds (``bag_tables``). Run after ``make run``:
+
+    .venv/bin/python scripts/test_time_views.py [--out work/views]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tokenfocus.env import apply_env  # noqa: E402
+
+apply_env()
+
+from PIL import ImageEnhance, ImageFilter  # noqa: E402
+
+from tokenfocus.config import load_params  # noqa: E402
+from tokenfocus.ensemble_stages import fit_rows  # noqa: E402
+from tokenfocus.env import torch_threads  # noqa: E402
+from tokenfocus.images import load_images  # noqa: E402
+from tokenfocus.predictions import (  # noqa: E402
+    image_root,
+    metrics_of,
+    prediction_rows,
+    read_table,
+    scored_splits,
+    split_records,
+)
+from tokenfocus.scoring import Scorer  # noqa: E402
+from tokenfocus.stack import bag_tables, fit_ensemble  # noqa: E402
+
+#: One setting each, fixed before any run: a mild blur, and a darker, lower-contrast image.
+VIEWS = {
+    "blur": lambda im: im.filter(ImageFilter.GaussianBlur(0.7)),
+    "contrast": lambda im: ImageEnhance.Contrast(ImageEnhance.Brightness(im).enhance(0.92)).enhance(0.85),
+}
+
+
+def view_table(scorer: Scorer, params, split: str, view) -> list[dict]:
+    """One backbone's prediction table of ``split`` with every image seen through ``view``."""
+    records = split_records(params, split)
+    images = load_images(image_root(params, split), [r.img_path for r in records])
+    rows = []
+    for i in range(0, len(records), 64):
+        part = records[i : i + 64]
+        results = scorer(
+            [view(images[r.img_path].convert("RGB")) for r in part],
+            [r.prompt for r in part],
+            [[e.key for e in r.elements] for r in part],
+        )
+        rows += prediction_rows(part, results)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="work/views", help="the views' tables (reused when present)")
+    args = ap.parse_args()
+    params = load_params()
+    torch_threads(params.score.threads)
+    slugs, out = list(params.backbones), Path(args.out)
+    splits = [s for s in scored_splits(params) if s != "ntire"]
+    tables = {
+        (s, "original", sp): read_table(Path(params.score.out) / s / f"{sp}.json")
+        for s in slugs
+        for sp in splits
+    }
+    for s in slugs:
+        scorer = None
+        for v, view in VIEWS.items():
+            for sp in splits:
+                f = out / s / v / f"{sp}.json"
+                if not f.exists():
+                    scorer = scorer or Scorer.load(Path(params.train.out) / s / "model")
+                    f.parent.mkdir(parents=True, exist_ok=True)
+                    f.write_text(json.dumps(view_table(scorer, params, sp, view)))
+                    print(s, v, sp, "scored", flush=True)
+                tables[s, v, sp] = json.loads(f.read_text())
+    train_prompts = {r.prompt_id for r in split_records(params, "train")}
+    shown = [sp for sp in splits if sp == "test" or not sp.startswith(("val", "test_short"))]
+    print("| views averaged | " + " | ".join(f"{sp} SRCC / NTIRE" for sp in shown) + " |")
+    for views in (["original"], ["original", "contrast"], ["original", "blur"], ["original", *VIEWS]):
+        per = {sp: {s: bag_tables([tables[s, v, sp] for v in views]) for s in slugs} for sp in splits}
+        ens = fit_ensemble(
+            fit_rows(params, per["val"], styled=per), params.stack, train_prompts=train_prompts
+        )
+        cells = []
+        for sp in shown:
+            m = metrics_of(ens.combine(per[sp]))
+            cells.append(f"{m['srcc']:.3f} / {m['final']:.3f}")
+        print(f"| {' + '.join(views)} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
