@@ -180,7 +180,7 @@ def train(
 def score(
     params: str = PARAMS,
     backbone: str = typer.Option(..., "--backbone", "-b"),
-    split: str = typer.Option("all", help="val | test | ntire | heldout_style | all"),
+    split: str = typer.Option("all", help="val | test | ntire | heldout_style | check_<family> | all"),
     track: bool = typer.Option(True, help="log to MLflow"),
     parent_run: str = typer.Option(None, hidden=True, help="MLflow parent run id (the flows)"),
     result: Path = typer.Option(None, hidden=True, help="write the metrics here (rank 0)"),
