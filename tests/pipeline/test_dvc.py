@@ -160,9 +160,10 @@ def test_repro_resumes_then_noop_then_partial(repo):
         check = ens[f"check_{fam}"]
         assert check["n"] == ens["test"]["n"] and check["final"] != held["final"]
         assert set(check["backbones"]) == {"idefics3_tiny", "llava_siglip_tiny"}
-    assert f"| ensemble | {ens['test']['final']:.3f} | {held['final']:.3f} |" in (
-        d / "docs" / "results.md"
-    ).read_text()
+    assert (
+        f"| ensemble | {ens['test']['final']:.3f} | {held['final']:.3f} |"
+        in (d / "docs" / "results.md").read_text()
+    )
     # one backbone's param changes: only its stages and what depends on them rerun
     p = yaml.safe_load((d / "params.yaml").read_text())
     p["backbones"]["llava_siglip_tiny"]["lr"] = 0.001
