@@ -45,10 +45,8 @@ VIEWS = {
 }
 
 
-def view_table(scorer: Scorer, params, split: str, view) -> list[dict]:
-    """One backbone's prediction table of ``split`` with every image seen through ``view``."""
-    records = split_records(params, split)
-    images = load_images(image_root(params, split), [r.img_path for r in records])
+def view_table(scorer: Scorer, records, images: dict, view) -> list[dict]:
+    """One backbone's prediction table of ``records`` with every image seen through ``view``."""
     rows = []
     for i in range(0, len(records), 64):
         part = records[i : i + 64]
@@ -76,15 +74,19 @@ def main() -> None:
     }
     for s in slugs:
         scorer = None
-        for v, view in VIEWS.items():
-            for sp in splits:
+        for sp in splits:
+            todo = [v for v in VIEWS if not (out / s / v / f"{sp}.json").exists()]
+            if todo:  # the split's images decoded once, seen through each view still to score
+                scorer = scorer or Scorer.load(Path(params.train.out) / s / "model")
+                records = split_records(params, sp)
+                images = load_images(image_root(params, sp), [r.img_path for r in records])
+            for v in todo:
                 f = out / s / v / f"{sp}.json"
-                if not f.exists():
-                    scorer = scorer or Scorer.load(Path(params.train.out) / s / "model")
-                    f.parent.mkdir(parents=True, exist_ok=True)
-                    f.write_text(json.dumps(view_table(scorer, params, sp, view)))
-                    print(s, v, sp, "scored", flush=True)
-                tables[s, v, sp] = json.loads(f.read_text())
+                f.parent.mkdir(parents=True, exist_ok=True)
+                f.write_text(json.dumps(view_table(scorer, records, images, VIEWS[v])))
+                print(s, v, sp, "scored", flush=True)
+            for v in VIEWS:
+                tables[s, v, sp] = json.loads((out / s / v / f"{sp}.json").read_text())
     train_prompts = {r.prompt_id for r in split_records(params, "train")}
     shown = [sp for sp in splits if sp == "test" or not sp.startswith(("val", "test_short"))]
     print("| views averaged | " + " | ".join(f"{sp} SRCC / NTIRE" for sp in shown) + " |")

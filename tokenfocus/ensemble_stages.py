@@ -118,11 +118,12 @@ def fit_rows(
 
     rows = {s: list(t) for s, t in val.items()}
     for k in range(params.stack.fit_styled):
+        split = f"{STYLED_VAL}{k}"
         for s in rows:
-            path = Path(params.score.out) / s / f"{STYLED_VAL}{k}.json"
             if styled is not None:
-                rows[s] += styled[f"{STYLED_VAL}{k}"][s]
+                rows[s] += styled[split][s]
                 continue
+            path = Path(params.score.out) / s / f"{split}.json"
             if not path.exists():
                 raise FileNotFoundError(
                     f"stack.fit_styled: {params.stack.fit_styled} asks for val redrawn in "

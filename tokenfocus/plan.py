@@ -148,21 +148,16 @@ def plan(
     vision = total - language
     wbytes = _dtype_bytes(bb.dtype)
     if bb.tuning == "lora":
-        lc = bb.lora
+        from tokenfocus.lora import saved_modules, target_modules
+
+        # the adapter's two low-rank factors on each target Linear, and a trainable copy of each
+        # weight of a module trained whole beside it
         trainable = sum(
-            lc.r * (m.in_features + m.out_features)
-            for n, m in model.named_modules()
+            bb.lora.r * (m.in_features + m.out_features)
+            for m in target_modules(model, bb.lora).values()
             if isinstance(m, torch.nn.Linear)
-            and n.split(".")[-1] in lc.target_modules
-            and (lc.include_vision or n.startswith(lm_prefix))
         )
-        # a module trained whole beside the adapter: a trainable copy of each of its weights
-        trainable += sum(
-            p.numel()
-            for n, m in model.named_modules()
-            if n.split(".")[-1] in lc.modules_to_save
-            for p in m.parameters()
-        )
+        trainable += sum(p.numel() for m in saved_modules(model, bb.lora).values() for p in m.parameters())
         tbytes = 4  # peft keeps adapter weights in float32 on a 16-bit base
     else:
         trainable, tbytes = total, wbytes

@@ -39,12 +39,11 @@ def scored_splits(params: Params) -> tuple[str, ...]:
     and the first ``stack.fit_styled`` of val's redrawings that the data holds."""
     root = Path(params.validate.data)
     short = (SHORT,) if (root / "styles.json").exists() else ()
-    heldout = (HELDOUT,) if (root / HELDOUT / "images").is_dir() else ()
-    checks = tuple(v for v in test_variants(params) if v.startswith(CHECK) and image_root(params, v).is_dir())
+    drawn = tuple(v for v in test_variants(params) if v != SHORT and image_root(params, v).is_dir())
     styled = tuple(
         f"{STYLED_VAL}{k}" for k in range(params.stack.fit_styled) if styled_root(root, k).is_dir()
     )
-    return SCORED_SPLITS + short + heldout + checks + styled
+    return SCORED_SPLITS + short + drawn + styled
 
 
 def test_variants(params: Params) -> tuple[str, ...]:

@@ -181,7 +181,7 @@ class StyleBook:
         style in the styles any model learns from."""
         catalog = {n: Style.from_params(n, dict(raw or {})) for n, raw in cfg.catalog.items()}
         catalog.setdefault("classic", Style())
-        checks = tuple(getattr(cfg, "check_families", None) or ())
+        checks = tuple(cfg.check_families)
         book = cls(
             catalog,
             cfg.heldout_family,
