@@ -194,6 +194,7 @@ def write_tiny_params(
     p["backbones"] = {k: {"source": f"models/base/{k}", **known[k]} for k in backbones}
     for entry in p["backbones"].values():
         entry["pretrain"] = {}  # the short test pre-training for every backbone
+        entry.setdefault("tiny", {})  # build@<slug> tracks it: DVC needs the key
         entry.pop("lr", None)
         entry.pop("steps", None)  # its own step count would override the few steps below
         entry.pop("train", None)  # nor its own train overrides

@@ -183,6 +183,12 @@ def test_repro_resumes_then_noop_then_partial(repo):
         & third
     )
     assert "stack" in third
+    # the family's recipe overridden (backbones.<slug>.tiny, e.g. the tower's widths): that base is
+    # built again, the other is not
+    p["backbones"]["llava_siglip_tiny"]["tiny"] = {"config": {"vision_config": {"intermediate_size": 96}}}
+    (d / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    status = _run([DVC, "status"], d, env)
+    assert "build@llava_siglip_tiny" in status and "build@idefics3_tiny" not in status, status
     # that a resumed run reaches the weights of one never interrupted, byte for byte, is
     # tests/pipeline/test_faults.py's (the same trainer, killed with SIGKILL): not trained again here
 
