@@ -183,8 +183,8 @@ def test_repro_resumes_then_noop_then_partial(repo):
         & third
     )
     assert "stack" in third
-    # the family's recipe overridden (backbones.<slug>.tiny, e.g. the tower's widths): that base is
-    # built again, the other is not
+    # the family's recipe overridden (backbones.<slug>.tiny, e.g. the tower's widths): that base's
+    # build goes stale (the next repro builds it again), the other's does not
     p["backbones"]["llava_siglip_tiny"]["tiny"] = {"config": {"vision_config": {"intermediate_size": 96}}}
     (d / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     status = _run([DVC, "status"], d, env)
