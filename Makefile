@@ -61,11 +61,16 @@ run: bases
 	$(BIN)/tokenfocus report --print
 	@echo "Next: 'make ui' for the MLflow and Prefect UIs, '$(BIN)/dvc metrics show', 'make serve'."
 
+# pytest-xdist: one worker per core of the 2-core target, each test file on one worker (its module
+# fixtures built once), the longest files first (tests/conftest.py's LONG_FILES); each worker builds
+# the session fixtures (the tiny bases, the gate) for itself.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: bases
-	$(PY) -m pytest -q -x --durations=25
+	$(PY) -m pytest -q -x $(XDIST) --durations=25
 
 test-all: bases
-	$(PY) -m pytest -q -m "" -x
+	$(PY) -m pytest -q -m "" -x $(XDIST)
 
 lint: setup
 	$(BIN)/ruff check tokenfocus flows tests scripts

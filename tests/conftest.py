@@ -25,6 +25,30 @@ def pytest_configure(config):
     os.environ.pop("MLFLOW_RUN_ID", None)
 
 
+#: The test files that take most of `make test` (a minute or more each on 2 cores), longest first.
+#: `make test` runs pytest-xdist with each file on one worker, handed out in collection order
+#: (--no-loadscope-reorder); a long file handed out last would leave the other worker idle, so
+#: these go first (longest-first list scheduling). Serially, only the order changes.
+LONG_FILES = (
+    "pipeline/test_dvc.py",
+    "flows/test_retrain_flow.py",
+    "code/test_distributed.py",
+    "pipeline/test_promotion.py",
+    "pipeline/test_faults.py",
+    "pipeline/test_shipped_bases.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+
+    def order(item) -> int:
+        rel = Path(str(item.path)).resolve().relative_to(ROOT / "tests").as_posix()
+        return rank.get(rel, len(rank))
+
+    items.sort(key=order)  # stable: within a file, and among the rest, collection order stays
+
+
 def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
     """A tiny PNG whose header claims width x height: a decompression bomb."""
     import struct

@@ -73,3 +73,10 @@ def test_modules_stay_readable():
     assert not over, f"modules over 300 lines (split them, or say in LONG why not): {over}"
     paths = [PKG / f"{m}.py" if (PKG / f"{m}.py").exists() else PKG / m / "__init__.py" for m in LONG]
     assert all(len(p.read_text().splitlines()) <= 400 for p in paths)
+
+
+def test_the_long_test_files_named_to_run_first_exist():
+    """conftest's LONG_FILES go first under xdist; a renamed file would silently go back in line."""
+    from tests.conftest import LONG_FILES, ROOT
+
+    assert [f for f in LONG_FILES if not (ROOT / "tests" / f).is_file()] == []
