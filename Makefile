@@ -69,8 +69,11 @@ XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: bases
 	$(PY) -m pytest -q -x $(XDIST) --durations=25
 
+# In one process: under two workers the triggered-deployment test (slow) once found a challenger
+# registered by another flow run than its own; not reproduced beside the Dask flow test, not
+# diagnosed. test-all has no time budget.
 test-all: bases
-	$(PY) -m pytest -q -m "" -x $(XDIST)
+	$(PY) -m pytest -q -m "" -x
 
 lint: setup
 	$(BIN)/ruff check tokenfocus flows tests scripts
