@@ -195,6 +195,8 @@ def test_repro_resumes_then_noop_then_partial(repo):
     (d / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     status = _run([DVC, "status"], d, env)
     assert "build@llava_siglip_tiny" in status and "build@idefics3_tiny" not in status, status
+    p["backbones"]["llava_siglip_tiny"]["tiny"] = {}  # back as recorded: the module's repo up to date
+    (d / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     # that a resumed run reaches the weights of one never interrupted, byte for byte, is
     # tests/pipeline/test_faults.py's (the same trainer, killed with SIGKILL): not trained again here
 
@@ -205,6 +207,7 @@ def test_exp_run_with_set_param(repo):
     from tokenfocus.config import load_params
 
     d, env = repo
+    _run([DVC, "repro"], d, env)  # up to date first (a no-op after the test above; run alone, all of it)
     env = {
         **env,
         "GIT_AUTHOR_NAME": "t",
