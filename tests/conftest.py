@@ -43,7 +43,7 @@ def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONG_FILES)}
 
     def order(item) -> int:
-        rel = Path(str(item.path)).resolve().relative_to(ROOT / "tests").as_posix()
+        rel = item.path.resolve().relative_to(ROOT / "tests").as_posix()
         return rank.get(rel, len(rank))
 
     items.sort(key=order)  # stable: within a file, and among the rest, collection order stays
