@@ -44,7 +44,7 @@ from tokenfocus.pretrain.curriculum import fresh_scene  # noqa: E402
 from tokenfocus.prompts import element_text  # noqa: E402
 from tokenfocus.render import RELATIONS, pick_style, render  # noqa: E402
 from tokenfocus.scoring import Scorer  # noqa: E402
-from tokenfocus.synth import make_prompt  # noqa: E402
+from tokenfocus.synth import elements_of, make_prompt  # noqa: E402
 
 
 def relation_pairs(
@@ -67,7 +67,7 @@ def relation_pairs(
         real, wording = rng.random() < 0.5, rng.randrange(1 << 30)  # one wording for both
         for k, rel in enumerate((scene.relation, RELATIONS[scene.relation])):
             told = dataclasses.replace(scene, relation=rel)
-            key = f"{told.groups[0].shape} {rel} {told.groups[1].shape} (spatial)"
+            key = next(k for k, category, *_ in elements_of(told) if category == "spatial")
             i = first + 2 * j + k
             texts[i] = element_text(parts, prompts, make_prompt(told, random.Random(wording), real), key)
             answers[i], images[i], scenes[i] = ("yes", "no")[k], image, scene
