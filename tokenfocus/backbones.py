@@ -251,17 +251,24 @@ class TemplateParts:
 
     head: str
     tail: str
+    image_in_head: bool = True  # False where the template writes the image after the question
 
 
 def template_parts(processor) -> TemplateParts:
     """Render the processor's chat template once around a sentinel and split it there."""
     sentinel = "QQQSENTINELQQQ"
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": sentinel}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def render(content: list[dict]) -> str:
+        messages = [{"role": "user", "content": content}]
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    text = render([{"type": "image"}, {"type": "text", "text": sentinel}])
     if text.count(sentinel) != 1:
         raise BackboneError("the chat template does not render the question exactly once")
     head, tail = text.split(sentinel)
-    return TemplateParts(head=head, tail=tail)
+    # a template may place the image after the question; then no image prefix can be shared
+    plain_head = render([{"type": "text", "text": sentinel}]).split(sentinel)[0]
+    return TemplateParts(head=head, tail=tail, image_in_head=head != plain_head)
 
 
 def assistant_end(processor) -> str:

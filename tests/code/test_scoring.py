@@ -334,3 +334,36 @@ def test_a_token_budget_splits_dynamic_resolution_batches_and_leaves_the_scores(
     for x, y in zip(free(imgs, prompts, els), tight(imgs, prompts, els), strict=True):
         assert x.score == pytest.approx(y.score, abs=TOL)
         assert all(x.elements[k] == pytest.approx(y.elements[k], abs=TOL) for k in x.elements)
+
+
+def test_an_image_after_the_question_shares_no_prefix(tiny_params, sample, tmp_path):
+    """A chat template may write the image after the question (tiny_families.yaml:
+    minimal_image_last). No image prefix can be shared then: the scorer knows it from the template,
+    scores every question whole, and never tries (and fails) the shared path first."""
+    import shutil
+
+    from tokenfocus.prompts import element_text
+    from tokenfocus.tiny import chat_templates
+
+    recs, imgs = sample
+    first = Path(_source(tiny_params, "shipped:fastvlm_gemma"))
+    last = tmp_path / "image_last"
+    shutil.copytree(first, last)
+    template = chat_templates()["minimal_image_last"][0].replace("IMAGE", "<image>")
+    (last / "chat_template.jinja").write_text(template)
+    before, after = Scorer.load(first), Scorer.load(last)
+    assert before.parts.image_in_head and before.prefix_reuse
+    assert not after.parts.image_in_head and not after.prefix_reuse
+    key = recs[0].elements[0].key
+    text = element_text(after.parts, after.prompts, recs[0].prompt, key)
+    assert text.index("<image>") > text.index("Answer yes or no")
+    prompts, els = [r.prompt for r in recs], [[e.key for e in r.elements] for r in recs]
+    got = after(imgs, prompts, els)
+    assert not after._warned_fallback
+    # the same weights read the question in the other order: other answers
+    moved = [
+        abs(a - b)
+        for r, s in zip(got, before(imgs, prompts, els), strict=True)
+        for a, b in zip(r.elements.values(), s.elements.values(), strict=True)
+    ]
+    assert max(moved) > SPREAD * TOL

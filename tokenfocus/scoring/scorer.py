@@ -58,6 +58,8 @@ class Scorer(PrefixReuse):
         self.kv_budget = kv_budget_mib * 2**20  # bytes of cache copies one chunk of questions may hold
         self.processor.tokenizer.padding_side = "left"
         self.parts = template_parts(processor)
+        # the image prefix is shared only when the template writes the image before the question
+        self.prefix_reuse = prefix_reuse and self.parts.image_in_head
         self.tokens = answer_tokens(processor.tokenizer, prompts, slug=slug or "backbone", parts=self.parts)
         self._warned_fallback = False
         self._mass_checked, self.answer_mass = False, None

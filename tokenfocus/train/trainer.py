@@ -95,11 +95,12 @@ class Trainer(TrainingSteps, Resumable):
         )
         self.end = assistant_end(self.processor)
         # A checkpointed layer drops the cache it is given (transformers, in training): the
-        # questions would lose their image. Checkpointed training encodes it once per row.
+        # questions would lose their image. Checkpointed training encodes it once per row, as does
+        # a template that writes the image after the question (nothing image-only to share).
         checkpointed = self.bb.gradient_checkpointing or getattr(
             self.model, "is_activation_checkpointing", False
         )
-        self.share_prefix = self.cfg.prefix_reuse and not checkpointed
+        self.share_prefix = self.cfg.prefix_reuse and not checkpointed and self.scorer.parts.image_in_head
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.trainable, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.sched = get_cosine_schedule_with_warmup(
