@@ -337,19 +337,26 @@ def test_a_token_budget_splits_dynamic_resolution_batches_and_leaves_the_scores(
 
 
 def test_an_image_after_the_question_shares_no_prefix(tiny_params, sample, tmp_path):
-    """A chat template may write the image after the question (tiny_families.yaml:
-    minimal_image_last). No image prefix can be shared then: the scorer knows it from the template,
-    scores every question whole, and never tries (and fails) the shared path first."""
+    """A chat template may write the image after the question. No image prefix can be shared
+    then: the scorer knows it from the template, scores every question whole, and never tries (and
+    fails) the shared path first."""
     import shutil
 
     from tokenfocus.prompts import element_text
-    from tokenfocus.tiny import chat_templates
+    from tokenfocus.tiny import CHAT_TEMPLATE
 
     recs, imgs = sample
     first = Path(_source(tiny_params, "shipped:fastvlm_gemma"))
     last = tmp_path / "image_last"
     shutil.copytree(first, last)
-    template = chat_templates()["minimal_image_last"][0].replace("IMAGE", "<image>")
+    # the minimal template with the image written after the text of the turn
+    image = "{% if c['type'] == 'image' %}IMAGE{% else %}{{ ' ' + c['text'] }}{% endif %}"
+    text_then_image = (
+        "{% if c['type'] != 'image' %}{{ ' ' + c['text'] }}{% endif %}{% endfor %}"
+        "{% for c in m['content'] %}{% if c['type'] == 'image' %}IMAGE{% endif %}"
+    )
+    assert image in CHAT_TEMPLATE
+    template = CHAT_TEMPLATE.replace(image, text_then_image).replace("IMAGE", "<image>")
     (last / "chat_template.jinja").write_text(template)
     before, after = Scorer.load(first), Scorer.load(last)
     assert before.parts.image_in_head and before.prefix_reuse
