@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 from tests.model.style_probes import count_off_by_one, relation_swap  # noqa: E402
 from tokenfocus.backbones import META_FILE, load_model_and_processor, save_model  # noqa: E402
-from tokenfocus.config import load_params  # noqa: E402
+from tokenfocus.config import GroundingConfig, load_params  # noqa: E402
 from tokenfocus.env import torch_threads  # noqa: E402
 from tokenfocus.pretrain import stages  # noqa: E402
 from tokenfocus.pretrain.checks import check_accuracy, element_accuracy  # noqa: E402
@@ -135,7 +135,8 @@ def main() -> None:
         "element_accuracy": element_accuracy(model, proc, prompts, bb.image_size, n=240, seed=cfg.seed + 3),
     }
     save_model(model, proc, meta, args.out)
-    scorer = Scorer.load(args.out, params=str(ROOT / "params.yaml"))
+    # the drill measures the model's own answer to a relation question, not the grounded reading
+    scorer = Scorer.load(args.out, params=str(ROOT / "params.yaml"), grounding=GroundingConfig(enabled=False))
     meta["drill"]["probes"] = {
         "relation_swap": relation_swap(scorer),
         "relation_swap_256": relation_swap(scorer, n=256, seed=77),

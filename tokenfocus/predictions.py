@@ -192,6 +192,7 @@ def score_backbone(
         threads=params.score.threads,
         kv_budget_mib=params.score.kv_budget_mib,
         batch_tokens=params.score.batch_tokens,
+        grounding=params.score.grounding,
     )
     out = Path(out or Path(params.score.out) / slug)
     metrics = {}

@@ -38,6 +38,30 @@ def served(request, gate, tmp_path_factory):
         return "backbone", lambda *a: [sum(r.elements.values()) / len(r.elements) for r in single(*a)]
 
 
+def test_the_bundle_grounds_spatial_elements_as_the_pipeline_scored_them(gate, tmp_path):
+    """The stack was fitted on grounded spatial elements (score.grounding): the served backbones
+    read them the same way, from the grounding the bundle records, not from any params file."""
+    import dataclasses
+    import json
+
+    from tokenfocus.backbones import META_FILE
+    from tokenfocus.serving.ensemble import EnsembleScorer, bundle
+
+    p, d = gate
+    p = dataclasses.replace(
+        p,
+        score=dataclasses.replace(
+            p.score, grounding=dataclasses.replace(p.score.grounding, cuts=[0.5], steepness=4.0)
+        ),
+    )
+    with inside(d):
+        root = bundle(p, tmp_path / "bundle")
+    meta = json.loads((root / "backbones" / SLUG / META_FILE).read_text())
+    assert meta["grounding"] == dataclasses.asdict(p.score.grounding)
+    served = EnsembleScorer(root).scorers[SLUG].grounding
+    assert served == p.score.grounding
+
+
 def _score(served, images, scenes):
     prompts = [make_prompt(s, random.Random(i), False) for i, s in enumerate(scenes)]
     keys = [[k for k, *_ in elements_of(s)] for s in scenes]

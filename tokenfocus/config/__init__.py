@@ -15,6 +15,7 @@ from typing import Any
 from tokenfocus.config.data import SplitConfig, StylesConfig, SynthConfig, ValidateConfig
 from tokenfocus.config.model import (
     BackboneConfig,
+    GroundingConfig,
     LoraConfig,
     PretrainConfig,
     PromptConfig,
@@ -31,6 +32,7 @@ __all__ = [
     "ConfigError",
     "DEFAULT_PARAMS",
     "FlowConfig",
+    "GroundingConfig",
     "LoraConfig",
     "Params",
     "PretrainConfig",

@@ -14,10 +14,11 @@ from tqdm.auto import tqdm
 
 from tokenfocus.backbones import META_FILE, load_model_and_processor, template_parts
 from tokenfocus.batches import image_tokens, plan_batches
-from tokenfocus.config import BackboneConfig, PromptConfig, load_params
+from tokenfocus.config import BackboneConfig, GroundingConfig, PromptConfig, load_params
 from tokenfocus.env import torch_threads
 from tokenfocus.images import open_image
 from tokenfocus.prompts import answer_tokens, element_text, overall_text
+from tokenfocus.scoring.grounding import ground
 from tokenfocus.scoring.readout import (
     CACHE_UNSUPPORTED,
     MIN_ANSWER_MASS,
@@ -51,6 +52,7 @@ class Scorer(PrefixReuse):
         prefix_reuse: bool = True,
         kv_budget_mib: float = 1024,
         batch_tokens: int = 0,
+        grounding: GroundingConfig | None = None,
     ):
         self.model, self.processor, self.prompts, self.slug = model, processor, prompts, slug
         self.batch_size, self.prefix_reuse = batch_size, prefix_reuse
@@ -68,6 +70,9 @@ class Scorer(PrefixReuse):
         self._suffix_cache: dict[str, list[int]] = {}
         self.max_prompt_chars = 600  # keeps question + element list inside small context windows
         self.suffix_chunk_factor = 4
+        # spatial elements from where their objects stand (tokenfocus.scoring.grounding); None:
+        # every element from its own question (the trainer's validation asks them so)
+        self.grounding = grounding if grounding is not None and grounding.enabled else None
 
     @classmethod
     def load(
@@ -80,10 +85,14 @@ class Scorer(PrefixReuse):
         threads: int | None = None,
         kv_budget_mib: float = 1024,
         batch_tokens: int = 0,
+        grounding: GroundingConfig | None = None,
     ) -> Scorer:
         """Load a scorer from a params slug, a model folder, or a hub id.
 
         A slug resolves to its trained model when one exists, else to its base ``source``.
+        ``grounding`` (spatial elements from where their objects stand) defaults to what the
+        folder's bundle recorded, else to the params' ``score.grounding`` for a slug, else to
+        :class:`GroundingConfig`'s defaults.
         """
         if threads:
             torch_threads(threads)
@@ -98,10 +107,13 @@ class Scorer(PrefixReuse):
             )
             if "prompts" in meta:
                 prompts = PromptConfig(**meta["prompts"])
+            if grounding is None and "grounding" in meta:
+                grounding = GroundingConfig(**meta["grounding"])
             source = path
         elif Path(params).exists() and str(path_or_slug) in load_params(params).backbones:
             p = load_params(params)
             bb, prompts = p.backbone(slug), p.prompts_for(slug)
+            grounding = grounding or p.score.grounding
             trained = Path(p.train.out) / slug / "model"
             source = trained if trained.exists() else Path(bb.source)
         else:  # a hub id
@@ -116,6 +128,7 @@ class Scorer(PrefixReuse):
             prefix_reuse=prefix_reuse,
             kv_budget_mib=kv_budget_mib,
             batch_tokens=batch_tokens,
+            grounding=grounding or GroundingConfig(),
         )
 
     # -- batching helpers ---------------------------------------------------------------------
@@ -194,6 +207,22 @@ class Scorer(PrefixReuse):
         """Overall distributions (N, 5) and element P(yes), from a shared image prefix where the
         family allows it. With ``element_rows`` False the element questions are not asked (empty
         dicts); the overall questions still list ``elements``, so their distributions are the same."""
+        dists, probs = self._questions(images, prompts, elements, element_rows)
+        if self.grounding and element_rows:
+            ask = self.elements_prefix if self.prefix_reuse else self.elements_plain
+            ground(
+                lambda *a: self._halving_on_oom(ask, *a),
+                images,
+                prompts,
+                elements,
+                probs,
+                self.grounding,
+                pairs_at_a_time=self.batch_size,
+            )
+        return dists, probs
+
+    def _questions(self, images, prompts, elements, element_rows):
+        """:meth:`score_pairs` with every element read from its own question."""
         if self.prefix_reuse:
             try:
                 return self._halving_on_oom(self.shared, images, prompts, elements, element_rows)

@@ -3,6 +3,7 @@ scored in process (what the pyfunc model runs)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -22,6 +23,8 @@ def bundle(params: Params, out: str | Path) -> Path:
         dest = out / "backbones" / slug
         shutil.copytree(src, dest)
         meta = json.loads((dest / META_FILE).read_text())
+        # served as the stack's tables were scored: spatial elements grounded the same way
+        meta["grounding"] = dataclasses.asdict(params.score.grounding)
         if (dest / "adapter_config.json").exists():  # LoRA: the base travels too, unless it is a hub id
             base = Path(meta["base"])
             if base.exists():

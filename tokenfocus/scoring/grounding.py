@@ -1,0 +1,205 @@
+"""Spatial elements read from where their objects stand, not from the relation question.
+
+Measured (docs/styles.md): asked "Does the image show circle left of star ?", the tiny backbones
+answer near chance (spatial AUC 0.55-0.70), while they tell whether a circle is in the image at
+0.92-1.00. So a spatial element ``A <relation> B`` is scored from object questions alone:
+
+1. Each object is asked on the whole image (the pair's own object answers where it has them).
+2. The image is cut across the relation's axis (``cuts``: the middle by default). Each object is
+   asked on the part on the relation's side of the cut (the rest filled with the image's median
+   colour: its background, mostly) and on the other part. Where an object stands is the
+   difference of its two answers, in -1..1, averaged over the cuts.
+3. P(yes) = min(P(A), P(B), sigmoid(steepness * (where A stands - where B stands))): both objects
+   drawn, and ``A`` further towards the relation's side than ``B``.
+
+Keys in EvalMuse's short form (``left of (spatial)``) name no object: the pair's object elements
+nearest before and after the relation words in the prompt stand in. A key that names no relation
+of ``GroundingConfig.relations``, or whose objects cannot be found, keeps the question's answer.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from tokenfocus.config import GroundingConfig
+from tokenfocus.evalmuse import parse_element_key
+
+OPPOSITE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A spatial element's two objects and the half of the image its first one stands in."""
+
+    first: str
+    second: str
+    side: str
+
+
+def _find(phrase: str, text: str) -> re.Match | None:
+    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text, flags=re.IGNORECASE)
+
+
+def _object_spans(prompt: str, objects: list[str]) -> list[tuple[int, int, str]]:
+    """(start, end, object) of every mention of an object in the prompt, plural forms included."""
+    spans = []
+    for obj in objects:
+        for m in re.finditer(rf"(?<!\w){re.escape(obj)}(?:s|es)?(?!\w)", prompt, flags=re.IGNORECASE):
+            spans.append((m.start(), m.end(), obj))
+    return spans
+
+
+def parse_relation(key: str, prompt: str, keys: list[str], cfg: GroundingConfig) -> Relation | None:
+    """The objects and side of a spatial element, or None where it cannot be grounded.
+
+    Args:
+        key: the element key, ``"circle left of star (spatial)"`` or ``"left of (spatial)"``.
+        prompt: the pair's prompt, where a short key's objects are looked up.
+        keys: the pair's element keys; those of ``cfg.object_categories`` name its objects.
+        cfg: the relation phrases and categories.
+    """
+    el = parse_element_key(key)
+    if el.category not in cfg.categories:
+        return None
+    for phrase in sorted(cfg.relations, key=len, reverse=True):  # "to the left of" before "left of"
+        m = _find(phrase, el.text)
+        if not m:
+            continue
+        first, second = el.text[: m.start()].strip(), el.text[m.end() :].strip()
+        if first and second:
+            return Relation(first, second, cfg.relations[phrase])
+        where = _find(phrase, prompt)
+        if not where:
+            return None
+        objects = [
+            e.text for e in map(parse_element_key, keys) if e.category in cfg.object_categories and e.text
+        ]
+        spans = _object_spans(prompt, objects)
+        before = [s for s in spans if s[1] <= where.start()]
+        after = [s for s in spans if s[0] >= where.end()]
+        if not before or not after:
+            return None
+        a, b = max(before)[2], min(after)[2]
+        return Relation(a, b, cfg.relations[phrase]) if a != b else None
+    return None
+
+
+def part_view(image: Image.Image, side: str, cut: float, keep_side: bool) -> Image.Image:
+    """The image with one part kept: the part within ``cut`` (a fraction of the image) of its
+    ``side`` edge, or with ``keep_side`` False the rest. What is hidden is filled with the image's
+    median colour."""
+    a = np.asarray(image.convert("RGB")).copy()
+    h, w = a.shape[:2]
+    fill = np.median(a.reshape(-1, 3), axis=0).astype(np.uint8)
+    n = w if side in ("left", "right") else h
+    at = round(cut * n) if side in ("left", "top") else n - round(cut * n)  # the cut's pixel index
+    near_start = side in ("left", "top")  # the side's part is [0, at) where the side is left or top
+    hide = slice(at, None) if near_start == keep_side else slice(0, at)
+    a[(slice(None), hide) if side in ("left", "right") else (hide, slice(None))] = fill
+    return Image.fromarray(a)
+
+
+def grounded_probability(
+    present: tuple[float, float],
+    on_side: list[tuple[float, float]],
+    opposite: list[tuple[float, float]],
+    steepness: float,
+) -> float:
+    """P(yes) of ``first <relation> second`` from the objects' answers, each a (first, second)
+    pair: on the whole image, and per cut on the part on the relation's side and on the rest."""
+    where = [sum(s[j] - o[j] for s, o in zip(on_side, opposite, strict=True)) / len(on_side) for j in (0, 1)]
+    relation = 1.0 / (1.0 + math.exp(-steepness * (where[0] - where[1])))
+    return min(present[0], present[1], relation)
+
+
+def _object_key(obj: str) -> str:
+    return f"{obj} (object)"  # the question asks the text alone: "Does the image show circle ?"
+
+
+def ground(
+    ask: Callable[[list[Image.Image], list[str], list[list[str]]], list[dict[str, float]]],
+    images: list[Image.Image],
+    prompts: list[str],
+    elements: list[list[str]],
+    probs: list[dict[str, float]],
+    cfg: GroundingConfig,
+    *,
+    pairs_at_a_time: int = 32,
+) -> int:
+    """Replace, in ``probs``, the P(yes) of every spatial element that can be grounded.
+
+    Args:
+        ask: the scorer's element questions, ``(images, prompts, keys) -> P(yes) per key``.
+        images, prompts, elements: the pairs, as scored.
+        probs: their element P(yes) from the questions, changed in place.
+        cfg: the relations and categories.
+        pairs_at_a_time: pairs whose views are drawn and asked together (each pair has up to
+            ``2 * len(cfg.cuts) + 1`` views: memory stays bounded on large images).
+
+    Returns:
+        How many elements were grounded.
+    """
+    items = []  # (pair, key, relation)
+    for i, keys in enumerate(elements):
+        for k in keys:
+            rel = parse_relation(k, prompts[i], keys, cfg) if k in probs[i] else None
+            if rel:
+                items.append((i, k, rel))
+    pairs = sorted({i for i, _, _ in items})
+    for start in range(0, len(pairs), max(1, pairs_at_a_time)):
+        chosen = set(pairs[start : start + max(1, pairs_at_a_time)])
+        _ground_some(ask, images, prompts, probs, [it for it in items if it[0] in chosen], cfg)
+    return len(items)
+
+
+def _ground_some(ask, images, prompts, probs, items, cfg: GroundingConfig) -> None:
+    """:func:`ground` for some pairs' items, their views asked in one call."""
+    # one question list per view (pair, side, cut, which part; None = the whole image), each object
+    # asked once a view: "left of" and "right of" share their views, cut from the left edge
+    views: dict[tuple, dict[str, None]] = {}
+    answered = {i: {parse_element_key(k).text: p for k, p in probs[i].items()} for i, _, _ in items}
+    for i, _, rel in items:
+        for view in _views(i, rel.side, cfg.cuts):
+            views.setdefault(view, {}).update(dict.fromkeys((rel.first, rel.second)))
+        missing = [o for o in (rel.first, rel.second) if o not in answered[i]]
+        if missing:
+            views.setdefault((i, None), {}).update(dict.fromkeys(missing))
+    order = list(views)
+    got = ask(
+        [images[v[0]] if v[1] is None else part_view(images[v[0]], *v[1:]) for v in order],
+        [prompts[v[0]] for v in order],
+        [[_object_key(o) for o in views[v]] for v in order],
+    )
+    seen = {v: {parse_element_key(k).text: p for k, p in g.items()} for v, g in zip(order, got, strict=True)}
+    for i, k, rel in items:
+        whole = {**seen.get((i, None), {}), **answered[i]}
+        pair = (rel.first, rel.second)
+        parts = [
+            tuple(tuple(seen[v][o] for o in pair) for v in both)
+            for both in _view_pairs(i, rel.side, cfg.cuts)
+        ]
+        probs[i][k] = grounded_probability(
+            tuple(whole[o] for o in pair), [s for s, _ in parts], [o for _, o in parts], cfg.steepness
+        )
+
+
+def _view_pairs(i: int, side: str, cuts: list[float]) -> list[tuple[tuple, tuple]]:
+    """Per cut, the (relation's side part, rest) views of pair ``i``, named from the left or top
+    edge so that opposite relations share them."""
+    edge = side if side in ("left", "top") else OPPOSITE[side]
+    out = []
+    for c in cuts:
+        at = c if side == edge else 1 - c  # the same cut, measured from the edge the views name
+        near, far = (i, edge, at, True), (i, edge, at, False)
+        out.append((near, far) if side == edge else (far, near))
+    return out
+
+
+def _views(i: int, side: str, cuts: list[float]) -> list[tuple]:
+    return [v for both in _view_pairs(i, side, cuts) for v in both]
