@@ -52,18 +52,34 @@ def style_invariance(scorer, styles: list[Style], *, n: int = 64, seed: int = 21
     return rates
 
 
-def relation_swap(scorer, *, n: int = 64, seed: int = 22) -> float:
-    """Share of clearly drawn two-group scenes where the prompt's relation swapped for its
-    opposite ("left of" -> "right of", "above" -> "below") gets a lower spatial P(yes)."""
+def relation_swap(
+    scorer,
+    *,
+    n: int = 64,
+    seed: int = 22,
+    groups: int = 2,
+    style: Style | None = None,
+    any_size: bool = False,
+) -> float:
+    """Share of clearly drawn scenes where the prompt's relation swapped for its opposite ("left
+    of" -> "right of", "above" -> "below") gets a lower spatial P(yes). By default two large
+    single shapes in the classic drawing; ``groups``, ``style`` and ``any_size`` (small or large
+    shapes) make it harder."""
     rng = random.Random(seed)
     scenes = []
     for _ in range(n):
-        s = _clear_scene(rng, 2)
+        s = _clear_scene(rng, groups)
         s.relation = rng.choice(list(RELATIONS))
         for g in s.groups:
             g.count = 1
+            if any_size:
+                g.size = rng.choice(["small", "large"])
         scenes.append(s)
-    images = [render(s, 64, rng) for s in scenes]
+    if style is None:
+        images = [render(s, 64, rng) for s in scenes]
+    else:
+        draw = random.Random(seed + 1)
+        images = [render(s, 64, draw, style) for s in scenes]
     p = []
     for rel in (lambda s: s.relation, lambda s: RELATIONS[s.relation]):
         told = [dataclasses.replace(s, relation=rel(s)) for s in scenes]
