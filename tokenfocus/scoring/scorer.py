@@ -70,9 +70,10 @@ class Scorer(PrefixReuse):
         self._suffix_cache: dict[str, list[int]] = {}
         self.max_prompt_chars = 600  # keeps question + element list inside small context windows
         self.suffix_chunk_factor = 4
-        # spatial elements from where their objects stand (tokenfocus.scoring.grounding); None:
-        # every element from its own question (the trainer's validation asks them so)
-        self.grounding = grounding if grounding is not None and grounding.enabled else None
+        # spatial elements from where their objects stand (tokenfocus.scoring.grounding), as the
+        # defaults say unless told otherwise; None once disabled
+        grounding = grounding if grounding is not None else GroundingConfig()
+        self.grounding = grounding if grounding.enabled else None
 
     @classmethod
     def load(
@@ -128,7 +129,7 @@ class Scorer(PrefixReuse):
             prefix_reuse=prefix_reuse,
             kv_budget_mib=kv_budget_mib,
             batch_tokens=batch_tokens,
-            grounding=grounding or GroundingConfig(),
+            grounding=grounding,
         )
 
     # -- batching helpers ---------------------------------------------------------------------
