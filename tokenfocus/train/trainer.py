@@ -18,7 +18,7 @@ from tokenfocus.backbones import (
     training_precision,
 )
 from tokenfocus.checkpoint import CpuClock
-from tokenfocus.config import GroundingConfig, Params
+from tokenfocus.config import Params
 from tokenfocus.distributed import average_gradients, barrier, broadcast, init, mean_over_ranks, world
 from tokenfocus.env import torch_threads
 from tokenfocus.evalmuse import Record, write_json_atomic
@@ -90,15 +90,15 @@ class Trainer(TrainingSteps, Resumable):
             # The tower keeps what pre-training taught it, and no gradient flows back through it
             for p in tower_parameters(self.model):
                 p.requires_grad_(False)
-        # validation asks every element its own question (spatial ones too): the checkpoint is
-        # picked by the overall answer, and the views of grounded scoring would only cost time
+        # validation reads the elements as the score stage will (spatial ones grounded), so the
+        # saved model scores val as logged; the checkpoint is picked by the overall answer alone
         self.scorer = Scorer(
             self.model,
             self.processor,
             self.prompts,
             slug=self.slug,
             batch_size=self.params.score.batch_size,
-            grounding=GroundingConfig(enabled=False),
+            grounding=self.params.score.grounding,
         )
         self.end = assistant_end(self.processor)
         # A checkpointed layer drops the cache it is given (transformers, in training): the
