@@ -198,3 +198,29 @@ def test_pairs_grounded_a_few_at_a_time_read_the_same(gemma):
         runs[0][0]["circle left of star (spatial)"], abs=1e-5
     )
     assert runs[0][2] == base[2]  # no spatial element: untouched
+
+
+@pytest.mark.parametrize("slug", ["qwen2_vl_tiny", "idefics3_tiny"])
+def test_a_wide_image_grounds_alike_through_the_shared_and_the_plain_paths(tiny_params, slug):
+    """A photograph is rarely square, and a dynamic-resolution family sees every view at the
+    image's own size: the views keep it, and the prefix path reads them as the plain one does."""
+    import random
+
+    from tokenfocus.render import Group, Scene, render
+
+    scene = Scene([Group("circle", "red", "large", 1), Group("star", "blue", "large", 1)], relation="left of")
+    image = render(scene, 64, random.Random(5)).resize((96, 64))
+    assert part_view(image, "left", 0.333, True).size == (96, 64)
+    keys = ["circle (object)", "star (object)", "circle left of star (spatial)", "above (spatial)"]
+    prompt = "a red circle left of a blue star above a square"
+    reused = Scorer.load(tiny_params.backbone(slug).source, batch_size=4)
+    plain = Scorer.load(tiny_params.backbone(slug).source, batch_size=4, prefix_reuse=False)
+    a, b = reused([image], [prompt], [keys])[0].elements, plain([image], [prompt], [keys])[0].elements
+    assert all(0.0 <= a[k] <= 1.0 for k in keys)
+    assert all(a[k] == pytest.approx(b[k], abs=1e-4) for k in keys)
+    # "above" finds no object key after it ("square" is not one of the pair's elements): it keeps
+    # its question's answer, which the same scorer gives with the grounding off
+    reused.grounding = None
+    assert reused([image], [prompt], [keys])[0].elements["above (spatial)"] == pytest.approx(
+        a["above (spatial)"], abs=1e-6
+    )
