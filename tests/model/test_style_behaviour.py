@@ -22,7 +22,7 @@ STYLES = [BOOK.catalog["classic"], BOOK.catalog["mixed"], BOOK.heldout[0]]
 #: each relation asked as a question, the bases measured 0.516 and 0.547: docs/styles.md)
 MEASURED = {
     "invariance": {"fastvlm_qwen2": 0.836, "fastvlm_gemma": 0.875},
-    "relation_swap": {"fastvlm_qwen2": 1.0, "fastvlm_gemma": 1.0},
+    "relation_swap": {"fastvlm_qwen2": 0.984, "fastvlm_gemma": 1.0},
     "count_off_by_one": {"fastvlm_qwen2": 0.766, "fastvlm_gemma": 0.906},
 }
 MARGIN = 0.07  # about 1.5 standard errors of a share of 64 near 0.5
@@ -64,7 +64,7 @@ def test_the_issue_targets(scorer, probe, request):
 
 #: the relation swap past the clear pair: three groups of small or large shapes, drawn in the
 #: held-out family. Measured with the scorer's grounding (asked as a question: 0.391 and 0.484)
-HARD_SWAP = {"fastvlm_qwen2": 0.906, "fastvlm_gemma": 0.906}
+HARD_SWAP = {"fastvlm_qwen2": 0.938, "fastvlm_gemma": 0.922}
 
 
 def test_relations_hold_with_three_groups_in_the_held_out_family(scorer):
