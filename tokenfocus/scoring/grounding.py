@@ -5,7 +5,7 @@ answer near chance (spatial AUC 0.55-0.70), while they tell whether a circle is 
 0.92-1.00. So a spatial element ``A <relation> B`` is scored from object questions alone:
 
 1. Each object is asked on the whole image (the pair's own object answers where it has them).
-2. The image is cut across the relation's axis (``cuts``: the middle by default). Each object is
+2. The image is cut across the relation's axis (``cuts``: at a third and two thirds). Each object is
    asked on the part on the relation's side of the cut (the rest filled with the image's median
    colour: its background, mostly) and on the other part. Where an object stands is the
    difference of its two answers, in -1..1, averaged over the cuts.
