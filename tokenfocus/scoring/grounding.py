@@ -19,6 +19,7 @@ of ``GroundingConfig.relations``, or whose objects cannot be found, keeps the qu
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Callable
@@ -90,13 +91,26 @@ def parse_relation(key: str, prompt: str, keys: list[str], cfg: GroundingConfig)
     return None
 
 
-def part_view(image: Image.Image, side: str, cut: float, keep_side: bool) -> Image.Image:
+def _canvas(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """An image's RGB pixels and its median colour: what every view of it is cut from."""
+    a = np.asarray(image.convert("RGB"))
+    return a, np.median(a.reshape(-1, 3), axis=0).astype(np.uint8)
+
+
+def part_view(
+    image: Image.Image,
+    side: str,
+    cut: float,
+    keep_side: bool,
+    *,
+    canvas: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Image.Image:
     """The image with one part kept: the part within ``cut`` (a fraction of the image) of its
     ``side`` edge, or with ``keep_side`` False the rest. What is hidden is filled with the image's
-    median colour."""
-    a = np.asarray(image.convert("RGB")).copy()
+    median colour. ``canvas`` (:func:`_canvas` of the image) saves converting it for every view."""
+    pixels, fill = canvas if canvas is not None else _canvas(image)
+    a = pixels.copy()
     h, w = a.shape[:2]
-    fill = np.median(a.reshape(-1, 3), axis=0).astype(np.uint8)
     n = w if side in ("left", "right") else h
     at = round(cut * n) if side in ("left", "top") else n - round(cut * n)  # the cut's pixel index
     near_start = side in ("left", "top")  # the side's part is [0, at) where the side is left or top
@@ -151,10 +165,13 @@ def ground(
             rel = parse_relation(k, prompts[i], keys, cfg) if k in probs[i] else None
             if rel:
                 items.append((i, k, rel))
-    pairs = sorted({i for i, _, _ in items})
-    for start in range(0, len(pairs), max(1, pairs_at_a_time)):
-        chosen = set(pairs[start : start + max(1, pairs_at_a_time)])
-        _ground_some(ask, images, prompts, probs, [it for it in items if it[0] in chosen], cfg)
+    # the items come in pair order: a run of consecutive items per pair, chunked a few pairs at a time
+    by_pair = [list(run) for _, run in itertools.groupby(items, key=lambda it: it[0])]
+    step = max(1, pairs_at_a_time)
+    for start in range(0, len(by_pair), step):
+        _ground_some(
+            ask, images, prompts, probs, [it for run in by_pair[start : start + step] for it in run], cfg
+        )
     return len(items)
 
 
@@ -171,8 +188,12 @@ def _ground_some(ask, images, prompts, probs, items, cfg: GroundingConfig) -> No
         if missing:
             views.setdefault((i, None), {}).update(dict.fromkeys(missing))
     order = list(views)
+    canvases = {i: _canvas(images[i]) for i in dict.fromkeys(i for i, _, _ in items)}  # once a pair
     got = ask(
-        [images[v[0]] if v[1] is None else part_view(images[v[0]], *v[1:]) for v in order],
+        [
+            images[v[0]] if v[1] is None else part_view(images[v[0]], *v[1:], canvas=canvases[v[0]])
+            for v in order
+        ],
         [prompts[v[0]] for v in order],
         [[_object_key(o) for o in views[v]] for v in order],
     )
