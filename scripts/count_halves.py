@@ -1,4 +1,5 @@
-"""Can a count be read from the image's parts? (issue 23, section 4; measured, not shipped)
+"""Can a count be read from the image's parts? (issue 23, section 4: the measurement behind
+``score.grounding.count_categories``)
 
 The tiny backbones tell whether an object is in a part of the image far better than how many of
 it there are. This reads a counting element (``three circles (counting)``) from the two parts of
@@ -14,9 +15,12 @@ views of :mod:`tokenfocus.scoring.grounding`):
 It prints, over the split's counting elements with compositional keys, the accuracy at 0.5 and
 the AUC of the element's own question and of the parts' reading, and the 5-fold accuracy of a
 logistic calibration of each (the normalised reading is no probability of yes: only AUC and the
-calibrated accuracy compare). docs/styles.md, "Counting read from the image's parts".
+calibrated accuracy compare). The scorer's own reading (:mod:`tokenfocus.scoring.counting`, the
+thirds alone, and the claimed count's share of the likeliest) is measured by the pipeline.
+docs/styles.md, "Counting read from the image's parts".
 
-    .venv/bin/python scripts/count_halves.py --backbone fastvlm_gemma [--split val]
+    .venv/bin/python scripts/count_halves.py --backbone fastvlm_gemma [--split val] \
+        [--images data/heldout_style/images]
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tokenfocus.env import apply_env  # noqa: E402
 
+apply_env()
+
+from tokenfocus.scoring.counting import convolve, part_distribution  # noqa: E402
+
 NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4}
 WORDS = {n: w for w, n in NUMBERS.items()}
 #: (edge, cut): the halves across and down, and the thirds.
@@ -43,20 +51,6 @@ def count_keys(noun: str) -> list[str]:
     """The object key and the four count keys asked of every part, for a singular ``noun``."""
     plural = noun + ("es" if noun.endswith(("s", "x", "ch", "sh")) else "s")
     return [f"{noun} (object)"] + [f"{WORDS[n]} {noun if n == 1 else plural} (counting)" for n in range(1, 5)]
-
-
-def part_distribution(answers: np.ndarray) -> np.ndarray:
-    """Count distributions over 0..4 from ``(..., 5)`` answers: P(object), P(one), ..., P(four)."""
-    present, yes = answers[..., :1], answers[..., 1:]
-    return np.concatenate([1 - present, present * yes / yes.sum(-1, keepdims=True)], -1)
-
-
-def convolve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The distribution of the sum of two independent counts, ``(..., 5)`` each -> ``(..., 9)``."""
-    out = np.zeros(a.shape[:-1] + (a.shape[-1] + b.shape[-1] - 1,))
-    for i in range(a.shape[-1]):
-        out[..., i : i + b.shape[-1]] += a[..., i : i + 1] * b
-    return out
 
 
 def parts_reading(answers: np.ndarray, claimed: np.ndarray) -> np.ndarray:
@@ -93,8 +87,10 @@ def main() -> None:
     ap.add_argument("--backbone", required=True, help="a trained model under models/trained")
     ap.add_argument("--split", default="val")
     ap.add_argument("--data", default="data")
+    ap.add_argument(
+        "--images", help="the images' folder (default: DATA/images); e.g. data/heldout_style/images"
+    )
     args = ap.parse_args()
-    apply_env()
     from PIL import Image
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
@@ -107,6 +103,7 @@ def main() -> None:
 
     torch_threads(2)
     root = Path(args.data)
+    images_root = Path(args.images) if args.images else root / "images"
     scorer = Scorer.load(
         ROOT / "models/trained" / args.backbone / "model", grounding=GroundingConfig(enabled=False)
     )
@@ -116,7 +113,7 @@ def main() -> None:
     for start in range(0, len(items), 8):
         images, prompts, keys = [], [], []
         for r, _, noun, _ in items[start : start + 8]:
-            img = Image.open(root / "images" / r["img_path"]).convert("RGB")
+            img = Image.open(images_root / r["img_path"]).convert("RGB")
             canvas = _canvas(img)
             views = [img] + [
                 part_view(img, e, c, keep, canvas=canvas) for e, c in CUTS for keep in (True, False)

@@ -19,11 +19,13 @@ STYLES = [BOOK.catalog["classic"], BOOK.catalog["mixed"], BOOK.heldout[0]]
 #: measured on the shipped (domain-randomised) bases (scripts/style_checks.py): invariance is the share
 #: of 128 elements right in all three styles at once, the others shares of 64 scenes. The relation
 #: swap as the scorer reads spatial elements, grounded in where their objects stand (`score.grounding`;
-#: each relation asked as a question, the bases measured 0.516 and 0.547: docs/styles.md)
+#: each relation asked as a question, the bases measured 0.516 and 0.547: docs/styles.md). The count
+#: off by one as the scorer reads counting elements, from the parts of the image as well
+#: (`score.grounding.count_categories`; asked alone, the bases measured 0.766 and 0.906)
 MEASURED = {
     "invariance": {"fastvlm_qwen2": 0.836, "fastvlm_gemma": 0.875},
     "relation_swap": {"fastvlm_qwen2": 0.984, "fastvlm_gemma": 1.0},
-    "count_off_by_one": {"fastvlm_qwen2": 0.766, "fastvlm_gemma": 0.906},
+    "count_off_by_one": {"fastvlm_qwen2": 0.828, "fastvlm_gemma": 0.953},
 }
 MARGIN = 0.07  # about 1.5 standard errors of a share of 64 near 0.5
 TARGETS = {"invariance": 0.90, "relation_swap": 0.85, "count_off_by_one": 0.80}

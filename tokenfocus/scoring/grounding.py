@@ -15,6 +15,10 @@ answer near chance (spatial AUC 0.55-0.70), while they tell whether a circle is 
 Keys in EvalMuse's short form (``left of (spatial)``) name no object: the pair's object elements
 nearest before and after the relation words in the prompt stand in. A key that names no relation
 of ``GroundingConfig.relations``, or whose objects cannot be found, keeps the question's answer.
+
+Counting elements are read from the same kind of views, cut across and down
+(:mod:`tokenfocus.scoring.counting`); the views a pair's relation and counts share are drawn and
+asked once.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from PIL import Image
 
 from tokenfocus.config import GroundingConfig
 from tokenfocus.evalmuse import parse_element_key
+from tokenfocus.scoring.counting import Count, count_keys, counted_probability, parse_count
 
 OPPOSITE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
 
@@ -146,25 +151,28 @@ def ground(
     *,
     pairs_at_a_time: int = 32,
 ) -> int:
-    """Replace, in ``probs``, the P(yes) of every spatial element that can be grounded.
+    """Replace, in ``probs``, the P(yes) of every spatial element that can be grounded, and of
+    every counting element that can be read from the parts (:mod:`tokenfocus.scoring.counting`).
 
     Args:
         ask: the scorer's element questions, ``(images, prompts, keys) -> P(yes) per key``.
         images, prompts, elements: the pairs, as scored.
         probs: their element P(yes) from the questions, changed in place.
-        cfg: the relations and categories.
+        cfg: the relations, number words and categories.
         pairs_at_a_time: pairs whose views are drawn and asked together (each pair has up to
-            ``2 * len(cfg.cuts) + 1`` views: memory stays bounded on large images).
+            ``4 * len(cfg.cuts) + 1`` views: memory stays bounded on large images).
 
     Returns:
         How many elements were grounded.
     """
-    items = []  # (pair, key, relation)
+    items = []  # (pair, key, Relation or Count)
     for i, keys in enumerate(elements):
         for k in keys:
-            rel = parse_relation(k, prompts[i], keys, cfg) if k in probs[i] else None
-            if rel:
-                items.append((i, k, rel))
+            if k not in probs[i]:
+                continue
+            found = parse_relation(k, prompts[i], keys, cfg) or parse_count(k, prompts[i], keys, cfg)
+            if found:
+                items.append((i, k, found))
     # the items come in pair order: a run of consecutive items per pair, chunked a few pairs at a time
     by_pair = [list(run) for _, run in itertools.groupby(items, key=lambda it: it[0])]
     step = max(1, pairs_at_a_time)
@@ -177,16 +185,21 @@ def ground(
 
 def _ground_some(ask, images, prompts, probs, items, cfg: GroundingConfig) -> None:
     """:func:`ground` for some pairs' items, their views asked in one call."""
-    # one question list per view (pair, side, cut, which part; None = the whole image), each object
-    # asked once a view: "left of" and "right of" share their views, cut from the left edge
+    # one question list per view (pair, edge, cut, which part; None = the whole image), each
+    # question asked once a view: "left of" and "right of" share their views, cut from the left
+    # edge, and a count's views across are a left-right relation's
     views: dict[tuple, dict[str, None]] = {}
     answered = {i: {parse_element_key(k).text: p for k, p in probs[i].items()} for i, _, _ in items}
-    for i, _, rel in items:
-        for view in _views(i, rel.side, cfg.cuts):
-            views.setdefault(view, {}).update(dict.fromkeys((rel.first, rel.second)))
-        missing = [o for o in (rel.first, rel.second) if o not in answered[i]]
+    for i, _, it in items:
+        if isinstance(it, Count):
+            for view in _count_views(i, cfg.cuts):
+                views.setdefault(view, {}).update(dict.fromkeys(count_keys(it, cfg)))
+            continue
+        for view in _views(i, it.side, cfg.cuts):
+            views.setdefault(view, {}).update(dict.fromkeys(map(_object_key, (it.first, it.second))))
+        missing = [o for o in (it.first, it.second) if o not in answered[i]]
         if missing:
-            views.setdefault((i, None), {}).update(dict.fromkeys(missing))
+            views.setdefault((i, None), {}).update(dict.fromkeys(map(_object_key, missing)))
     order = list(views)
     canvases = {i: _canvas(images[i]) for i in dict.fromkeys(i for i, _, _ in items)}  # once a pair
     got = ask(
@@ -195,19 +208,36 @@ def _ground_some(ask, images, prompts, probs, items, cfg: GroundingConfig) -> No
             for v in order
         ],
         [prompts[v[0]] for v in order],
-        [[_object_key(o) for o in views[v]] for v in order],
+        [list(views[v]) for v in order],
     )
-    seen = {v: {parse_element_key(k).text: p for k, p in g.items()} for v, g in zip(order, got, strict=True)}
-    for i, k, rel in items:
-        whole = {**seen.get((i, None), {}), **answered[i]}
-        pair = (rel.first, rel.second)
+    seen = dict(zip(order, got, strict=True))
+    for i, k, it in items:
+        if isinstance(it, Count):
+            keys = count_keys(it, cfg)
+            per_cut = [
+                ([seen[near][q] for q in keys], [seen[far][q] for q in keys])
+                for near, far in _count_view_pairs(i, cfg.cuts)
+            ]
+            probs[i][k] = counted_probability(probs[i][k], it.number, per_cut)
+            continue
+        whole = {**{parse_element_key(q).text: p for q, p in seen.get((i, None), {}).items()}, **answered[i]}
+        pair = (it.first, it.second)
         parts = [
-            tuple(tuple(seen[v][o] for o in pair) for v in both)
-            for both in _view_pairs(i, rel.side, cfg.cuts)
+            tuple(tuple(seen[v][_object_key(o)] for o in pair) for v in both)
+            for both in _view_pairs(i, it.side, cfg.cuts)
         ]
         probs[i][k] = grounded_probability(
             tuple(whole[o] for o in pair), [s for s, _ in parts], [o for _, o in parts], cfg.steepness
         )
+
+
+def _count_view_pairs(i: int, cuts: list[float]) -> list[tuple[tuple, tuple]]:
+    """Per cut, across and down, the two parts of pair ``i`` (named as :func:`_view_pairs` names them)."""
+    return [((i, edge, c, True), (i, edge, c, False)) for edge in ("left", "top") for c in cuts]
+
+
+def _count_views(i: int, cuts: list[float]) -> list[tuple]:
+    return [v for both in _count_view_pairs(i, cuts) for v in both]
 
 
 def _view_pairs(i: int, side: str, cuts: list[float]) -> list[tuple[tuple, tuple]]:

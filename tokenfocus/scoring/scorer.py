@@ -109,7 +109,8 @@ class Scorer(PrefixReuse):
             if "prompts" in meta:
                 prompts = PromptConfig(**meta["prompts"])
             if grounding is None and "grounding" in meta:
-                grounding = GroundingConfig(**meta["grounding"])
+                # a bundle from before counting was read from the parts asked its counts alone
+                grounding = GroundingConfig(**{"count_categories": [], **meta["grounding"]})
             source = path
         elif Path(params).exists() and str(path_or_slug) in load_params(params).backbones:
             p = load_params(params)
