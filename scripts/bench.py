@@ -463,14 +463,16 @@ def bench_dispatch(params, rows):
 
 
 def bench_grounding(params, rows, n: int = 128):
-    """The cost of grounded spatial elements: the same pairs scored with every element asked, and
-    with the spatial ones read from where their objects stand (`score.grounding`)."""
+    """The cost of grounded spatial and counting elements: the same pairs scored with every element
+    asked, and with the spatial ones read from where their objects stand and the counting ones from
+    the parts of the image as well (`score.grounding`)."""
     from tokenfocus.evalmuse import parse_element_key
     from tokenfocus.scoring import Scorer
 
     recs, imgs = sample(params, n)
     prompts, els = [r.prompt for r in recs], [[e.key for e in r.elements] for r in recs]
     spatial = [sum(parse_element_key(k).category == "spatial" for k in row) for row in els]
+    counting = [sum(parse_element_key(k).category == "counting" for k in row) for row in els]
     for slug, bb in params.backbones.items():
         s = Scorer.load(bb.source, batch_size=params.score.batch_size, grounding=params.score.grounding)
         grounding = s.grounding
@@ -485,6 +487,7 @@ def bench_grounding(params, rows, n: int = 128):
                 "backbone": slug,
                 "pairs": len(recs),
                 "pairs_with_relation": sum(1 for k in spatial if k),
+                "pairs_with_count": sum(1 for k in counting if k),
                 "elements": sum(len(row) for row in els),
                 "cuts": len(grounding.cuts),
                 "runs": RUNS,
@@ -499,11 +502,13 @@ def bench_grounding(params, rows, n: int = 128):
 def grounding_section(rows: dict) -> str:
     """Section 8 of docs/benchmarks.md, from :func:`bench_grounding`'s rows."""
     return (
-        "\n## 8. Spatial elements grounded in where their objects stand: what it costs\n\n"
+        "\n## 8. Spatial and counting elements read from parts of the image: what it costs\n\n"
         + f"Machine: {MACHINE}.\n\n"
         + "The benchmark's first pairs, each with all its elements, scored with every element asked "
-        + "(`asked_s`) and with the spatial ones grounded (`grounded_s`: per pair with a relation, "
-        + "each object asked on both parts of the image at every cut; `score.grounding`), the two "
+        + "(`asked_s`) and with the spatial and counting ones read from parts of the image "
+        + "(`grounded_s`: per pair with a relation, each object asked on both parts of the image at "
+        + "every cut across the relation's axis; per pair with a count, the counted object and one "
+        + "to four of it asked on both parts at every cut, across and down; `score.grounding`), the two "
         + "in alternation on the shipped bases. `cost` is the ratio of the medians, `cost_range` the "
         + "lowest and highest of one alternating pair. What it buys: docs/styles.md.\n\n"
         + table(rows["grounding"])
