@@ -17,6 +17,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from tests.conftest import without_counting
 from tokenfocus.config import load_params
 from tokenfocus.ensemble_stages import stack_stage
 from tokenfocus.split import main as split_main
@@ -99,7 +100,9 @@ def gate(tmp_path_factory):
     p.train = dataclasses.replace(
         p.train, steps=2, eval_every=2, checkpoint_every=2, out=str(d / "models/trained")
     )
-    p.score = dataclasses.replace(p.score, out=str(d / "work" / "scores"))
+    p.score = dataclasses.replace(
+        p.score, out=str(d / "work" / "scores"), grounding=without_counting(p.score.grounding)
+    )
     # the subset links the benchmark's images, not SynthMuse's redrawings: the stacker fits on val
     p.stack = dataclasses.replace(p.stack, out=str(d / "models" / "ensemble"), fit_styled=0)
     p.tracking = dataclasses.replace(p.tracking, promote_bootstrap=100)
