@@ -15,7 +15,7 @@ from tokenfocus.env import apply_cpu_kernel_env, apply_offline_env
 apply_offline_env(override=True)
 apply_cpu_kernel_env()
 
-from tests.gate import gate  # noqa: E402, F401 - a session fixture: trained and blind ensembles
+from tests.gate import gate, without_counting  # noqa: E402, F401 - gate: a session fixture (trained and blind ensembles)
 from tokenfocus.config import SynthConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,16 +206,6 @@ def tiny_params(small_data, tmp_path_factory):
     for slug in PATH_BACKBONES:
         build(slug, p, out=p.backbone(slug).source)
     return p
-
-
-def without_counting(grounding):
-    """The grounding with counting elements asked alone. Why: reading a count from the parts asks
-    eight views of a pair (docs/styles.md); the pipeline tests check orchestration, and with it
-    `make test` ran past its 15 minutes. tests/code/test_counting.py and the count probe
-    (tests/model/test_style_behaviour.py) test the reading itself."""
-    import dataclasses
-
-    return dataclasses.replace(grounding, count_categories=[])
 
 
 def write_tiny_params(
