@@ -39,18 +39,12 @@ from tokenfocus.env import apply_env  # noqa: E402
 
 apply_env()
 
-from tokenfocus.scoring.counting import convolve, part_distribution  # noqa: E402
+from tokenfocus.config import GroundingConfig  # noqa: E402
+from tokenfocus.scoring.counting import Count, convolve, count_keys, part_distribution, plural_of  # noqa: E402
 
 NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4}
-WORDS = {n: w for w, n in NUMBERS.items()}
 #: (edge, cut): the halves across and down, and the thirds.
 CUTS = [("left", 0.5), ("top", 0.5), ("left", 0.333), ("left", 0.667), ("top", 0.333), ("top", 0.667)]
-
-
-def count_keys(noun: str) -> list[str]:
-    """The object key and the four count keys asked of every part, for a singular ``noun``."""
-    plural = noun + ("es" if noun.endswith(("s", "x", "ch", "sh")) else "s")
-    return [f"{noun} (object)"] + [f"{WORDS[n]} {noun if n == 1 else plural} (counting)" for n in range(1, 5)]
 
 
 def parts_reading(answers: np.ndarray, claimed: np.ndarray) -> np.ndarray:
@@ -96,7 +90,6 @@ def main() -> None:
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import cross_val_predict
 
-    from tokenfocus.config import GroundingConfig
     from tokenfocus.env import torch_threads
     from tokenfocus.scoring import Scorer
     from tokenfocus.scoring.grounding import _canvas, part_view
@@ -120,7 +113,7 @@ def main() -> None:
             ]
             images += views
             prompts += [r["prompt"]] * len(views)
-            keys += [count_keys(noun)] * len(views)
+            keys += [count_keys(Count(noun, plural_of(noun), 1), GroundingConfig())] * len(views)
         got = scorer.elements_prefix(images, prompts, keys)
         answers += [[g[k] for k in ks] for g, ks in zip(got, keys, strict=True)]
     answers = np.array(answers).reshape(len(items), 1 + 2 * len(CUTS), 5)

@@ -22,13 +22,3 @@ def test_the_reading_averages_the_cuts_at_the_claimed_count():
     answers[:, 0, 3] = 1.0
     got = count_halves.parts_reading(answers, np.array([3, 2]))
     np.testing.assert_allclose(got, [1.0, 0.0])
-
-
-def test_count_keys_name_the_object_and_each_count():
-    assert count_halves.count_keys("cross") == [
-        "cross (object)",
-        "one cross (counting)",
-        "two crosses (counting)",
-        "three crosses (counting)",
-        "four crosses (counting)",
-    ]
