@@ -105,6 +105,7 @@ def log_and_register(params: Params, *, metrics: dict[str, float] | None = None,
                     "method": ens["method"],
                     "backbones": ",".join(ens["slugs"]),
                     "features": ",".join(ens["features"]),
+                    "element_features": ",".join(ens.get("element_features", [])),
                     "element_method": ens["element_method"],
                 }
             )
@@ -206,7 +207,9 @@ def describe(
         fitted = json.loads((Path(params.stack.out) / "ensemble.json").read_text())
         coef = fitted.get("ridge")
         if coef:
-            names = [f"{s}:{f}" for s in fitted["slugs"] for f in fitted["features"]]
+            from tokenfocus.pair_features import design_names
+
+            names = design_names(fitted["slugs"], fitted["features"], fitted.get("element_features", []))
             fig, ax = plt.subplots(figsize=(6, 0.25 * len(names) + 1))
             ax.barh(names, coef["coef"])
             ax.set(xlabel="ridge coefficient (standardised features)", title="stacker")

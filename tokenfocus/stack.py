@@ -18,8 +18,7 @@ import numpy as np
 from tokenfocus.config import StackConfig
 from tokenfocus.evalmuse import write_json_atomic
 from tokenfocus.metrics import evaluate
-
-FEATURES = ("score", "entropy", "element_mean")
+from tokenfocus.pair_features import check_features, design
 
 
 class LeakError(ValueError):
@@ -42,41 +41,6 @@ def bag_tables(tables: list[list[dict]]) -> list[dict]:
     return out
 
 
-def feature_row(row: dict, features: list[str]) -> list[float]:
-    """One backbone's features for one pair.
-
-    ``score``, ``entropy``, ``element_mean`` (mean element P(yes)), and ``category:<name>``: the
-    mean P(yes) of the pair's elements of that category (the element mean when it has none).
-    Measured with the tiny bases: the pair's score lies mostly in its elements, and the
-    categories weigh differently (objects most).
-    """
-    from tokenfocus.evalmuse import parse_element_key
-
-    probs = row["elements"]
-    mean = float(np.mean(list(probs.values()))) if probs else 0.5
-    out = []
-    for f in features:
-        if f.startswith("category:"):
-            cat = f.removeprefix("category:")
-            own = [p for k, p in probs.items() if parse_element_key(k).category == cat]
-            out.append(float(np.mean(own)) if own else mean)
-        else:
-            out.append({"score": row["score"], "entropy": row["entropy"], "element_mean": mean}[f])
-    return out
-
-
-def design(tables: dict[str, list[dict]], features: list[str]) -> np.ndarray:
-    """(N, backbones x features) matrix; the tables must list the same pairs in the same order."""
-    slugs = sorted(tables)
-    paths = [r["img_path"] for r in tables[slugs[0]]]
-    for s in slugs[1:]:
-        if [r["img_path"] for r in tables[s]] != paths:
-            raise ValueError(f"prediction tables of {slugs[0]} and {s} list different pairs")
-    return np.array(
-        [[v for s in slugs for v in feature_row(tables[s][i], features)] for i in range(len(paths))]
-    )
-
-
 @dataclass
 class Ensemble:
     """A fitted combination of backbones (everything but the backbones themselves)."""
@@ -86,6 +50,8 @@ class Ensemble:
     features: list[str]
     weights: list[float] = field(default_factory=list)  # blend weights, one per backbone
     element_method: str = "mean"
+    # read once per pair from the ensemble's own element P(yes); bundles saved before have none
+    element_features: list[str] = field(default_factory=list)
     stacker: object = None  # sklearn Pipeline(StandardScaler, RidgeCV)
     element_stacker: object = None  # sklearn LogisticRegression over backbone P(yes) logits
 
@@ -94,9 +60,10 @@ class Ensemble:
         method = method or self.method
         slugs = self.slugs
         n = len(tables[slugs[0]])
+        elements = self.stacked_elements(tables)
         scores = np.array([[tables[s][i]["score"] for s in slugs] for i in range(n)])
         if method == "ridge":
-            total = self.stacker.predict(design({s: tables[s] for s in slugs}, self.features))
+            total = self.stacker.predict(self.design(tables, elements))
         elif method == "blend":
             total = scores @ np.array(self.weights)
         elif method == "mean":
@@ -104,17 +71,9 @@ class Ensemble:
         else:
             raise ValueError(f"unknown ensemble method {method!r}")
         total = np.clip(total, 1.0, 5.0)
-        keys = [list(tables[slugs[0]][i]["elements"]) for i in range(n)]
-        # every element of every pair in one call: the stacker's input checks cost more than its
-        # arithmetic (measured: one call per element was a fifth of the stack stage)
-        flat = self._elements(
-            np.array([[tables[s][i]["elements"][k] for s in slugs] for i in range(n) for k in keys[i]])
-        )
-        out, start = [], 0
+        out = []
         for i in range(n):
             first = tables[slugs[0]][i]
-            probs = dict(zip(keys[i], flat[start : start + len(keys[i])].tolist(), strict=True))
-            start += len(keys[i])
             dist = np.mean([tables[s][i]["distribution"] for s in slugs], axis=0)
             out.append(
                 {
@@ -124,12 +83,31 @@ class Ensemble:
                         if k in first
                     },
                     "score": float(total[i]),
-                    "elements": probs,
+                    "elements": elements[i],
                     "distribution": dist.tolist(),
                     "entropy": float(-(dist * np.log(np.clip(dist, 1e-12, None))).sum()),
                     "backbone_scores": {s: float(tables[s][i]["score"]) for s in slugs},
                 }
             )
+        return out
+
+    def design(self, tables: dict[str, list[dict]], elements: list[dict[str, float]]) -> np.ndarray:
+        """The ridge stacker's input for these pairs, given their :meth:`stacked_elements`."""
+        return design({s: tables[s] for s in self.slugs}, self.features, elements, self.element_features)
+
+    def stacked_elements(self, tables: dict[str, list[dict]]) -> list[dict[str, float]]:
+        """Per pair, each element's P(yes) combined over the backbones (:meth:`_elements`)."""
+        slugs = self.slugs
+        keys = [list(r["elements"]) for r in tables[slugs[0]]]
+        # every element of every pair in one call: the stacker's input checks cost more than its
+        # arithmetic (measured: one call per element was a fifth of the stack stage)
+        flat = self._elements(
+            np.array([[tables[s][i]["elements"][k] for s in slugs] for i, ks in enumerate(keys) for k in ks])
+        ).tolist()
+        out, start = [], 0
+        for ks in keys:
+            out.append(dict(zip(ks, flat[start : start + len(ks)], strict=True)))
+            start += len(ks)
         return out
 
     def _elements(self, p: np.ndarray) -> np.ndarray:
@@ -230,20 +208,17 @@ def fit_ensemble(
     leaked = {r["prompt_id"] for s in slugs for r in val[s]} & set(train_prompts)
     if leaked:
         raise LeakError(f"stacker rows include {len(leaked)} training prompt(s), e.g. {sorted(leaked)[:3]}")
-    bad = [f for f in cfg.features if f not in FEATURES and not (f.startswith("category:") and f[9:])]
-    if bad:
-        raise ValueError(f"unknown stacking feature(s) {bad}; choose from {FEATURES} or category:<name>")
+    check_features(list(cfg.features), list(cfg.element_features))
     y = np.array([r["gt_score"] for r in val[slugs[0]]], dtype=float)
-    stacker = make_pipeline(StandardScaler(), RidgeCV(alphas=cfg.alphas))
-    stacker.fit(design(val, list(cfg.features)), y)
     ens = Ensemble(
         slugs=slugs,
         method=cfg.method,
         features=list(cfg.features),
-        stacker=stacker,
         element_method=cfg.element_method,
+        element_features=list(cfg.element_features),
     )
     ens.weights = _blend_weights(val, slugs, y)
+    # the elements first: the ridge may read the pair's features from the combined elements
     if cfg.element_method == "logistic":
         xs, ys = [], []
         for i, r in enumerate(val[slugs[0]]):
@@ -252,6 +227,12 @@ def fit_ensemble(
                 xs.append(np.log(p / (1 - p)))
                 ys.append(int(g >= 0.5))
         ens.element_stacker = LogisticRegression().fit(np.array(xs), np.array(ys))
+    # Measured (docs/styles.md): the combined elements' per-category means and shares carry over
+    # to drawings no model saw better than each backbone's raw ones. The element stacker sees
+    # these same rows, but with one weight per backbone it does not overfit them: the ridge fitted
+    # on element stackers from the other folds (grouped by prompt) scores the same to 0.0002.
+    stacker = make_pipeline(StandardScaler(), RidgeCV(alphas=cfg.alphas))
+    ens.stacker = stacker.fit(ens.design(val, ens.stacked_elements(val)), y)
     return ens
 
 

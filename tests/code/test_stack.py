@@ -12,8 +12,16 @@ import numpy as np
 from tests.code.test_stack import tables
 from tokenfocus.config import StackConfig
 from tokenfocus.stack import fit_ensemble
-fit_ensemble(tables(), StackConfig(features=["score", "element_mean", "category:color"], element_method="logistic")).save(sys.argv[1])
+from tests.code.test_stack import CFG
+fit_ensemble(tables(), CFG).save(sys.argv[1])
 """
+
+
+CFG = StackConfig(
+    features=["score", "element_mean", "category:color"],
+    element_method="logistic",
+    element_features=["category:object", "share:color"],
+)
 
 
 def tables() -> dict[str, list[dict]]:
@@ -42,7 +50,7 @@ def tables() -> dict[str, list[dict]]:
 
 
 def test_category_features_take_the_category_mean_or_the_element_mean():
-    from tokenfocus.stack import feature_row
+    from tokenfocus.pair_features import feature_row
 
     row = {
         "score": 3.0,
@@ -56,14 +64,69 @@ def test_category_features_take_the_category_mean_or_the_element_mean():
     ]
 
 
+def test_share_features_count_the_pairs_elements_of_a_category():
+    from tokenfocus.pair_features import feature_row
+
+    row = {"elements": {"red circle (color)": 0.2, "blue star (color)": 0.4, "star (object)": 0.9}}
+    assert feature_row(row, ["share:color", "share:object", "share:spatial"]) == [2 / 3, 1 / 3, 0.0]
+    assert feature_row({"elements": {}}, ["share:color"]) == [0.0]
+
+
+def test_element_features_are_read_from_the_combined_elements_once_per_pair():
+    """The ridge's ensemble columns come from the element stacker's probabilities, not from any
+    backbone's own: the combined score is the ridge on [score per backbone, color mean, shares]."""
+    t = tables()
+    cfg = StackConfig(
+        features=["score"], element_method="logistic", element_features=["category:color", "share:object"]
+    )
+    ens = fit_ensemble(t, cfg)
+    rows = ens.combine(t)
+    x = np.array(
+        [
+            [t["a"][i]["score"], t["b"][i]["score"], r["elements"]["red circle (color)"], 0.5]
+            for i, r in enumerate(rows)
+        ]
+    )
+    assert np.allclose([r["score"] for r in rows], np.clip(ens.stacker.predict(x), 1, 5))
+    raw = x.copy()
+    raw[:, 2] = [t["a"][i]["elements"]["red circle (color)"] for i in range(len(rows))]
+    assert not np.allclose(ens.stacker.predict(raw), ens.stacker.predict(x))  # the raw ones differ
+    assert ens.stacker[-1].coef_.shape == (4,)
+
+
+def test_unknown_stacking_features_are_refused_by_name():
+    import pytest
+
+    for cfg, name in (
+        (StackConfig(features=["score", "loudness"]), "stack.features"),
+        (StackConfig(element_features=["score"]), "stack.element_features"),  # no pair score there
+        (StackConfig(element_features=["share:"]), "stack.element_features"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            fit_ensemble(tables(), cfg)
+
+
+def test_an_ensemble_saved_before_element_features_loads_and_combines_as_before(tmp_path):
+    import json
+
+    old = StackConfig(features=["score", "element_mean"], element_method="logistic")
+    fitted = fit_ensemble(tables(), old)
+    fitted.save(tmp_path)
+    meta = json.loads((tmp_path / "ensemble.json").read_text())
+    del meta["element_features"]  # what bundles registered before it wrote
+    (tmp_path / "ensemble.json").write_text(json.dumps(meta))
+    back = Ensemble.load(tmp_path)
+    assert back.element_features == []
+    assert [r["score"] for r in back.combine(tables())] == [r["score"] for r in fitted.combine(tables())]
+
+
 def test_a_saved_ensemble_is_the_same_bytes_in_another_process_and_loads_back(tmp_path):
     """skops names arrays by memory address; the saved files must not change with the process."""
     for k in range(2):
         subprocess.run([sys.executable, "-c", SAVE, str(tmp_path / f"e{k}")], check=True)
     for name in ("stacker.skops", "element_stacker.skops", "ensemble.json"):
         assert (tmp_path / "e0" / name).read_bytes() == (tmp_path / "e1" / name).read_bytes(), name
-    cfg = StackConfig(features=["score", "element_mean", "category:color"], element_method="logistic")
-    fitted = fit_ensemble(tables(), cfg)
+    fitted = fit_ensemble(tables(), CFG)
     back = Ensemble.load(tmp_path / "e0")
     a, b = fitted.combine(tables()), back.combine(tables())
     assert [r["score"] for r in a] == [r["score"] for r in b]

@@ -12,8 +12,12 @@ class StackConfig:
     method: str = "ridge"  # ridge | blend | mean: what the registered ensemble uses
     fit_on: str = "val"  # val (held-out split); predictions of training data are never used
     alphas: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0])
-    features: list[str] = field(default_factory=lambda: ["score"])  # + entropy, element_mean
+    # read from each backbone's row: score, entropy, element_mean, category:<name>, share:<name>
+    features: list[str] = field(default_factory=lambda: ["score"])
     element_method: str = "mean"  # mean | logistic
+    # read once per pair from the ensemble's own element P(yes) (element_method's): element_mean,
+    # category:<name>, share:<name>. [] = none
+    element_features: list[str] = field(default_factory=list)
     bagging_seeds: int = 1  # per-backbone models averaged (seeds); 1 = no bagging
     # the val pairs redrawn in fine-tuning's styles (SynthMuse's styled/<k>/, k < fit_styled) join
     # the stacker's fit rows beside val's own drawing: weights that hold across drawings, not fitted
