@@ -38,6 +38,22 @@ class Count:
     number: int
 
 
+def find_word(phrase: str, text: str) -> re.Match | None:
+    """The first whole-word, case-blind match of ``phrase`` in ``text``."""
+    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text, flags=re.IGNORECASE)
+
+
+def object_mentions(prompt: str, objects: list[str]) -> list[tuple[int, int, str, str]]:
+    """(start, end, object, the words as written) of every mention of an object in the prompt,
+    plural forms included: where a short element key (``"three (counting)"``, ``"left of
+    (spatial)"``) finds the objects it is about."""
+    return [
+        (m.start(), m.end(), obj, m.group(0))
+        for obj in objects
+        for m in re.finditer(rf"(?<!\w){re.escape(obj)}(?:s|es)?(?!\w)", prompt, flags=re.IGNORECASE)
+    ]
+
+
 def _number(word: str, cfg: GroundingConfig) -> int | None:
     word = word.lower()
     return int(word) if word.isdigit() else cfg.numbers.get(word)
@@ -85,16 +101,11 @@ def parse_count(key: str, prompt: str, keys: list[str], cfg: GroundingConfig) ->
         noun = next((o for o in objects if _names(o, rest)), None) or _singular(rest, number)
         said = rest if number > 1 else None
     else:
-        at = re.search(rf"(?<!\w){re.escape(words[0])}(?!\w)", prompt, flags=re.IGNORECASE)
-        mentions = [
-            (m.start(), o, m.group(0))
-            for o in objects
-            for m in re.finditer(rf"(?<!\w){re.escape(o)}(?:s|es)?(?!\w)", prompt, flags=re.IGNORECASE)
-            if at and m.start() >= at.end()
-        ]
+        at = find_word(words[0], prompt)
+        mentions = [m for m in object_mentions(prompt, objects) if at and m[0] >= at.end()]
         if not mentions:
             return None
-        _, noun, said = min(mentions)
+        _, _, noun, said = min(mentions)
         said = said if number > 1 else None
     if noun is None:
         return None

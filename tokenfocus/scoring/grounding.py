@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,7 +33,14 @@ from PIL import Image
 
 from tokenfocus.config import GroundingConfig
 from tokenfocus.evalmuse import parse_element_key
-from tokenfocus.scoring.counting import Count, count_keys, counted_probability, parse_count
+from tokenfocus.scoring.counting import (
+    Count,
+    count_keys,
+    counted_probability,
+    find_word,
+    object_mentions,
+    parse_count,
+)
 
 OPPOSITE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
 
@@ -46,19 +52,6 @@ class Relation:
     first: str
     second: str
     side: str
-
-
-def _find(phrase: str, text: str) -> re.Match | None:
-    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text, flags=re.IGNORECASE)
-
-
-def _object_spans(prompt: str, objects: list[str]) -> list[tuple[int, int, str]]:
-    """(start, end, object) of every mention of an object in the prompt, plural forms included."""
-    spans = []
-    for obj in objects:
-        for m in re.finditer(rf"(?<!\w){re.escape(obj)}(?:s|es)?(?!\w)", prompt, flags=re.IGNORECASE):
-            spans.append((m.start(), m.end(), obj))
-    return spans
 
 
 def parse_relation(key: str, prompt: str, keys: list[str], cfg: GroundingConfig) -> Relation | None:
@@ -74,19 +67,19 @@ def parse_relation(key: str, prompt: str, keys: list[str], cfg: GroundingConfig)
     if el.category not in cfg.categories:
         return None
     for phrase in sorted(cfg.relations, key=len, reverse=True):  # "to the left of" before "left of"
-        m = _find(phrase, el.text)
+        m = find_word(phrase, el.text)
         if not m:
             continue
         first, second = el.text[: m.start()].strip(), el.text[m.end() :].strip()
         if first and second:
             return Relation(first, second, cfg.relations[phrase])
-        where = _find(phrase, prompt)
+        where = find_word(phrase, prompt)
         if not where:
             return None
         objects = [
             e.text for e in map(parse_element_key, keys) if e.category in cfg.object_categories and e.text
         ]
-        spans = _object_spans(prompt, objects)
+        spans = object_mentions(prompt, objects)
         before = [s for s in spans if s[1] <= where.start()]
         after = [s for s in spans if s[0] >= where.end()]
         if not before or not after:
