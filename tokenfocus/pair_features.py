@@ -92,3 +92,12 @@ def check_features(features: list[str], element_features: list[str]) -> None:
             f"stack.element_features: unknown feature(s) {bad}; these are read from the ensemble's "
             f"element probabilities alone: choose from {list(ELEMENT_FEATURES)}, category:<name> or share:<name>"
         )
+
+
+def unlisted_categories(elements: list[dict[str, float]], element_features: list[str]) -> list[str]:
+    """Categories of these elements that no ``category:`` or ``share:`` feature names."""
+    from tokenfocus.evalmuse import parse_element_key
+
+    named = {f.split(":", 1)[1] for f in element_features if f.startswith(CATEGORY_PREFIXES)}
+    found = {parse_element_key(k).category or "none" for e in elements for k in e}
+    return sorted(found - named)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +19,9 @@ import numpy as np
 from tokenfocus.config import StackConfig
 from tokenfocus.evalmuse import write_json_atomic
 from tokenfocus.metrics import evaluate
-from tokenfocus.pair_features import check_features, design
+from tokenfocus.pair_features import check_features, design, unlisted_categories
+
+log = logging.getLogger(__name__)
 
 
 class LeakError(ValueError):
@@ -230,9 +233,18 @@ def fit_ensemble(
     # Measured (docs/styles.md): the combined elements' per-category means and shares carry over
     # to drawings no model saw better than each backbone's raw ones. The element stacker sees
     # these same rows, but with one weight per backbone it does not overfit them: the ridge fitted
-    # on element stackers from the other folds (grouped by prompt) scores the same to 0.0002.
+    # on element stackers from the other folds (grouped by prompt) scores the same to 0.0006.
+    elements = ens.stacked_elements(val)
+    missing = unlisted_categories(elements, ens.element_features) if ens.element_features else []
+    if missing:  # real data names other categories than SynthMuse's: say which reach no column
+        log.warning(
+            "stack.element_features names no column for the element categories %s of the fit rows: "
+            "their elements reach the pair score only through the backbones' features; list them as "
+            "category:<name> and share:<name> to give them their own",
+            missing,
+        )
     stacker = make_pipeline(StandardScaler(), RidgeCV(alphas=cfg.alphas))
-    ens.stacker = stacker.fit(ens.design(val, ens.stacked_elements(val)), y)
+    ens.stacker = stacker.fit(ens.design(val, elements), y)
     return ens
 
 

@@ -94,6 +94,20 @@ def test_element_features_are_read_from_the_combined_elements_once_per_pair():
     assert ens.stacker[-1].coef_.shape == (4,)
 
 
+def test_categories_without_an_element_feature_are_named_in_a_warning(caplog):
+    import logging
+
+    cfg = StackConfig(features=["score"], element_method="logistic", element_features=["category:color"])
+    with caplog.at_level(logging.WARNING, logger="tokenfocus.stack"):
+        fit_ensemble(tables(), cfg)
+    assert "['object']" in caplog.text  # the tables' other category; color is listed
+    caplog.clear()
+    cfg.element_features = ["category:color", "share:object"]
+    with caplog.at_level(logging.WARNING, logger="tokenfocus.stack"):
+        fit_ensemble(tables(), cfg)
+    assert "element_features" not in caplog.text
+
+
 def test_unknown_stacking_features_are_refused_by_name():
     import pytest
 
