@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -40,9 +39,9 @@ from tokenfocus.env import apply_env  # noqa: E402
 apply_env()
 
 from tokenfocus.config import GroundingConfig  # noqa: E402
-from tokenfocus.scoring.counting import Count, convolve, count_keys, part_distribution, plural_of  # noqa: E402
+from tokenfocus.evalmuse import parse_element_key  # noqa: E402
+from tokenfocus.scoring.counting import convolve, count_keys, parse_count, part_distribution  # noqa: E402
 
-NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4}
 #: (edge, cut): the halves across and down, and the thirds.
 CUTS = [("left", 0.5), ("top", 0.5), ("left", 0.333), ("left", 0.667), ("top", 0.333), ("top", 0.667)]
 
@@ -56,24 +55,17 @@ def parts_reading(answers: np.ndarray, claimed: np.ndarray) -> np.ndarray:
     return np.mean(per_cut, axis=0)
 
 
-def _elements(records, split_of, split: str):
+def _elements(records, split_of, split: str, cfg: GroundingConfig):
+    """(record, its counting element as the scorer parses it, true?) for the split's compositional
+    counting keys (``three circles (counting)``; the short form names no object of its own)."""
     for r in records:
         if split_of.get(r["prompt_id"], {}).get("split") != split:
             continue
+        keys = list(r["element_score"])
         for key, votes in r["element_score"].items():
-            m = re.match(r"^(one|two|three|four) (\w+) \(counting\)$", key)
-            if not m:
-                continue
-            noun = next(
-                (
-                    n
-                    for n in (m.group(2)[:-2], m.group(2)[:-1], m.group(2))
-                    if f"{n} (object)" in r["element_score"]
-                ),
-                None,
-            )
-            if noun:
-                yield r, NUMBERS[m.group(1)], noun, float(np.mean(votes) >= 0.5)
+            count = parse_count(key, r["prompt"], keys, cfg)
+            if count and len(parse_element_key(key).text.split()) > 1:
+                yield r, count, float(np.mean(votes) >= 0.5)
 
 
 def main() -> None:
@@ -101,11 +93,12 @@ def main() -> None:
         ROOT / "models/trained" / args.backbone / "model", grounding=GroundingConfig(enabled=False)
     )
     split_of = json.loads((ROOT / "work/splits.json").read_text())["prompts"]
-    items = list(_elements(json.loads((root / "train_list.json").read_text()), split_of, args.split))
+    cfg = GroundingConfig()
+    items = list(_elements(json.loads((root / "train_list.json").read_text()), split_of, args.split, cfg))
     answers = []
     for start in range(0, len(items), 8):
         images, prompts, keys = [], [], []
-        for r, _, noun, _ in items[start : start + 8]:
+        for r, count, _ in items[start : start + 8]:
             img = Image.open(images_root / r["img_path"]).convert("RGB")
             canvas = _canvas(img)
             views = [img] + [
@@ -113,11 +106,11 @@ def main() -> None:
             ]
             images += views
             prompts += [r["prompt"]] * len(views)
-            keys += [count_keys(Count(noun, plural_of(noun), 1), GroundingConfig())] * len(views)
+            keys += [count_keys(count, cfg)] * len(views)
         got = scorer.elements_prefix(images, prompts, keys)
         answers += [[g[k] for k in ks] for g, ks in zip(got, keys, strict=True)]
     answers = np.array(answers).reshape(len(items), 1 + 2 * len(CUTS), 5)
-    claimed = np.array([n for _, n, _, _ in items])
+    claimed = np.array([c.number for _, c, _ in items])
     y = np.array([t for *_, t in items])
     asked = answers[np.arange(len(items)), 0, claimed]
     parts = parts_reading(answers, claimed)

@@ -22,3 +22,23 @@ def test_the_reading_averages_the_cuts_at_the_claimed_count():
     answers[:, 0, 3] = 1.0
     got = count_halves.parts_reading(answers, np.array([3, 2]))
     np.testing.assert_allclose(got, [1.0, 0.0])
+
+
+def test_the_elements_are_the_compositional_counting_keys_as_the_scorer_parses_them():
+    from tokenfocus.config import GroundingConfig
+
+    record = {
+        "prompt_id": "p",
+        "prompt": "three red circles left of one star",
+        "element_score": {
+            "circle (object)": [1, 1],
+            "star (object)": [1, 1],
+            "three circles (counting)": [1, 0, 0],
+            "one star (counting)": [1, 1],
+            "three (counting)": [1, 1],  # the short form: left to the pipeline's own measurement
+            "red circles (color)": [1, 1],
+        },
+    }
+    got = list(count_halves._elements([record], {"p": {"split": "val"}}, "val", GroundingConfig()))
+    assert [(c.noun, c.number, t) for _, c, t in got] == [("circle", 3, 0.0), ("star", 1, 1.0)]
+    assert not list(count_halves._elements([record], {"p": {"split": "test"}}, "val", GroundingConfig()))
