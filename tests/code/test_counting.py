@@ -153,7 +153,14 @@ def test_the_scorer_reads_counts_from_the_parts_and_shares_the_views(gemma):
     alone = [dict(base[0])]
     ground(gemma.elements_plain, images[:1], prompts[:1], [["one circle (counting)"]], alone, CFG)
     assert alone[0]["one circle (counting)"] == pytest.approx(runs[0][0]["one circle (counting)"], abs=1e-5)
-    # and the scorer's own path agrees with ground() over its plain questions
+    # and the scorer's own path agrees with mirror() then ground() over its plain questions: the
+    # count's own answer is the mean of both views' before the parts are read
+    from tokenfocus.scoring.mirror import mirror
+
+    assert "counting" in CFG.mirror_categories
+    probs = [dict(p) for p in base]
+    mirror(gemma.elements_plain, images, prompts, probs, CFG.mirror_categories)
+    ground(gemma.elements_plain, images, prompts, keys, probs, CFG)
     scored = gemma(images, prompts, keys)
     for i, k in counting:
-        assert scored[i].elements[k] == pytest.approx(runs[0][i][k], abs=1e-4), k
+        assert scored[i].elements[k] == pytest.approx(probs[i][k], abs=1e-4), k

@@ -1,5 +1,6 @@
 """Spatial elements grounded in where their objects stand (tokenfocus/scoring/grounding.py)."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -131,9 +132,11 @@ def test_the_scorer_grounds_only_spatial_elements_and_reads_the_drawn_side(gemma
         "left of (spatial)",
         "star above circle (spatial)",
     ]
-    grounded = gemma([image], [prompt], [keys])[0].elements
-    saved, gemma.grounding = gemma.grounding, None
-    try:
+    saved = gemma.grounding
+    try:  # the grounding alone: the mirrored view is tests/code/test_mirror.py's
+        gemma.grounding = dataclasses.replace(saved, mirror_categories=[])
+        grounded = gemma([image], [prompt], [keys])[0].elements
+        gemma.grounding = None
         asked = gemma([image], [prompt], [keys])[0].elements
     finally:
         gemma.grounding = saved

@@ -19,6 +19,7 @@ from tokenfocus.env import torch_threads
 from tokenfocus.images import open_image
 from tokenfocus.prompts import answer_tokens, element_text, overall_text
 from tokenfocus.scoring.grounding import ground
+from tokenfocus.scoring.mirror import mirror
 from tokenfocus.scoring.readout import (
     CACHE_UNSUPPORTED,
     MIN_ANSWER_MASS,
@@ -109,8 +110,11 @@ class Scorer(PrefixReuse):
             if "prompts" in meta:
                 prompts = PromptConfig(**meta["prompts"])
             if grounding is None and "grounding" in meta:
-                # a bundle from before counting was read from the parts asked its counts alone
-                grounding = GroundingConfig(**{"count_categories": [], **meta["grounding"]})
+                # a bundle from before counting was read from the parts asked its counts alone,
+                # and one from before the mirrored view asked each element once
+                grounding = GroundingConfig(
+                    **{"count_categories": [], "mirror_categories": [], **meta["grounding"]}
+                )
             source = path
         elif Path(params).exists() and str(path_or_slug) in load_params(params).backbones:
             p = load_params(params)
@@ -210,17 +214,11 @@ class Scorer(PrefixReuse):
         family allows it. With ``element_rows`` False the element questions are not asked (empty
         dicts); the overall questions still list ``elements``, so their distributions are the same."""
         dists, probs = self._questions(images, prompts, elements, element_rows)
-        if self.grounding and element_rows:
-            ask = self.elements_prefix if self.prefix_reuse else self.elements_plain
-            ground(
-                lambda *a: self._halving_on_oom(ask, *a),
-                images,
-                prompts,
-                elements,
-                probs,
-                self.grounding,
-                pairs_at_a_time=self.batch_size,
-            )
+        if self.grounding and element_rows:  # elements read from other views of the image too
+            plain = self.elements_prefix if self.prefix_reuse else self.elements_plain
+            ask = lambda *a: self._halving_on_oom(plain, *a)  # noqa: E731
+            mirror(ask, images, prompts, probs, self.grounding.mirror_categories)
+            ground(ask, images, prompts, elements, probs, self.grounding, pairs_at_a_time=self.batch_size)
         return dists, probs
 
     def _questions(self, images, prompts, elements, element_rows):
