@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from tokenfocus.config import GroundingConfig
-from tokenfocus.scoring import Scorer
 from tokenfocus.scoring.counting import (
     Count,
     convolve,
@@ -96,13 +95,6 @@ def test_the_probability_is_the_mean_of_the_answer_and_the_parts_reading():
 def test_a_bad_counting_config_is_refused_by_name(raw, words):
     with pytest.raises(ConfigError, match=words):
         build(GroundingConfig, raw, "score.grounding")
-
-
-@pytest.fixture(scope="module")
-def gemma():
-    path = ROOT / "models" / "base" / "fastvlm_gemma"
-    assert path.is_dir(), f"{path} is missing: run `make bases`"
-    return Scorer.load(path, batch_size=8)
 
 
 def _scene(count: int, seed: int):

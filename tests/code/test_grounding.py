@@ -101,13 +101,6 @@ def test_the_shipped_params_ground_what_the_defaults_ground():
     assert load_params(ROOT / "params.yaml").score.grounding == GroundingConfig()
 
 
-@pytest.fixture(scope="module")
-def gemma():
-    path = ROOT / "models" / "base" / "fastvlm_gemma"
-    assert path.is_dir(), f"{path} is missing: run `make bases`"
-    return Scorer.load(path, batch_size=8)
-
-
 def _scene(first_left: bool) -> Image.Image:
     from tokenfocus.render import Group, Scene, render
 

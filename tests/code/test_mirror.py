@@ -8,6 +8,7 @@ import pytest
 from PIL import ImageOps
 
 from tokenfocus.config import GroundingConfig
+from tokenfocus.evalmuse import parse_element_key
 from tokenfocus.scoring import Scorer
 from tokenfocus.scoring.mirror import mirror, mirror_text
 from tokenfocus.typed import ConfigError, build
@@ -28,13 +29,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_a_mirror_swaps_left_and_right_as_whole_words(text, want):
     assert mirror_text(text) == want
     assert mirror_text(want) == text
-
-
-@pytest.fixture(scope="module")
-def gemma():
-    path = ROOT / "models" / "base" / "fastvlm_gemma"
-    assert path.is_dir(), f"{path} is missing: run `make bases`"
-    return Scorer.load(path, batch_size=8)
 
 
 def _scenes():
@@ -74,7 +68,7 @@ def test_the_listed_categories_read_the_mean_of_both_views(gemma):
     moved = 0
     for i, keys in enumerate(KEYS):
         for k in keys:
-            if k.split("(")[-1].rstrip(")") in listed:
+            if parse_element_key(k).category in listed:
                 assert probs[i][k] == pytest.approx(
                     (asked[i][k] + mirrored[i][mirror_text(k)]) / 2, abs=1e-6
                 ), k
