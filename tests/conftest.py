@@ -14,6 +14,12 @@ from tokenfocus.env import apply_cpu_kernel_env, apply_offline_env
 # OpenBLAS reads its core type once, when it loads): the tests compute what the stages compute.
 apply_offline_env(override=True)
 apply_cpu_kernel_env()
+# `make test` runs two xdist workers on two cores, each torch at two threads (and stages in
+# subprocesses beside them). By default OpenMP's idle threads spin after every parallel region and
+# take the core the other worker needs: measured, two concurrent scorings took 8.7-9.6 s each
+# against 2.7-2.9 s with idle threads asleep (the same bits; only waiting changes). Read once, when
+# torch loads its OpenMP runtime; subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from tests.gate import gate, without_counting  # noqa: E402, F401 - gate: a session fixture (trained and blind ensembles)
 from tokenfocus.config import SynthConfig  # noqa: E402
