@@ -170,10 +170,10 @@ def retrain(
     report = validate_task(params_path, root)
     splits = split_task(params_path, root, report)
     bases = bases_task(params_path, root, slugs)
-    # Tasks in this process's thread pool each run in a process of their own, with their share of
-    # the cores; Dask workers are processes already, with their own cores.
+    # Tasks in this process's thread pool each run in a process of their own; Dask workers are
+    # processes already. Either way each gets its share of this machine's cores.
     isolate = p.flows.runner == "threads"
-    share = max(1, (os.cpu_count() or 1) // len(slugs)) if isolate else None
+    share = stage_threads(p.flows, len(slugs))
     scored, trained = [], []
     for slug, base in zip(slugs, bases, strict=True):  # submitted together: run in parallel
         with placement(p, slug):
@@ -201,6 +201,33 @@ def retrain(
     decision = register_task(params_path, root, pid, stacked)
     logger.info("registry: %s", decision)
     return decision
+
+
+def stage_threads(cfg: FlowConfig, backbones: int, cores: int | None = None) -> int | None:
+    """Torch threads for each backbone stage the flow runs side by side on this machine: together
+    they ask for no more than its cores.
+
+    Why: OpenMP's idle threads spin, so stages that ask for more threads than there are cores take
+    each other's: two scorings at two threads each on two cores ran 3.0x slower than at one thread
+    each, two trainings 3.7x (docs/benchmarks.md, section 9). The thread pool runs every backbone
+    at once, a local Dask cluster at most ``dask_workers`` of them; a scheduler's workers
+    (``dask-address``) are machines of their own, and keep the params' threads.
+
+    Args:
+        cfg: the flows block of params.yaml.
+        backbones: how many backbones the flow trains and scores.
+        cores: this machine's cores (default: all of them).
+
+    Returns:
+        The threads for each stage, or None to keep ``train.threads`` and ``score.threads``.
+    """
+    if cfg.runner == "threads":
+        side_by_side = backbones
+    elif cfg.runner == "dask":
+        side_by_side = min(cfg.dask_workers, backbones)
+    else:
+        return None
+    return max(1, (cores or os.cpu_count() or 1) // max(1, side_by_side))
 
 
 def placement(p, slug: str):

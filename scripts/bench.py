@@ -1,6 +1,7 @@
 """`make bench`: throughput and memory of the scorer and trainer, written to docs/benchmarks.md.
 
-``--dispatch`` measures only section 7 (the CPU kernels' pins) and splices it into the file.
+``--dispatch``, ``--grounding`` and ``--side-by-side`` measure only section 7 (the CPU kernels' pins),
+8 (grounded elements) or 9 (stages side by side) and splice it into the file.
 
 Every row names the machine, the backbone, the batch size, the number of runs and the median,
 and each fast path is compared with its baseline measured in the same run.
@@ -322,7 +323,11 @@ CHILD = r"""
 import json, resource, sys, time, torch, dataclasses
 from tokenfocus.config import load_params
 mode, slug, tuning = sys.argv[1], sys.argv[2], sys.argv[3]
+threads = int(sys.argv[4]) if len(sys.argv) > 4 else 0  # 0: the params' (training), torch's default (scoring)
 p = load_params()
+if threads:
+    torch.set_num_threads(threads)
+    p.train = dataclasses.replace(p.train, threads=threads)
 if mode == "train":
     from tokenfocus.train import Trainer
     p.backbones[slug].tuning = tuning
@@ -349,11 +354,100 @@ print(json.dumps({"rate": rate, "peak_rss_gib": resource.getrusage(resource.RUSA
 """
 
 
+def children(n: int, *args, env: dict | None = None) -> list[dict]:
+    """``n`` bench children with the same arguments, started together; their results."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(n)
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode:
+            raise SystemExit(f"bench child {' '.join(args)} failed:\n{err[-3000:]}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
 def child(*args, env: dict | None = None) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, env=env)
-    if out.returncode:
-        raise SystemExit(f"bench child {' '.join(args)} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return children(1, *args, env=env)[0]
+
+
+def bench_side_by_side(params, rows, slug: str = "fastvlm_gemma"):
+    """Two training or scoring processes side by side on this machine, as the retrain flow runs
+    its backbones' stages: each at two threads (OpenMP's idle threads spinning, its default, or
+    asleep: ``OMP_WAIT_POLICY=PASSIVE``) and each at its share of the cores, one thread, against
+    one process alone at two threads."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    settings = [
+        ("one process alone", 1, 2, env),
+        ("side by side, spinning", 2, 2, env),
+        ("side by side, asleep", 2, 2, {**env, "OMP_WAIT_POLICY": "PASSIVE"}),
+        ("side by side, a share each", 2, 1, env),
+    ]
+    for mode in ("score", "train"):
+        alone = None
+        for name, n, threads, e in settings:
+            got = children(n, mode, slug, params.backbone(slug).tuning, str(threads), env=e)
+            each = statistics.mean(r["rate"] for r in got)
+            alone = alone or each
+            rows["side_by_side"].append(
+                {
+                    "stage": mode,
+                    "backbone": slug,
+                    "setting": name,
+                    "processes": n,
+                    "threads_each": threads,
+                    "rate_each": each,
+                    "rate_total": each * n,
+                    "time_vs_alone": alone / each,
+                }
+            )
+
+
+def section(number: int, title: str, text: str, rows: list[dict]) -> str:
+    """A numbered section of docs/benchmarks.md: its title, the machine, what it measures, its table."""
+    return f"\n## {number}. {title}\n\nMachine: {MACHINE}.\n\n{text}\n\n" + table(rows)
+
+
+def side_by_side_section(rows: dict) -> str:
+    """Section 9 of docs/benchmarks.md, from :func:`bench_side_by_side`'s rows."""
+    return section(
+        9,
+        "Stages side by side on one machine: threads and cores",
+        "Processes started together, each scoring the benchmark's first 256 pairs with their elements "
+        "(`score`, pairs/s) or running 30 training steps (`train`, samples/s), as the retrain flow "
+        "runs its backbones' stages side by side. `time_vs_alone`: each process's time against one "
+        "process alone at two threads. OpenMP's idle threads spin by default and take the core the "
+        "other process needs; asleep (`OMP_WAIT_POLICY=PASSIVE`, what `make test`'s two workers "
+        "run with) or at a share of the cores each (`flows.retrain.stage_threads`, what the flow "
+        "asks for) they do not.",
+        rows["side_by_side"],
+    )
+
+
+def splice(number: int, section: str, rows: dict, keys: tuple[str, ...]) -> None:
+    """Write one section into docs/benchmarks.md in place of its old text (or after the section
+    before it), and its rows into eval/benchmarks.json: the other sections stay as measured."""
+    doc = Path("docs/benchmarks.md").read_text()
+    if f"\n## {number}. " in doc:
+        start = doc.index(f"\n## {number}. ")
+        end = doc.index("\n## ", start + 1)
+    else:
+        start = end = doc.index("\n## ", doc.index(f"\n## {number - 1}. ") + 1)
+    Path("docs/benchmarks.md").write_text(doc[:start] + section + doc[end:])
+    saved_path = Path("eval/benchmarks.json")
+    saved = json.loads(saved_path.read_text()) if saved_path.exists() else {}
+    saved |= {k: rows[k] for k in keys}
+    saved_path.parent.mkdir(exist_ok=True)
+    saved_path.write_text(json.dumps(saved, indent=1))
+    print(section)
 
 
 def bench_memory(params, rows):
@@ -507,20 +601,20 @@ def bench_grounding(params, rows, n: int = 128):
 
 def grounding_section(rows: dict) -> str:
     """Section 8 of docs/benchmarks.md, from :func:`bench_grounding`'s rows."""
-    return (
-        "\n## 8. Spatial and counting elements read from parts of the image: what it costs\n\n"
-        + f"Machine: {MACHINE}.\n\n"
-        + "The benchmark's first pairs, each with all its elements, scored with every element asked "
-        + "(`asked_s`) and with the spatial and counting ones read from parts of the image "
-        + "(`grounded_s`: per pair with a relation, each object asked on both parts of the image at "
-        + "every cut across the relation's axis; per pair with a count, the counted object and one "
-        + "to four of it asked on both parts at every cut, across and down; `score.grounding`), the two "
-        + "in alternation on the shipped bases. `cost` is the ratio of the medians, `cost_range` the "
-        + "lowest and highest of one alternating pair. `mirrored_s`: as `grounded_s`, with the "
-        + "objects, colours, sizes and counts asked on the mirrored image too "
-        + "(`score.grounding.mirror_categories`, as the pipeline scores), timed in alternation with "
-        + "it; `mirror_cost` the ratio of the two medians of that alternation. What they buy: docs/styles.md.\n\n"
-        + table(rows["grounding"])
+    return section(
+        8,
+        "Spatial and counting elements read from parts of the image: what it costs",
+        "The benchmark's first pairs, each with all its elements, scored with every element asked "
+        "(`asked_s`) and with the spatial and counting ones read from parts of the image "
+        "(`grounded_s`: per pair with a relation, each object asked on both parts of the image at "
+        "every cut across the relation's axis; per pair with a count, the counted object and one "
+        "to four of it asked on both parts at every cut, across and down; `score.grounding`), the two "
+        "in alternation on the shipped bases. `cost` is the ratio of the medians, `cost_range` the "
+        "lowest and highest of one alternating pair. `mirrored_s`: as `grounded_s`, with the "
+        "objects, colours, sizes and counts asked on the mirrored image too "
+        "(`score.grounding.mirror_categories`, as the pipeline scores), timed in alternation with "
+        "it; `mirror_cost` the ratio of the two medians of that alternation. What they buy: docs/styles.md.",
+        rows["grounding"],
     )
 
 
@@ -572,38 +666,17 @@ def main() -> None:
         "shared": [],
         "train_shared": [],
         "grounding": [],
+        "side_by_side": [],
     }
     if sys.argv[1:] == ["--dispatch"]:
-        # Only section 7, spliced into the existing file: the other sections stay as measured.
         bench_dispatch(params, rows)
-        doc = Path("docs/benchmarks.md").read_text()
-        start = doc.index("\n## 7. ")
-        end = doc.index("\n## ", start + 1)
-        Path("docs/benchmarks.md").write_text(doc[:start] + dispatch_section(rows) + doc[end:])
-        saved_path = Path("eval/benchmarks.json")
-        saved = json.loads(saved_path.read_text()) if saved_path.exists() else {}
-        saved |= {k: rows[k] for k in ("dispatch_bits", "dispatch_vendor", "dispatch_speed")}
-        saved_path.parent.mkdir(exist_ok=True)
-        saved_path.write_text(json.dumps(saved, indent=1))
-        print(dispatch_section(rows))
-        return
+        return splice(7, dispatch_section(rows), rows, ("dispatch_bits", "dispatch_vendor", "dispatch_speed"))
     if sys.argv[1:] == ["--grounding"]:
-        # Only section 8, spliced into the existing file (appended where it is not yet)
         bench_grounding(params, rows)
-        doc = Path("docs/benchmarks.md").read_text()
-        if "\n## 8. " in doc:  # replace it
-            start = doc.index("\n## 8. ")
-            end = doc.index("\n## ", start + 1)
-        else:  # or put it right after section 7
-            start = end = doc.index("\n## ", doc.index("\n## 7. ") + 1)
-        Path("docs/benchmarks.md").write_text(doc[:start] + grounding_section(rows) + doc[end:])
-        saved_path = Path("eval/benchmarks.json")
-        saved = json.loads(saved_path.read_text()) if saved_path.exists() else {}
-        saved["grounding"] = rows["grounding"]
-        saved_path.parent.mkdir(exist_ok=True)
-        saved_path.write_text(json.dumps(saved, indent=1))
-        print(grounding_section(rows))
-        return
+        return splice(8, grounding_section(rows), rows, ("grounding",))
+    if sys.argv[1:] == ["--side-by-side"]:
+        bench_side_by_side(params, rows)
+        return splice(9, side_by_side_section(rows), rows, ("side_by_side",))
     bench_overall(params, rows)
     bench_elements(params, rows)
     bench_shared(params, rows)
@@ -613,6 +686,7 @@ def main() -> None:
     bench_memory(params, rows)
     bench_dispatch(params, rows)
     bench_grounding(params, rows)
+    bench_side_by_side(params, rows)
     timing = Path("eval/pipeline_timing.json")
     text = (
         f"# Benchmarks (generated by `make bench`)\n\nMachine: {MACHINE}. Models: the default tiny backbones "
@@ -655,6 +729,7 @@ def main() -> None:
         + table(rows["dtype"])
         + dispatch_section(rows)
         + grounding_section(rows)
+        + side_by_side_section(rows)
     )
     for extra in (Path("docs/dp-bench.md"), Path("docs/retrain-bench.md"), Path("docs/loadtest.md")):
         if extra.exists():

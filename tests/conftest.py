@@ -17,7 +17,8 @@ apply_cpu_kernel_env()
 # `make test` runs two xdist workers on two cores, each torch at two threads (and stages in
 # subprocesses beside them). By default OpenMP's idle threads spin after every parallel region and
 # take the core the other worker needs: measured, two concurrent scorings took 8.7-9.6 s each
-# against 2.7-2.9 s with idle threads asleep (the same bits; only waiting changes). Read once, when
+# against 2.7-2.9 s with idle threads asleep (the same bits; only waiting changes; docs/benchmarks.md,
+# section 9). Read once, when
 # torch loads its OpenMP runtime; subprocesses inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

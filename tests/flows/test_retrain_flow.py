@@ -130,6 +130,23 @@ def test_task_runner_choice_from_params(project_dir):
         task_runner(FlowConfig(runner="dask-address"))
 
 
+def test_stages_side_by_side_share_the_machines_cores():
+    """No runner that puts stages side by side on one machine asks for more threads than it has
+    cores (OpenMP's spinning threads would take each other's: docs/benchmarks.md, section 9)."""
+    from flows.retrain import stage_threads
+    from tokenfocus.config import FlowConfig
+
+    threads, local = FlowConfig(runner="threads"), FlowConfig(runner="dask", dask_workers=2)
+    assert stage_threads(threads, 2, cores=2) == 1
+    assert stage_threads(threads, 2, cores=16) == 8
+    assert stage_threads(threads, 3, cores=2) == 1  # never none
+    assert stage_threads(local, 2, cores=2) == 1
+    assert stage_threads(local, 1, cores=2) == 2  # one backbone: one worker busy at a time
+    assert stage_threads(FlowConfig(runner="dask", dask_workers=4), 8, cores=16) == 4
+    # a scheduler's workers are machines of their own: the params' threads
+    assert stage_threads(FlowConfig(runner="dask-address", dask_address="tcp://h:8786"), 2, cores=2) is None
+
+
 def test_schedule_deploys_the_flow_on_the_params_cron(project_dir):
     """`make schedule`'s deployment, applied to the harness server: named, scheduled, runnable."""
     import yaml
