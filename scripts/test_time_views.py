@@ -3,9 +3,12 @@ label-preserving views of it, stacked as the pipeline stacks, in every drawing t
 
 Each trained backbone scores every split the pipeline scores (val and its redrawings, so that the
 stacker is fitted on the views it is applied to; test; the held-out and check families) once per
-view; the tables are averaged as bagging averages seeds (``bag_tables``). Run after ``make run``:
+view; the tables are averaged as bagging averages seeds (``bag_tables``). ``--overall-mirror``
+instead asks only the overall question again, on the image mirrored left to right (its prompt and
+element keys mirrored too, as ``score.grounding.mirror_categories`` asks elements), and averages
+that distribution into each row. Run after ``make run``:
 
-    .venv/bin/python scripts/test_time_views.py [--out work/views]
+    .venv/bin/python scripts/test_time_views.py [--out work/views] [--overall-mirror]
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from tokenfocus.env import apply_env  # noqa: E402
 
 apply_env()
 
-from PIL import ImageEnhance, ImageFilter  # noqa: E402
+import torch  # noqa: E402
+from PIL import ImageEnhance, ImageFilter, ImageOps  # noqa: E402
 
 from tokenfocus.config import load_params  # noqa: E402
 from tokenfocus.ensemble_stages import fit_rows  # noqa: E402
@@ -36,6 +40,8 @@ from tokenfocus.predictions import (  # noqa: E402
     split_records,
 )
 from tokenfocus.scoring import Scorer  # noqa: E402
+from tokenfocus.scoring.mirror import mirror_text  # noqa: E402
+from tokenfocus.scoring.readout import distribution_stats  # noqa: E402
 from tokenfocus.stack import bag_tables, fit_ensemble  # noqa: E402
 
 #: One setting each, fixed before any run: a mild blur, and a darker, lower-contrast image.
@@ -59,10 +65,38 @@ def view_table(scorer: Scorer, records, images: dict, view) -> list[dict]:
     return rows
 
 
+def mirrored_overall(scorer: Scorer, records, images: dict) -> list[list[float]]:
+    """The overall question's distributions on each image mirrored left to right, with its prompt
+    and element keys mirrored too (the elements go into the question as the pipeline asks it)."""
+    dists = []
+    for i in range(0, len(records), 64):
+        part = records[i : i + 64]
+        keys = [[mirror_text(e.key) for e in r.elements] for r in part]
+        dists += scorer.overall(
+            [ImageOps.mirror(images[r.img_path].convert("RGB")) for r in part],
+            [mirror_text(r.prompt) for r in part],
+            keys if any(keys) else None,
+        ).tolist()
+    return dists
+
+
+def with_overall(rows: list[dict], dists: list[list[float]]) -> list[dict]:
+    """``rows`` with each overall distribution the mean of its own and ``dists``' (its score and
+    entropy read again from the mean)."""
+    mean = (torch.tensor([r["distribution"] for r in rows]) + torch.tensor(dists)) / 2
+    score, entropy = distribution_stats(mean)
+    return [
+        {**r, "distribution": d.tolist(), "score": float(s), "entropy": float(h)}
+        for r, d, s, h in zip(rows, mean, score, entropy, strict=True)
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="work/views", help="the views' tables (reused when present)")
+    ap.add_argument("--overall-mirror", action="store_true", help="the overall question on the mirror alone")
     args = ap.parse_args()
+    views = {"overall_mirror": None} if args.overall_mirror else VIEWS
     params = load_params()
     torch_threads(params.score.threads)
     slugs, out = list(params.backbones), Path(args.out)
@@ -75,7 +109,7 @@ def main() -> None:
     for s in slugs:
         scorer = None
         for sp in splits:
-            todo = [v for v in VIEWS if not (out / s / v / f"{sp}.json").exists()]
+            todo = [v for v in views if not (out / s / v / f"{sp}.json").exists()]
             if todo:  # the split's images decoded once, seen through each view still to score
                 scorer = scorer or Scorer.load(Path(params.train.out) / s / "model")
                 records = split_records(params, sp)
@@ -83,15 +117,25 @@ def main() -> None:
             for v in todo:
                 f = out / s / v / f"{sp}.json"
                 f.parent.mkdir(parents=True, exist_ok=True)
-                f.write_text(json.dumps(view_table(scorer, records, images, VIEWS[v])))
+                got = mirrored_overall(scorer, records, images) if v == "overall_mirror" else None
+                f.write_text(json.dumps(got or view_table(scorer, records, images, VIEWS[v])))
                 print(s, v, sp, "scored", flush=True)
-            for v in VIEWS:
-                tables[s, v, sp] = json.loads((out / s / v / f"{sp}.json").read_text())
+            for v in views:
+                table = json.loads((out / s / v / f"{sp}.json").read_text())
+                tables[s, v, sp] = (
+                    with_overall(tables[s, "original", sp], table) if v == "overall_mirror" else table
+                )
     train_prompts = {r.prompt_id for r in split_records(params, "train")}
     shown = [sp for sp in splits if sp == "test" or not sp.startswith(("val", "test_short"))]
     print("| views averaged | " + " | ".join(f"{sp} SRCC / NTIRE" for sp in shown) + " |")
-    for views in (["original"], ["original", "contrast"], ["original", "blur"], ["original", *VIEWS]):
-        per = {sp: {s: bag_tables([tables[s, v, sp] for v in views]) for s in slugs} for sp in splits}
+    rows = [["original"], ["overall_mirror"]] if args.overall_mirror else None
+    for averaged in rows or (
+        ["original"],
+        ["original", "contrast"],
+        ["original", "blur"],
+        ["original", *VIEWS],
+    ):
+        per = {sp: {s: bag_tables([tables[s, v, sp] for v in averaged]) for s in slugs} for sp in splits}
         ens = fit_ensemble(
             fit_rows(params, per["val"], styled=per), params.stack, train_prompts=train_prompts
         )
@@ -99,7 +143,7 @@ def main() -> None:
         for sp in shown:
             m = metrics_of(ens.combine(per[sp]))
             cells.append(f"{m['srcc']:.3f} / {m['final']:.3f}")
-        print(f"| {' + '.join(views)} | " + " | ".join(cells) + " |", flush=True)
+        print(f"| {' + '.join(averaged)} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":
