@@ -14,13 +14,29 @@ from tokenfocus.env import apply_cpu_kernel_env, apply_offline_env
 # OpenBLAS reads its core type once, when it loads): the tests compute what the stages compute.
 apply_offline_env(override=True)
 apply_cpu_kernel_env()
-# `make test` runs two xdist workers on two cores, each torch at two threads (and stages in
-# subprocesses beside them). By default OpenMP's idle threads spin after every parallel region and
-# take the core the other worker needs: measured, two concurrent scorings took 8.7-9.6 s each
-# against 2.7-2.9 s with idle threads asleep (the same bits; only waiting changes; docs/benchmarks.md,
-# section 9). Read once, when
-# torch loads its OpenMP runtime; subprocesses inherit it.
+# `make test` runs two xdist workers on two cores (and stages in subprocesses beside them). By
+# default OpenMP's idle threads spin after every parallel region and take the core the other worker
+# needs: two concurrent scorings at two threads each took 8.7-9.6 s each, against 2.7-2.9 s with idle
+# threads asleep (the same bits: only the waiting changes; docs/benchmarks.md, section 9). Read once,
+# when torch loads its OpenMP runtime; subprocesses inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _granted_cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        return max(1, min(cores, int(quota) // int(period))) if quota != "max" else cores
+    except (OSError, ValueError):
+        return cores
+
+
+# And each worker's torch, where a test does not set its threads, takes its share of the cores, not
+# every core the host reports (a CI runner may report more than it grants); stages and scorers that
+# set their threads from params.yaml keep them, as the pipeline runs them.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _granted_cores() // _WORKERS)))
 
 from tests.gate import gate, without_counting  # noqa: E402, F401 - gate: a session fixture (trained and blind ensembles)
 from tokenfocus.config import SynthConfig  # noqa: E402
