@@ -596,3 +596,29 @@ def test_freeze_tower_refuses_a_model_without_a_known_tower_by_name():
 
     with pytest.raises(ValueError, match="Linear: no vision tower .*freeze_tower: false"):
         tower_parameters(torch.nn.Linear(2, 2))
+
+
+def test_select_last_saves_the_last_steps_weights_not_the_best_val_ones(tiny_params, tmp_path):
+    """``train.select: last``: the model is the schedule's end, where the best val SRCC came earlier."""
+    p = _params(tiny_params, "fastvlm_llama", steps=4, eval_every=1, checkpoint_every=4, lr=0.01)
+    for select in ("val", "last"):
+        Trainer(
+            "fastvlm_llama",
+            dataclasses.replace(p, train=dataclasses.replace(p.train, select=select)),
+            out=tmp_path / select,
+        ).run()
+    state = json.loads((tmp_path / "val" / "checkpoint" / "state.json").read_text())
+    assert state["best_step"] < 4  # the premise: the best val SRCC came before the last step
+    final = load_file(tmp_path / "last" / "checkpoint" / "weights.safetensors")  # step 4's weights
+    for select, equal in (("val", False), ("last", True)):
+        model = load_file(tmp_path / select / "model" / "model.safetensors")
+        assert all(torch.equal(model[k], final[k]) for k in final) == equal, select
+        summary = json.loads((tmp_path / select / "metrics.json").read_text())
+        assert summary["model_step"] == (4 if equal else state["best_step"])
+
+
+def test_select_names_itself_when_unknown():
+    from tokenfocus.config import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match="train.select must be val or last, got 'best'"):
+        TrainConfig(select="best")

@@ -169,8 +169,7 @@ class TrainConfig:
     element_weight: float = 0.5
     element_balance: float = 0.5  # share of element questions drawn from absent elements, when any
     # element questions asked per pair and step: the first as ever, the others drawn per row from
-    # streams of their own; each extends the pair's image prefix (a few tokens), and the element
-    # loss is their mean
+    # streams of their own; each extends the pair's image prefix, and the element loss is their mean
     elements_per_pair: int = 1
     augment_lighting: float = 0.0  # random lighting (brightness/contrast +- this, iMatch's); 0 = off
     image_cache: int = 4096  # decoded training images kept at a time (least recently used out)
@@ -185,18 +184,20 @@ class TrainConfig:
     prefix_reuse: bool = True  # one image prefill per pair for its overall and element rows
     soft_target: bool = True  # two-hot target around the mean human score
     eval_every: int = 200
-    # a val pass asks the element questions too (and logs val element accuracy); the checkpoint is
-    # picked on val SRCC, which the overall questions alone give, with the same bits
+    # a val pass asks the element questions too (logs val element accuracy); val SRCC is the same
     val_elements: bool = False
     log_every: int = 10  # steps between the loss and learning-rate points logged to MLflow
     checkpoint_every: int = 200
     patience: int = 4  # evaluations without val SRCC gain before stopping
+    select: str = "val"  # the model: "val" the weights of the best val SRCC, "last" of the last step
     threads: int = 2
     out: str = "models/trained"
 
     def __post_init__(self):
         if self.elements_per_pair < 1:
             raise ConfigError(f"train.elements_per_pair must be >= 1, got {self.elements_per_pair}")
+        if self.select not in ("val", "last"):
+            raise ConfigError(f"train.select must be val or last, got {self.select!r}")
 
 
 @dataclass

@@ -175,12 +175,17 @@ class Trainer(TrainingSteps, Resumable):
                 srcc = m["srcc"] if m["srcc"] is not None else -1.0  # constant output: no ranking yet
                 if srcc > state.best_srcc:
                     state.best_srcc, state.best_step, state.evals_without_gain = srcc, state.step, 0
-                    self._save_model(self.out / "model")
+                    if cfg.select == "val":
+                        self._save_model(self.out / "model")
                 else:
                     state.evals_without_gain += 1
             if state.step % cfg.eval_every == 0 or last:
                 state = broadcast(state, self.world)  # rank 0's verdict: every rank stops together
             stopping = state.evals_without_gain >= cfg.patience
+            if (last or stopping) and cfg.select == "last" and main:
+                # before the checkpoint that marks the run done: a kill between them trains the
+                # last steps again and saves them again
+                self._save_model(self.out / "model")
             done_here += 1
             if (state.step % cfg.checkpoint_every == 0 or last or stopping) and main:
                 self.clock.add(time.process_time() - cpu0)
@@ -203,6 +208,7 @@ class Trainer(TrainingSteps, Resumable):
             "steps": state.step,
             "best_step": state.best_step,
             "best_val_srcc": state.best_srcc,
+            "model_step": state.step if cfg.select == "last" else state.best_step,
             "trainable_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
         }
         if main:
