@@ -88,9 +88,58 @@ def test_the_probability_is_the_mean_of_the_answer_and_the_parts_reading():
     assert counted_probability(0.0, 2, split) == pytest.approx(0.5)
 
 
+def test_every_part_of_a_split_adds_to_the_count_and_splits_of_more_parts_hold_more():
+    one, none = [1.0, 1, 0, 0, 0], [0.0, 0, 0, 0, 0]
+    bands = [one, one, one]  # three bands, one circle each: three in all
+    cells = [one, one, one, none]  # four cells: three circles
+    assert counted_probability(0.0, 3, [bands, cells]) == pytest.approx(0.5)  # reading 1
+    assert counted_probability(0.0, 2, [bands, cells]) == pytest.approx(0.0)
+    # a split of two parts holds at most 8 (2 x count_max), one of four 16: padded, not cut off
+    four = [[1.0, 0, 0, 0, 1]] * 4
+    assert counted_probability(0.0, 16, [four, [one, one]]) == pytest.approx(0.5)
+    assert counted_probability(0.0, 2, [four, [one, one]]) == pytest.approx(0.5)  # the mean: a tie
+    assert counted_probability(1.0, 20, [four]) == pytest.approx(0.5)  # past any split: reading 0
+
+
+def test_the_count_views_split_the_image_as_the_config_says():
+    from tokenfocus.scoring.grounding import _count_splits
+
+    cuts = _count_splits(7, GroundingConfig(count_views=["cuts"]))
+    assert cuts == [[(7, e, c, True), (7, e, c, False)] for e in ("left", "top") for c in (0.333, 0.667)]
+    across, down, cells = _count_splits(7, GroundingConfig(count_views=["bands", "cells"], count_grid=3))
+    # the outer bands are the relation's views (drawn and asked once), the middle one a band of its own
+    assert across == [(7, "left", 0.333, True), (7, "band", "left", 0.333, 0.667), (7, "left", 0.667, False)]
+    assert down == [(7, "top", 0.333, True), (7, "band", "top", 0.333, 0.667), (7, "top", 0.667, False)]
+    assert len(cells) == 9 and len(set(cells)) == 9
+    assert len(_count_splits(0, GroundingConfig(count_views=["bands"], cuts=[0.25, 0.5, 0.75]))[1]) == 4
+
+
+def test_the_bands_and_cells_of_an_image_tile_it():
+    """Each pixel is kept in exactly one band of a split and one cell: the parts' counts add up."""
+    from PIL import Image
+
+    from tokenfocus.scoring.grounding import _canvas, _count_splits, _draw
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(1, 255, (37, 50, 3), dtype=np.uint8)  # odd sides
+    a[rng.random((37, 50)) < 0.6] = 0  # most pixels black: the median, what a hidden pixel is filled with
+    image = Image.fromarray(a)
+    canvas = _canvas(image)
+    assert canvas[1].tolist() == [0, 0, 0]
+    for parts in _count_splits(0, GroundingConfig()):
+        kept = sum((np.asarray(_draw(v, image, canvas)) != 0).any(-1).astype(int) for v in parts)
+        assert (kept == (a != 0).any(-1)).all(), parts
+
+
 @pytest.mark.parametrize(
     ("raw", "words"),
-    [({"count_max": 0}, "count_max"), ({"numbers": {"two": 0}}, "numbers")],
+    [
+        ({"count_max": 0}, "count_max"),
+        ({"numbers": {"two": 0}}, "numbers"),
+        ({"count_views": ["quarters"]}, "count_views"),
+        ({"count_views": []}, "count_views"),
+        ({"count_grid": 1}, "count_grid"),
+    ],
 )
 def test_a_bad_counting_config_is_refused_by_name(raw, words):
     with pytest.raises(ConfigError, match=words):

@@ -114,7 +114,8 @@ def test_the_scorer_mirrors_before_it_grounds_and_a_bundle_from_before_does_not(
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     meta["grounding"] = {"cuts": [0.333, 0.667]}
     meta_path.write_text(json.dumps(meta))
-    assert Scorer.load(folder).grounding.mirror_categories == []
+    old = Scorer.load(folder).grounding
+    assert old.mirror_categories == [] and old.count_views == ["cuts"]  # as that bundle was scored
 
 
 def test_a_bad_mirror_config_is_refused_by_name():

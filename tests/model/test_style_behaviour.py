@@ -21,13 +21,15 @@ STYLES = [BOOK.catalog["classic"], BOOK.catalog["mixed"], BOOK.heldout[0]]
 #: swap as the scorer reads spatial elements, grounded in where their objects stand (`score.grounding`;
 #: each relation asked as a question, the bases measured 0.516 and 0.547: docs/styles.md). The count
 #: off by one as the scorer reads counting elements, from the parts of the image as well
-#: (`score.grounding.count_categories`; asked alone, the bases measured 0.766 and 0.906). Objects,
-#: colours, sizes and the counts' own answers asked on the mirrored image too
-#: (`score.grounding.mirror_categories`; asked once, Qwen2 measured invariance 0.836 and count 0.828)
+#: (`score.grounding.count_categories`; asked alone, the bases measured 0.766 and 0.906), in bands
+#: and cells (`count_views`; read from the cuts' two parts, 0.859 and 0.953: the probe's large shapes
+#: straddle a cell's edge more often than the benchmark's, docs/styles.md). Objects, colours, sizes
+#: and the counts' own answers asked on the mirrored image too (`score.grounding.mirror_categories`;
+#: asked once, Qwen2 measured invariance 0.836 and count 0.828 with the cuts)
 MEASURED = {
     "invariance": {"fastvlm_qwen2": 0.828, "fastvlm_gemma": 0.875},
     "relation_swap": {"fastvlm_qwen2": 0.984, "fastvlm_gemma": 1.0},
-    "count_off_by_one": {"fastvlm_qwen2": 0.859, "fastvlm_gemma": 0.953},
+    "count_off_by_one": {"fastvlm_qwen2": 0.812, "fastvlm_gemma": 0.891},
 }
 MARGIN = 0.07  # about 1.5 standard errors of a share of 64 near 0.5
 TARGETS = {"invariance": 0.90, "relation_swap": 0.85, "count_off_by_one": 0.80}

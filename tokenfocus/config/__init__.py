@@ -15,14 +15,13 @@ from typing import Any
 from tokenfocus.config.data import SplitConfig, StylesConfig, SynthConfig, ValidateConfig
 from tokenfocus.config.model import (
     BackboneConfig,
-    GroundingConfig,
     LoraConfig,
     PretrainConfig,
     PromptConfig,
-    ScoreConfig,
     TrainConfig,
 )
 from tokenfocus.config.ops import FlowConfig, ServeConfig, StackConfig, TrackingConfig
+from tokenfocus.config.scoring import GroundingConfig, ScoreConfig
 from tokenfocus.typed import ConfigError, build
 
 DEFAULT_PARAMS = Path("params.yaml")

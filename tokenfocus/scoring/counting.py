@@ -3,14 +3,16 @@
 Measured (docs/styles.md, "Counting read from the image's parts"): asked "Does the image show three
 circles ?", the tiny backbones rank counting elements at AUC 0.73-0.75 on val and answer below the
 base rate, while they tell whether a circle is in a part of the image at 0.92-1.00, and a part
-holds fewer circles than the whole. So, on the views :mod:`tokenfocus.scoring.grounding` already
-draws (the image cut at ``cuts``, across and down, the hidden part filled with its median colour):
+holds fewer circles than the whole. So, on parts of the image (what is hidden filled with its
+median colour), split as ``GroundingConfig.count_views`` says: in bands between the ``cuts``, across
+and down; in ``count_grid`` x ``count_grid`` cells; or at each cut in two (the views of
+:mod:`tokenfocus.scoring.grounding`, shared with a relation's):
 
 1. Per part, a count distribution over 0..``count_max``: P(0) = 1 - P(circle), the rest of the mass
    split by the answers to "one circle", "two circles", ..., normalised.
-2. Per cut, the two parts' distributions convolved: the whole image's count, each object in one part.
-3. The parts' reading of the claimed count: its probability averaged over the cuts, over that of the
-   likeliest count (1 where the claimed count is the likeliest).
+2. Per split, its parts' distributions convolved: the whole image's count, each object in one part.
+3. The parts' reading of the claimed count: its probability averaged over the splits, over that of
+   the likeliest count (1 where the claimed count is the likeliest).
 4. P(yes) = the mean of the element's own answer and the parts' reading.
 
 A key whose count is no number word of ``GroundingConfig.numbers`` (or a digit) within
@@ -136,11 +138,16 @@ def convolve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def counted_probability(asked: float, number: int, parts: list[tuple[list[float], list[float]]]) -> float:
-    """P(yes) of a counting element from its own answer and, per cut, its two parts' answers
-    (each P(object), P(one), ..., P(count_max))."""
-    whole = np.mean(
-        [convolve(part_distribution(np.array(a)), part_distribution(np.array(b))) for a, b in parts], axis=0
-    )
-    reading = float(whole[number] / whole.max()) if whole.max() > 0 else 0.0
+def counted_probability(asked: float, number: int, splits: list[list[list[float]]]) -> float:
+    """P(yes) of a counting element from its own answer and, per split of the image, its parts'
+    answers (each P(object), P(one), ..., P(count_max)): the parts' counts add up to the image's."""
+    counts = []
+    for parts in splits:
+        whole = part_distribution(np.array(parts[0]))
+        for part in parts[1:]:
+            whole = convolve(whole, part_distribution(np.array(part)))
+        counts.append(whole)
+    longest = max(len(c) for c in counts)  # splits into more parts hold more
+    whole = np.mean([np.pad(c, (0, longest - len(c))) for c in counts], axis=0)
+    reading = float(whole[number] / whole.max()) if number < longest and whole.max() > 0 else 0.0
     return (asked + reading) / 2

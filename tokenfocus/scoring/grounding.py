@@ -16,9 +16,9 @@ Keys in EvalMuse's short form (``left of (spatial)``) name no object: the pair's
 nearest before and after the relation words in the prompt stand in. A key that names no relation
 of ``GroundingConfig.relations``, or whose objects cannot be found, keeps the question's answer.
 
-Counting elements are read from the same kind of views, cut across and down
-(:mod:`tokenfocus.scoring.counting`); the views a pair's relation and counts share are drawn and
-asked once.
+Counting elements are read from parts of the image too, in bands between the same cuts, across
+and down, and in cells (:mod:`tokenfocus.scoring.counting`); the views a pair's relation and counts
+share are drawn and asked once.
 """
 
 from __future__ import annotations
@@ -117,6 +117,20 @@ def part_view(
     return Image.fromarray(a)
 
 
+def box_view(
+    canvas: tuple[np.ndarray, np.ndarray], x: tuple[float, float], y: tuple[float, float]
+) -> Image.Image:
+    """The image (its :func:`_canvas`) with the box ``x`` by ``y`` (fractions of its width and
+    height, from the left and top) kept, the rest filled with its median colour."""
+    pixels, fill = canvas
+    h, w = pixels.shape[:2]
+    a = np.empty_like(pixels)
+    a[...] = fill
+    rows, cols = slice(round(y[0] * h), round(y[1] * h)), slice(round(x[0] * w), round(x[1] * w))
+    a[rows, cols] = pixels[rows, cols]
+    return Image.fromarray(a)
+
+
 def grounded_probability(
     present: tuple[float, float],
     on_side: list[tuple[float, float]],
@@ -153,7 +167,7 @@ def ground(
         probs: their element P(yes) from the questions, changed in place.
         cfg: the relations, number words and categories.
         pairs_at_a_time: pairs whose views are drawn and asked together (each pair has up to
-            ``4 * len(cfg.cuts) + 1`` views: memory stays bounded on large images).
+            a dozen or so views at the defaults: memory stays bounded on large images).
 
     Returns:
         How many elements were grounded.
@@ -185,7 +199,7 @@ def _ground_some(ask, images, prompts, probs, items, cfg: GroundingConfig) -> No
     answered = {i: {parse_element_key(k).text: p for k, p in probs[i].items()} for i, _, _ in items}
     for i, _, it in items:
         if isinstance(it, Count):
-            for view in _count_views(i, cfg.cuts):
+            for view in dict.fromkeys(v for parts in _count_splits(i, cfg) for v in parts):
                 views.setdefault(view, {}).update(dict.fromkeys(count_keys(it, cfg)))
             continue
         for view in _views(i, it.side, cfg.cuts):
@@ -196,10 +210,7 @@ def _ground_some(ask, images, prompts, probs, items, cfg: GroundingConfig) -> No
     order = list(views)
     canvases = {i: _canvas(images[i]) for i in dict.fromkeys(i for i, _, _ in items)}  # once a pair
     got = ask(
-        [
-            images[v[0]] if v[1] is None else part_view(images[v[0]], *v[1:], canvas=canvases[v[0]])
-            for v in order
-        ],
+        [_draw(v, images[v[0]], canvases[v[0]]) for v in order],
         [prompts[v[0]] for v in order],
         [list(views[v]) for v in order],
     )
@@ -207,11 +218,8 @@ def _ground_some(ask, images, prompts, probs, items, cfg: GroundingConfig) -> No
     for i, k, it in items:
         if isinstance(it, Count):
             keys = count_keys(it, cfg)
-            per_cut = [
-                ([seen[near][q] for q in keys], [seen[far][q] for q in keys])
-                for near, far in _count_view_pairs(i, cfg.cuts)
-            ]
-            probs[i][k] = counted_probability(probs[i][k], it.number, per_cut)
+            splits = [[[seen[v][q] for q in keys] for v in parts] for parts in _count_splits(i, cfg)]
+            probs[i][k] = counted_probability(probs[i][k], it.number, splits)
             continue
         whole = {**{parse_element_key(q).text: p for q, p in seen.get((i, None), {}).items()}, **answered[i]}
         pair = (it.first, it.second)
@@ -224,13 +232,45 @@ def _ground_some(ask, images, prompts, probs, items, cfg: GroundingConfig) -> No
         )
 
 
-def _count_view_pairs(i: int, cuts: list[float]) -> list[tuple[tuple, tuple]]:
-    """Per cut, across and down, the two parts of pair ``i`` (named as :func:`_view_pairs` names them)."""
-    return [((i, edge, c, True), (i, edge, c, False)) for edge in ("left", "top") for c in cuts]
+def _count_splits(i: int, cfg: GroundingConfig) -> list[list[tuple]]:
+    """The parts of pair ``i`` whose counts add up to the image's, per split (``cfg.count_views``).
+    A view is named ``(pair, edge, cut, keep the edge's part)`` where a relation's views are (so that
+    they are drawn and asked once), ``(pair, "band", edge, from, to)`` or ``(pair, "cell", row,
+    column, cells a side)``."""
+    cuts = sorted(set(cfg.cuts))
+    splits = []
+    for how in cfg.count_views:
+        if how == "cuts":
+            splits += [
+                [(i, edge, c, True), (i, edge, c, False)] for edge in ("left", "top") for c in cfg.cuts
+            ]
+        elif how == "bands":
+            middle = list(zip(cuts, cuts[1:], strict=False))
+            splits += [
+                [
+                    (i, edge, cuts[0], True),
+                    *((i, "band", edge, a, b) for a, b in middle),
+                    (i, edge, cuts[-1], False),
+                ]
+                for edge in ("left", "top")
+            ]
+        else:
+            g = cfg.count_grid
+            splits.append([(i, "cell", r, c, g) for r in range(g) for c in range(g)])
+    return splits
 
 
-def _count_views(i: int, cuts: list[float]) -> list[tuple]:
-    return [v for both in _count_view_pairs(i, cuts) for v in both]
+def _draw(view: tuple, image: Image.Image, canvas: tuple[np.ndarray, np.ndarray]) -> Image.Image:
+    """The image a view names (see :func:`_count_splits`), ``canvas`` being the image's :func:`_canvas`."""
+    if view[1] is None:
+        return image
+    if view[1] == "band":
+        edge, a, b = view[2:]
+        return box_view(canvas, (a, b), (0, 1)) if edge == "left" else box_view(canvas, (0, 1), (a, b))
+    if view[1] == "cell":
+        r, c, g = view[2:]
+        return box_view(canvas, (c / g, (c + 1) / g), (r / g, (r + 1) / g))
+    return part_view(image, *view[1:], canvas=canvas)
 
 
 def _view_pairs(i: int, side: str, cuts: list[float]) -> list[tuple[tuple, tuple]]:

@@ -111,9 +111,15 @@ class Scorer(PrefixReuse):
                 prompts = PromptConfig(**meta["prompts"])
             if grounding is None and "grounding" in meta:
                 # a bundle from before counting was read from the parts asked its counts alone,
-                # and one from before the mirrored view asked each element once
+                # one from before the mirrored view asked each element once, and one from before
+                # the bands and cells read its counts from the cuts' two parts
                 grounding = GroundingConfig(
-                    **{"count_categories": [], "mirror_categories": [], **meta["grounding"]}
+                    **{
+                        "count_categories": [],
+                        "mirror_categories": [],
+                        "count_views": ["cuts"],
+                        **meta["grounding"],
+                    }
                 )
             source = path
         elif Path(params).exists() and str(path_or_slug) in load_params(params).backbones:
