@@ -44,7 +44,7 @@ class GroundingConfig:
     # 0.910 / 0.918 (Qwen2 / Gemma fine-tuned); the thirds alone the same, 0.912 / 0.918, with
     # four views of a pair instead of six
     cuts: list[float] = field(default_factory=lambda: [0.333, 0.667])
-    # categories read from the same cuts, across and down, as counts as well as asked
+    # categories read as counts from parts of the image (count_views) as well as asked
     # (tokenfocus.scoring.counting); [] asks them alone. Measured on val (docs/styles.md), counting
     # accuracy Qwen2 / Gemma fine-tuned: asked 0.789 / 0.799, with the parts 0.859 / 0.857
     count_categories: list[str] = field(default_factory=lambda: ["counting"])

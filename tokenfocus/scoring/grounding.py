@@ -107,14 +107,12 @@ def part_view(
     ``side`` edge, or with ``keep_side`` False the rest. What is hidden is filled with the image's
     median colour. ``canvas`` (:func:`_canvas` of the image) saves converting it for every view."""
     pixels, fill = canvas if canvas is not None else _canvas(image)
-    a = pixels.copy()
-    h, w = a.shape[:2]
+    h, w = pixels.shape[:2]
     n = w if side in ("left", "right") else h
     at = round(cut * n) if side in ("left", "top") else n - round(cut * n)  # the cut's pixel index
     near_start = side in ("left", "top")  # the side's part is [0, at) where the side is left or top
-    hide = slice(at, None) if near_start == keep_side else slice(0, at)
-    a[(slice(None), hide) if side in ("left", "right") else (hide, slice(None))] = fill
-    return Image.fromarray(a)
+    keep = slice(0, at) if near_start == keep_side else slice(at, None)
+    return _kept((pixels, fill), *((slice(None), keep) if side in ("left", "right") else (keep, slice(None))))
 
 
 def box_view(
@@ -122,11 +120,15 @@ def box_view(
 ) -> Image.Image:
     """The image (its :func:`_canvas`) with the box ``x`` by ``y`` (fractions of its width and
     height, from the left and top) kept, the rest filled with its median colour."""
+    h, w = canvas[0].shape[:2]
+    return _kept(canvas, slice(round(y[0] * h), round(y[1] * h)), slice(round(x[0] * w), round(x[1] * w)))
+
+
+def _kept(canvas: tuple[np.ndarray, np.ndarray], rows: slice, cols: slice) -> Image.Image:
+    """The image (its :func:`_canvas`) with ``rows`` x ``cols`` of its pixels kept, the rest its median colour."""
     pixels, fill = canvas
-    h, w = pixels.shape[:2]
     a = np.empty_like(pixels)
     a[...] = fill
-    rows, cols = slice(round(y[0] * h), round(y[1] * h)), slice(round(x[0] * w), round(x[1] * w))
     a[rows, cols] = pixels[rows, cols]
     return Image.fromarray(a)
 
