@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from tokenfocus.predictions import split_records
 from tokenfocus.train import Trainer
+from tokenfocus.typed import ConfigError
 
 
 def _params(tiny_params, slug, **train):
@@ -283,6 +284,29 @@ def test_a_lora_model_is_merged_for_scoring_and_scores_as_the_adapter_does(tiny_
     for x, y in zip(a, b, strict=True):
         assert x.score == pytest.approx(y.score, abs=1e-5)
         assert all(x.elements[k] == pytest.approx(y.elements[k], abs=1e-5) for k in x.elements)
+
+
+def test_modules_trained_whole_learn_at_their_own_rate(tiny_params, tmp_path):
+    """lora.modules_lr: the projector trained whole at 1e-8 beside an adapter at 1e-2 barely moves."""
+    slug = "gemma3_tiny"
+    p = _with_lora(tiny_params, slug, modules_to_save=["multi_modal_projector"], modules_lr=1e-8)
+    p = _params(p, slug, steps=2, eval_every=2, checkpoint_every=2, lr=0.01, weight_decay=0.0)
+    t = Trainer(slug, p, out=tmp_path / "t")
+    t.setup()
+    assert [g["initial_lr"] for g in t.opt.param_groups] == [0.01, 1e-8]
+    names = {id(q): n for n, q in t.model.named_parameters()}
+    assert all(".modules_to_save." in names[id(q)] for q in t.opt.param_groups[1]["params"])
+    assert not any(".modules_to_save." in names[id(q)] for q in t.opt.param_groups[0]["params"])
+    before = {n: q.detach().clone() for n, q in t.model.named_parameters() if q.requires_grad}
+    t.run()
+    after = dict(t.model.named_parameters())
+    moved = {n: (after[n] - w).abs().max().item() for n, w in before.items()}
+    projector = [m for n, m in moved.items() if ".modules_to_save." in n]
+    adapter = [m for n, m in moved.items() if "lora_" in n]
+    assert projector and adapter
+    assert max(projector) < 1e-6 < 1e-3 < max(adapter)  # Adam steps are about the rate in size
+    with pytest.raises(ConfigError, match=r"lora.modules_lr must be >= 0"):
+        dataclasses.replace(p.backbone(slug).lora, modules_lr=-1e-4)
 
 
 def test_a_module_to_save_that_the_model_lacks_is_named(tiny_params):

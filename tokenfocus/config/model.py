@@ -32,6 +32,15 @@ class LoraConfig:
     # their path: ["multi_modal_projector"] lets fine-tuning move the projector that LoRA's
     # language-model targets leave frozen (LLaVA-style fine-tuning trains it too)
     modules_to_save: list[str] = field(default_factory=list)
+    # their learning rate; 0: the train block's. A pre-trained tower beside an adapter's high rate
+    # wants its own, lower one (docs/styles.md: the tower at Gemma's 2e-3 lost its pre-training)
+    modules_lr: float = 0.0
+
+    def __post_init__(self):
+        if self.modules_lr < 0:
+            raise ConfigError(
+                f"lora.modules_lr must be >= 0 (0: the train block's lr), got {self.modules_lr}"
+            )
 
 
 # the train block's keys one backbone may not override: where every model is saved, the threads the

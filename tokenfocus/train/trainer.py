@@ -108,8 +108,16 @@ class Trainer(TrainingSteps, Resumable):
             self.model, "is_activation_checkpointing", False
         )
         self.share_prefix = self.cfg.prefix_reuse and not checkpointed and self.scorer.parts.image_in_head
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.trainable, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.trainable = [p for _, p in named]
+        groups = [{"params": self.trainable}]
+        if self.bb.tuning == "lora" and self.bb.lora.modules_lr > 0:  # the whole modules at their own rate
+            whole = {id(p) for n, p in named if ".modules_to_save." in n}
+            groups = [
+                {"params": [p for p in self.trainable if id(p) not in whole]},
+                {"params": [p for p in self.trainable if id(p) in whole], "lr": self.bb.lora.modules_lr},
+            ]
+        self.opt = torch.optim.AdamW(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.sched = get_cosine_schedule_with_warmup(
             self.opt, int(self.cfg.warmup_frac * self.cfg.steps), self.cfg.steps
         )
