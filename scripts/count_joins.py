@@ -3,12 +3,12 @@ stacks (issue 23; docs/styles.md, "Other readings of the parts").
 
 The shipped P(yes) of a counting element is the mean of its answer (with the mirrored image's)
 and the parts' reading r (:func:`tokenfocus.scoring.counting.counted_probability`). This script
-asks every counting element's views again (``score.grounding``'s, drawn as the scorer draws them)
+reads every counting element's parts again, through the scorer's own grounding (``score.grounding``)
 with the pipeline's models, for every split the stack is fitted on and measured on, and rebuilds
 each table's P(yes) as that mean with f(r) in place of r. Then it fits the ensemble as the stack
 stage does and prints NTIRE per set. The ``shipped`` row (f(r) = r) must equal docs/results.md's
 ridge stack. The views' readings are kept in ``work/count_joins/`` (a rerun reads them from there).
-Needs the pipeline's models and scores (`make run`); about 20 minutes on 2 cores.
+Needs the pipeline's models and scores (`make run`); about 10 minutes on 2 cores.
 
     .venv/bin/python scripts/count_joins.py
 """
@@ -39,8 +39,8 @@ from tokenfocus.predictions import (  # noqa: E402
     split_records,
     test_variants,
 )
-from tokenfocus.scoring.counting import count_keys, counted_probability, parse_count  # noqa: E402
-from tokenfocus.scoring.grounding import _canvas, _count_splits, _draw  # noqa: E402
+from tokenfocus.scoring.counting import parse_count  # noqa: E402
+from tokenfocus.scoring.grounding import ground  # noqa: E402
 from tokenfocus.stack import fit_ensemble  # noqa: E402
 
 JOINS = {
@@ -52,12 +52,13 @@ JOINS = {
 
 
 def readings(params, slug: str, split: str) -> dict[str, dict[str, float]]:
-    """img_path -> key -> the parts' reading of each counting element of a split's pairs."""
+    """img_path -> key -> the parts' reading of each counting element of a split's pairs, read by
+    the scorer's own :func:`~tokenfocus.scoring.grounding.ground`: asked as 0, an element's
+    P(yes) comes back as half its reading."""
     cache = ROOT / "work" / "count_joins" / slug / f"{split}.json"
     if cache.exists():
         return json.loads(cache.read_text())
-    from PIL import Image
-
+    from tokenfocus.images import load_images
     from tokenfocus.scoring import Scorer
 
     cfg = params.score.grounding
@@ -66,34 +67,31 @@ def readings(params, slug: str, split: str) -> dict[str, dict[str, float]]:
         grounding=GroundingConfig(enabled=False),
         threads=params.score.threads,
     )
-    root, out = image_root(params, split), {}
-    for r in split_records(params, split):
-        keys = list(r.element_score)
-        counts = {k: c for k in keys if (c := parse_count(k, r.prompt, keys, cfg))}
-        if not counts:
-            continue
-        image = Image.open(root / r.img_path).convert("RGB")
-        canvas, splits = _canvas(image), _count_splits(0, cfg)
-        views = list(dict.fromkeys(v for parts in splits for v in parts))
-        questions = list(dict.fromkeys(q for c in counts.values() for q in count_keys(c, cfg)))
-        got = dict(
-            zip(
-                views,
-                scorer.elements_prefix(
-                    [_draw(v, image, canvas) for v in views],
-                    [r.prompt] * len(views),
-                    [questions] * len(views),
-                ),
-                strict=True,
-            )
+    records, root, out = split_records(params, split), image_root(params, split), {}
+    for start in range(0, len(records), params.score.chunk):  # a chunk's images decoded at a time
+        recs = records[start : start + params.score.chunk]
+        images = load_images(root, [r.img_path for r in recs])
+        keys = [list(r.element_score) for r in recs]
+        # only the counting elements are in probs: ground() reads those and leaves the rest
+        probs = [
+            {k: 0.0 for k in ks if parse_count(k, r.prompt, ks, cfg)}
+            for r, ks in zip(recs, keys, strict=True)
+        ]
+        ground(
+            scorer.elements_prefix,
+            [images[r.img_path] for r in recs],
+            [r.prompt for r in recs],
+            keys,
+            probs,
+            cfg,
         )
-        out[r.img_path] = {
-            k: 2
-            * counted_probability(
-                0.0, c.number, [[[got[v][q] for q in count_keys(c, cfg)] for v in parts] for parts in splits]
-            )
-            for k, c in counts.items()
-        }
+        out.update(
+            {
+                r.img_path: {k: 2 * p for k, p in got.items()}
+                for r, got in zip(recs, probs, strict=True)
+                if got
+            }
+        )
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(out))
     return out

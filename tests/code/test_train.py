@@ -307,6 +307,8 @@ def test_modules_trained_whole_learn_at_their_own_rate(tiny_params, tmp_path):
     assert max(projector) < 1e-6 < 1e-3 < max(adapter)  # Adam steps are about the rate in size
     with pytest.raises(ConfigError, match=r"lora.modules_lr must be >= 0"):
         dataclasses.replace(p.backbone(slug).lora, modules_lr=-1e-4)
+    with pytest.raises(ConfigError, match=r"lora.modules_to_save names no module"):
+        dataclasses.replace(p.backbone(slug).lora, modules_to_save=[])
 
 
 def test_a_module_to_save_that_the_model_lacks_is_named(tiny_params):

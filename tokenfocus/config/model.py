@@ -41,6 +41,10 @@ class LoraConfig:
             raise ConfigError(
                 f"lora.modules_lr must be >= 0 (0: the train block's lr), got {self.modules_lr}"
             )
+        if self.modules_lr and not self.modules_to_save:
+            raise ConfigError(
+                "lora.modules_lr is set, but lora.modules_to_save names no module to train at it"
+            )
 
 
 # the train block's keys one backbone may not override: where every model is saved, the threads the
