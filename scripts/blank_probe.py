@@ -6,7 +6,7 @@ and optics alone (the classic drawing: one flat colour); the prompt still names 
 generator that drew nothing would be asked. Every shape's object question is asked on each image
 through the pipeline's scorer. A backbone that says "yes" here reads a shape into the backdrop.
 
-    .venv/bin/python scripts/blank_probe.py [--n 40]   # after `make run`; about a minute
+    .venv/bin/python scripts/blank_probe.py [--n 40]   # after `make run`; about ten seconds
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ apply_env()
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tokenfocus.config import load_params  # noqa: E402
+from tokenfocus.config import GroundingConfig, load_params  # noqa: E402
 from tokenfocus.render import SHAPES  # noqa: E402
 from tokenfocus.render.draw import random_scene, render  # noqa: E402
 from tokenfocus.render.styles import Style, StyleBook  # noqa: E402
@@ -59,7 +59,6 @@ def main() -> None:
     families[f"{params.styles.heldout_family} (held-out)"] = book.heldout
     families.update({f"{fam} (check)": book.family(fam) for fam in params.styles.check_families})
 
-    from tokenfocus.config import GroundingConfig
     from tokenfocus.scoring import Scorer
 
     keys = [f"{shape} (object)" for shape in SHAPES]
