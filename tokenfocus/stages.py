@@ -69,11 +69,7 @@ def pretrain_stage(slug: str, params: Params, *, track: bool = True, pid: str | 
     report = json.loads((out / META_FILE).read_text()).get("pretrain", {})
     with child_run(params.tracking, f"pretrain-{slug}", kind="pretrain", new=True, pid=pid):
         mlflow.log_params(_flat("pretrain.", to_dict(params.pretrain_for(slug))))
-        metrics = pretrain_checks(report)
-        # stage figures, nested ones flat: tower_steps, tower_head_accuracy_count, ...
-        metrics |= {k.replace(".", "_"): v for k, v in _flat("", report.get("stages", {})).items()}
-        metrics["cpu_minutes"] = report.get("cpu_minutes", 0.0)
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        mlflow.log_metrics(pretrain_metrics(report))
         mlflow.log_dict(report, "pretrain.json")
     return out
 
@@ -82,6 +78,28 @@ def pretrain_checks(report: dict) -> dict[str, float]:
     """A pre-training report's check accuracies, flat: ``check_<attribute>``, ``element_<category>``."""
     out = {f"check_{k}": float(v) for k, v in report.get("check_accuracy", {}).items()}
     return out | {f"element_{k}": float(v) for k, v in report.get("element_accuracy", {}).items()}
+
+
+def pretrain_metrics(report: dict) -> dict[str, float]:
+    """Everything numeric in a pre-training report, as MLflow metrics: the checks
+    (:func:`pretrain_checks`), ``cpu_minutes``, and each stage's figures flat (``tower_steps``,
+    ``tower_head_accuracy_count``, ...). A list, a guarded stage's measure per attempt, gives one
+    metric per attempt (``pairs_guard_1``, ``pairs_guard_2``); a non-number is left to the report's
+    ``pretrain.json``."""
+    out = pretrain_checks(report) | {"cpu_minutes": float(report.get("cpu_minutes", 0.0))}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}_{k}" if prefix else str(k), v)
+        elif isinstance(value, list | tuple):
+            for i, v in enumerate(value, 1):
+                walk(f"{prefix}_{i}", v)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[prefix] = float(value)
+
+    walk("", report.get("stages", {}))
+    return out
 
 
 def train_stage(slug: str, params: Params, *, track: bool = True, pid: str | None = None) -> dict:

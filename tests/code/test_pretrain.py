@@ -5,6 +5,8 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from mlflow import MlflowClient
+from mlflow.entities import Metric
 
 from tokenfocus.backbones import load_model_and_processor
 from tokenfocus.config import ConfigError, PretrainConfig
@@ -13,6 +15,7 @@ from tokenfocus.pretrain.checks import balanced_accuracy, check_accuracy
 from tokenfocus.pretrain.curriculum import ATTRIBUTES, Pool, question
 from tokenfocus.pretrain.parts import part
 from tokenfocus.render import COUNTS, StyleError
+from tokenfocus.stages import pretrain_metrics
 from tokenfocus.synth import plural
 
 
@@ -145,7 +148,7 @@ def test_balanced_accuracy_gives_one_answer_everywhere_a_half():
     assert balanced_accuracy(hits, "object") == 0.75
 
 
-def test_pretraining_reports_its_guarded_stages_attempts(tiny_params):
+def test_pretraining_reports_its_guarded_stages_attempts(tiny_params, tmp_path):
     bb = tiny_params.backbone("fastvlm_llama")
     model, processor = load_model_and_processor(bb.source, bb)
     cfg = PretrainConfig(
@@ -156,6 +159,18 @@ def test_pretraining_reports_its_guarded_stages_attempts(tiny_params):
         guard = report["stages"][stage]["guard"]
         assert len(guard) == 2 and all(0.0 <= g < 0.99 for g in guard)
         assert report["stages"][stage]["kept_attempt"] == 1 + guard.index(max(guard))
+    # what the pretrain@ stage logs: every attempt's measure a metric of its own (a guarded base's
+    # report once failed the stage after it was saved: MLflow took "[0.983]" for a number)
+    metrics = pretrain_metrics(report)
+    for stage in ("pairs", "elements"):
+        guard = report["stages"][stage]["guard"]
+        assert [metrics[f"{stage}_guard_{i}"] for i in (1, 2)] == guard
+        assert metrics[f"{stage}_kept_attempt"] == report["stages"][stage]["kept_attempt"]
+    assert metrics["check_all"] == report["check_accuracy"]["all"] and "pairs_steps" in metrics
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("pretrain"))
+    client.log_batch(run.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
+    assert client.get_run(run.info.run_id).data.metrics == metrics
 
 
 def test_per_shape_tower_targets_say_which_shape_has_what():
