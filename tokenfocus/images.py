@@ -66,7 +66,9 @@ def open_image(
         label = name or str(src)
         path = Path(src)
         if not path.is_file():
-            raise ImageError(f"{label}: file not found")
+            raise ImageError(
+                f"{label}: {'a folder, not an image file' if path.is_dir() else 'file not found'}"
+            )
         if path.stat().st_size > max_bytes:
             raise ImageError(f"{label}: {path.stat().st_size} bytes exceeds {max_bytes}")
         data = path.read_bytes()

@@ -183,6 +183,11 @@ def test_batch_predict_reports_bad_items_and_scores_the_rest(tiny_params, tiny_s
         (["--image", "missing.png", "--prompt", "x"], "missing.png: file not found"),
         (["--image", "bad.png", "--prompt", "x"], "bad.png: cannot decode"),
         (["--image", "ok.png", "--prompt", "  "], "empty prompt"),
+        (["--image", ".", "--prompt", "x"], ".: a folder, not an image file"),
+        (
+            ["--image", "ok.png", "--prompt", "x", "-e", "red (color)", "-e", " "],
+            "element 1: ' ' is not a non-empty",
+        ),
     ],
 )
 def test_cli_score_one_errors_are_clear(tiny_params, tmp_path, monkeypatch, args, needle):

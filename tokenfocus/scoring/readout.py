@@ -42,3 +42,18 @@ def first_answer_logits(model, batch, span: int = 1) -> torch.Tensor:
     ``span`` > 1, (B, span, V): each row's last ``span`` positions, as the lm loss reads them)."""
     logits = model(**batch.to(model.device), logits_to_keep=span).logits
     return logits[:, -1] if span == 1 else logits
+
+
+def element_lists(elements, n: int) -> list[list[str]]:
+    """Each pair's element keys as a list (none where ``elements`` or a pair's entry is None).
+
+    Raises:
+        ValueError: naming the pair and element of a key that is not a non-empty string, as the
+            server refuses one (tokenfocus/serving/requests.py), before any image is decoded.
+    """
+    els = [list(e or []) for e in elements] if elements is not None else [[] for _ in range(n)]
+    for i, keys in enumerate(els):
+        for j, key in enumerate(keys):
+            if not isinstance(key, str) or not key.strip():
+                raise ValueError(f"prompt {i}, element {j}: {key!r} is not a non-empty string")
+    return els

@@ -25,6 +25,7 @@ from tokenfocus.scoring.readout import (
     MIN_ANSWER_MASS,
     ScoreResult,
     distribution_stats,
+    element_lists,
     encode,
     first_answer_logits,
 )
@@ -64,8 +65,7 @@ class Scorer(PrefixReuse):
         # the image prefix is shared only when the template writes the image before the question
         self.prefix_reuse = prefix_reuse and self.parts.image_in_head
         self.tokens = answer_tokens(processor.tokenizer, prompts, slug=slug or "backbone", parts=self.parts)
-        self._warned_fallback = False
-        self._mass_checked, self.answer_mass = False, None
+        self._warned_fallback, self._mass_checked, self.answer_mass = False, False, None
         # the module that keeps M-RoPE offsets from the prefill (Qwen2-VL family), if any
         self._rope_state = next((m for m in model.modules() if hasattr(m, "rope_deltas")), None)
         self._suffix_cache: dict[str, list[int]] = {}
@@ -281,14 +281,17 @@ class Scorer(PrefixReuse):
             images: paths or PIL images, each decoded once.
             prompts: one prompt per image.
             elements: per pair, element keys (``"red circle (color)"``) or plain texts, or None.
+
+        Raises:
+            ValueError: a count mismatch, an empty prompt or element key (named); ImageError: an image.
         """
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         if elements is not None and len(elements) != len(prompts):
             raise ValueError(f"{len(elements)} element lists but {len(prompts)} prompts")
         prompts = [self.fit_prompt(p, f"prompt {i}") for i, p in enumerate(prompts)]
+        els = element_lists(elements, len(prompts))
         pil = [open_image(im) for im in images]
-        els = [list(e or []) for e in elements] if elements is not None else [[] for _ in pil]
         dists, probs = self.score_pairs(pil, list(prompts), els)
         scores, entropy = distribution_stats(dists)
         return [
