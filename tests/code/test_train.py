@@ -648,3 +648,55 @@ def test_select_names_itself_when_unknown():
 
     with pytest.raises(ConfigError, match="train.select must be val or last, got 'best'"):
         TrainConfig(select="best")
+
+
+def test_average_from_saves_the_mean_of_the_last_steps_weights_and_resumes_to_it(tiny_params, tmp_path):
+    """``train.average_from``: the model is the mean of the weights after each step from that
+    fraction of training on (here steps 2, 3 and 4 of 4), measured at the end in those weights, and
+    a run killed midway resumes to the same mean (the checkpoint keeps it)."""
+    p = _params(
+        tiny_params, "fastvlm_llama", steps=4, eval_every=4, checkpoint_every=1, lr=0.01, select="last"
+    )
+    plain = Trainer("fastvlm_llama", p, out=tmp_path / "plain")
+    steps = []  # the trained weights after steps 2, 3 and 4, from a run that does not average
+    for stop in (2, 1, 1):
+        plain.run(stop_after=stop)
+        steps.append(load_file(tmp_path / "plain" / "checkpoint" / "weights.safetensors"))
+        plain = Trainer("fastvlm_llama", p, out=tmp_path / "plain")
+    averaged = dataclasses.replace(p, train=dataclasses.replace(p.train, average_from=0.5))
+    Trainer("fastvlm_llama", averaged, out=tmp_path / "mean").run()
+    cut = Trainer("fastvlm_llama", averaged, out=tmp_path / "cut")
+    cut.run(stop_after=3)  # killed after step 3, resumed from its checkpoint
+    Trainer("fastvlm_llama", averaged, out=tmp_path / "cut").run()
+    final = steps[-1]
+    model = load_file(tmp_path / "mean" / "model" / "model.safetensors")
+    for k in final:
+        if final[k].is_floating_point():
+            mean = sum(s[k] for s in steps) / 3
+            torch.testing.assert_close(model[k], mean, rtol=0, atol=1e-6)
+    assert any(not torch.equal(model[k], final[k]) for k in final)  # not the last step's weights
+    resumed = load_file(tmp_path / "cut" / "model" / "model.safetensors")
+    assert all(torch.equal(resumed[k], model[k]) for k in model)
+    # the run's last validation measured the saved model (full tuning: the same bits), not the
+    # last step's weights
+    from tokenfocus.images import load_images
+    from tokenfocus.scoring import Scorer
+    from tokenfocus.train.trainer import evaluate_split
+
+    logged = json.loads((tmp_path / "mean" / "checkpoint" / "state.json").read_text())["history"][-1]
+    records = cut.val_records
+    images = load_images(f"{p.validate.data}/images", [r.img_path for r in records])
+    scorer = Scorer.load(tmp_path / "mean" / "model", batch_size=p.score.batch_size)
+    again = evaluate_split(scorer, records, images, elements=False)
+    assert logged["step"] == 4
+    for key in ("srcc", "plcc"):  # PLCC after a 4-parameter logistic fit: float rounding
+        assert again[key] == pytest.approx(logged[key], abs=1e-5), key
+
+
+def test_average_from_needs_select_last_and_a_fraction():
+    from tokenfocus.config import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match="train.average_from .* needs train.select: last"):
+        TrainConfig(select="val", average_from=0.5)
+    with pytest.raises(ConfigError, match=r"train.average_from must be in \[0, 1\], got 1.5"):
+        TrainConfig(select="last", average_from=1.5)

@@ -203,6 +203,9 @@ class TrainConfig:
     checkpoint_every: int = 200
     patience: int = 4  # evaluations without val SRCC gain before stopping
     select: str = "val"  # the model: "val" the weights of the best val SRCC, "last" of the last step
+    # with select "last": the model is the mean of the weights over the steps from this fraction of
+    # training on (tokenfocus/train/average.py); 1.0: the last step's weights alone
+    average_from: float = 1.0
     threads: int = 2
     out: str = "models/trained"
 
@@ -211,3 +214,7 @@ class TrainConfig:
             raise ConfigError(f"train.elements_per_pair must be >= 1, got {self.elements_per_pair}")
         if self.select not in ("val", "last"):
             raise ConfigError(f"train.select must be val or last, got {self.select!r}")
+        if not 0.0 <= self.average_from <= 1.0:
+            raise ConfigError(f"train.average_from must be in [0, 1], got {self.average_from}")
+        if self.average_from < 1.0 and self.select != "last":
+            raise ConfigError("train.average_from averages up to the last step: it needs train.select: last")

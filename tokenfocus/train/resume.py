@@ -80,7 +80,11 @@ class Resumable:
         save_checkpoint(
             self.out / "checkpoint",
             trainable_state(self.model, self.bb.tuning),
-            {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()},
+            {
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(),
+                **({"average": self.average.state_dict()} if self.average is not None else {}),
+            },
             {**asdict(state), "config": self._identity()},
         )
 
@@ -102,5 +106,7 @@ class Resumable:
             self.model.load_state_dict(weights)
         self.opt.load_state_dict(opt["optimizer"])
         self.sched.load_state_dict(opt["scheduler"])
+        if self.average is not None:  # the mean so far: a resumed run averages the same steps
+            self.average.load_state_dict(opt["average"])
         log.info("%s: resumed from step %d", self.slug, state["step"])
         return TrainState(**state)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from tokenfocus.evalmuse import Record, write_json_atomic
 from tokenfocus.lora import apply_lora
 from tokenfocus.metrics import evaluate
 from tokenfocus.scoring import Scorer
+from tokenfocus.train.average import WeightAverage, averaged_tensors
 from tokenfocus.train.resume import Resumable
 from tokenfocus.train.steps import TrainingSteps
 
@@ -121,6 +123,15 @@ class Trainer(TrainingSteps, Resumable):
         self.sched = get_cosine_schedule_with_warmup(
             self.opt, int(self.cfg.warmup_frac * self.cfg.steps), self.cfg.steps
         )
+        self.average = None  # the running mean of the weights the model is saved as (train.average_from)
+        if self.cfg.average_from < 1.0:
+            start = max(1, int(self.cfg.average_from * self.cfg.steps))
+            self.average = WeightAverage(averaged_tensors(self.model), start)
+
+    def _saved_weights(self):
+        """The weights the model is saved in, for a ``with`` block: the running mean of the end of
+        training (``train.average_from``), else the weights as they are."""
+        return self.average.applied() if self.average is not None else nullcontext()
 
     def run(self, *, stop_after: int | None = None) -> dict:
         """Train to ``steps`` (or early stop); return the final metrics.
@@ -168,6 +179,8 @@ class Trainer(TrainingSteps, Resumable):
             self.sched.step()
             self.opt.zero_grad(set_to_none=True)
             state.step = step + 1
+            if self.average is not None:
+                self.average.update(state.step)
             bar.set_postfix(loss=f"{parts['loss']:.3f}")
             if step % cfg.log_every == 0:
                 self.log_fn(
@@ -176,7 +189,8 @@ class Trainer(TrainingSteps, Resumable):
             last = state.step == cfg.steps
             if (state.step % cfg.eval_every == 0 or last) and main:
                 self.model.eval()
-                with self.amp():
+                # the run's end is measured in the weights it is saved in (the mean, where kept)
+                with self.amp(), self._saved_weights() if last else nullcontext():
                     m = evaluate_split(self.scorer, self.val_records, self.images, elements=cfg.val_elements)
                 state.history.append({"step": state.step, **m})
                 self.log_fn({f"val_{k}": v for k, v in m.items()}, state.step)
@@ -193,7 +207,8 @@ class Trainer(TrainingSteps, Resumable):
             if (last or stopping) and cfg.select == "last" and main:
                 # before the checkpoint that marks the run done: a kill between them trains the
                 # last steps again and saves them again
-                self._save_model(self.out / "model")
+                with self._saved_weights():
+                    self._save_model(self.out / "model")
             done_here += 1
             if (state.step % cfg.checkpoint_every == 0 or last or stopping) and main:
                 self.clock.add(time.process_time() - cpu0)
