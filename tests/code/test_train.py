@@ -700,3 +700,21 @@ def test_average_from_needs_select_last_and_a_fraction():
         TrainConfig(select="val", average_from=0.5)
     with pytest.raises(ConfigError, match=r"train.average_from must be in \[0, 1\], got 1.5"):
         TrainConfig(select="last", average_from=1.5)
+
+
+def test_the_weight_average_of_bf16_weights_is_kept_in_float32():
+    """A real checkpoint's LoRA adapter may train in bf16: over a long run each step's share of the
+    mean, 1/count of a difference, falls below bf16's resolution, and a bf16 mean would stop
+    moving (here it would stay near the first steps' 1.0; the true mean is 1.5)."""
+    from tokenfocus.train.average import WeightAverage
+
+    weight = torch.ones(4, dtype=torch.bfloat16)
+    average = WeightAverage([weight], start=1)
+    for step in range(1, 2001):
+        weight.fill_(1.0 + step / 2000)  # rises evenly from 1.0 to 2.0
+        average.update(step)
+    assert average.mean[0].dtype == torch.float32
+    with average.applied():
+        assert weight.dtype == torch.bfloat16
+        torch.testing.assert_close(weight.float(), torch.full((4,), 1.5), rtol=0, atol=0.01)
+    assert torch.equal(weight, torch.full((4,), 2.0, dtype=torch.bfloat16))  # restored after

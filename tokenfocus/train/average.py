@@ -37,7 +37,9 @@ class WeightAverage:
 
     def __init__(self, tensors: list[torch.Tensor], start: int):
         self.tensors, self.start, self.count = tensors, start, 0
-        self.mean = [t.detach().clone() for t in tensors]
+        # in float32 whatever the weights' dtype: a bf16 mean would stop moving once each step's
+        # share, 1/count of a difference, falls below its 8-bit mantissa's resolution
+        self.mean = [t.detach().float().clone() for t in tensors]
 
     @torch.no_grad()
     def update(self, step: int) -> None:
@@ -49,7 +51,7 @@ class WeightAverage:
             if self.count == 1:
                 mean.copy_(t)
             else:  # an incremental mean: no sum of many steps' weights to lose precision in
-                mean.add_(t - mean, alpha=1.0 / self.count)
+                mean.add_(t.float() - mean, alpha=1.0 / self.count)
 
     @contextmanager
     def applied(self):
