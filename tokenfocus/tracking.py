@@ -12,6 +12,7 @@ import hashlib
 import os
 import subprocess
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -176,9 +177,13 @@ def log_dataset(data_root: str | Path, *, context: str = "training") -> None:
             "prompt": [r["prompt"] for r in raws],
         }
     )
-    ds = mlflow.data.from_pandas(
-        df, source=str(Path(data_root).resolve()), name=Path(data_root).name, digest=data_digest()[:36]
-    )
+    with warnings.catch_warnings():
+        # mlflow registers its local artifact source twice (schemes "" and "file"), so every local
+        # path "can be interpreted in multiple ways" by two copies of one class: noise in each run
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        ds = mlflow.data.from_pandas(
+            df, source=str(Path(data_root).resolve()), name=Path(data_root).name, digest=data_digest()[:36]
+        )
     from mlflow.exceptions import MlflowException
 
     try:

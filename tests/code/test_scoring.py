@@ -374,3 +374,59 @@ def test_an_image_after_the_question_shares_no_prefix(tiny_params, sample, tmp_p
         for a, b in zip(r.elements.values(), s.elements.values(), strict=True)
     ]
     assert max(moved) > SPREAD * TOL
+
+
+def _mass_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "answer tokens carry" in r.getMessage()]
+
+
+#: words the Gemma base reads in every prompt but never begins an answer with
+WRONG_ANSWERS = {
+    "score_tokens": ["red", "blue", "green", "circle", "square"],
+    "yes_token": "left",
+    "no_token": "right",
+}
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_answer_tokens_the_checkpoint_does_not_answer_with_are_warned_of_once(sample, caplog, reuse):
+    """A base put on answer tokens it does not answer with warns, once, with the share it carries;
+    on its own tokens it stays quiet. A record of the model's own validation (a trained folder's
+    ``answer_mass``) moves the floor to half of what its least 5% of questions carried."""
+    from tokenfocus.config import PromptConfig
+    from tokenfocus.scoring import MIN_ANSWER_MASS
+
+    recs, imgs = sample
+    base = Scorer.load(_source(None, "shipped:fastvlm_gemma"), batch_size=2)
+    prompts, els = [r.prompt for r in recs], [[e.key for e in r.elements][:1] for r in recs]
+    for words, record, warns in (
+        ({}, None, None),
+        (WRONG_ANSWERS, None, f"(below {100 * MIN_ANSWER_MASS:.0f}%)"),
+        ({}, {"mean": 0.95, "low": 0.9, "rows": 10}, None),
+        (WRONG_ANSWERS, {"mean": 0.95, "low": 0.9, "rows": 10}, "under half of the 90.0%"),
+        # a model whose own validation carried next to nothing there: the floor falls with it
+        (WRONG_ANSWERS, {"mean": 1e-6, "low": 1e-6, "rows": 10}, None),
+    ):
+        caplog.clear()
+        scorer = Scorer(
+            base.model,
+            base.processor,
+            PromptConfig(**words),
+            slug="gemma-base",
+            batch_size=2,
+            answer_mass=record,
+        )
+        scorer.prefix_reuse = reuse
+        scorer(imgs, prompts, els)
+        first = scorer.mass.first
+        # the premise: the base answers with its own tokens (~1), never with these (~1e-5)
+        assert (first > 0.9) if not words else (1e-5 < first < 1e-3), (words, first)
+        got = _mass_warnings(caplog)
+        if warns is None:
+            assert not got, (words, record, got)
+        else:  # three batches scored, one warning, naming the model and the share
+            assert len(got) == 1, (words, record, got)
+            assert (
+                got[0].startswith(f"gemma-base: the answer tokens carry {100 * first:.2g}%")
+                and warns in got[0]
+            )

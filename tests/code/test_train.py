@@ -718,3 +718,36 @@ def test_the_weight_average_of_bf16_weights_is_kept_in_float32():
         assert weight.dtype == torch.bfloat16
         torch.testing.assert_close(weight.float(), torch.full((4,), 1.5), rtol=0, atol=0.01)
     assert torch.equal(weight, torch.full((4,), 2.0, dtype=torch.bfloat16))  # restored after
+
+
+def test_the_saved_model_records_its_validations_answer_mass_and_scoring_checks_against_it(
+    tiny_params, tmp_path, caplog
+):
+    """Fine-tuning with the focus loss reads the answer tokens' logits alone, so the rest of the
+    vocabulary may take the first token's probability (the shipped Gemma: 0.63 of it on val). The
+    saved folder records what the last val pass (the saved weights) carried, and a scorer of that
+    folder warns only far below it; without the record the same model warns."""
+    from tokenfocus.images import load_images
+    from tokenfocus.scoring import MIN_ANSWER_MASS, Scorer
+    from tokenfocus.train.trainer import evaluate_split
+
+    slug = "fastvlm_gemma"
+    p = _params(tiny_params, slug, steps=2, eval_every=2, checkpoint_every=2)
+    tr = Trainer(slug, p, out=tmp_path / slug)
+    tr.run()
+    record = json.loads((tmp_path / slug / "model" / "tokenfocus.json").read_text())["answer_mass"]
+    assert record["rows"] == len(tr.val_records) and 0 < record["low"] <= record["mean"] <= 1
+    images = load_images(f"{p.validate.data}/images", [r.img_path for r in tr.val_records])
+    caplog.clear()
+    scorer = Scorer.load(tmp_path / slug / "model", batch_size=p.score.batch_size)
+    assert scorer.mass.record == record
+    with scorer.mass.collect() as again:
+        evaluate_split(scorer, tr.val_records, images, elements=False)
+    assert again["rows"] == record["rows"]
+    assert again["mean"] == pytest.approx(record["mean"], abs=2e-4)  # LoRA merged: float rounding
+    # the premise: this model's answers carry under half of the first token, as a base's would not
+    assert scorer.mass.first < MIN_ANSWER_MASS
+    assert not [r for r in caplog.records if "answer tokens carry" in r.getMessage()]
+    bare = Scorer(scorer.model, scorer.processor, scorer.prompts, slug=slug, batch_size=p.score.batch_size)
+    evaluate_split(bare, tr.val_records, images, elements=False)
+    assert [r for r in caplog.records if "answer tokens carry" in r.getMessage()]

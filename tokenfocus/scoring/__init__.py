@@ -6,9 +6,9 @@ The score is its expected value (1..5), its entropy (nats, 0..ln 5) an uncertain
 is a yes/no question: P(yes) = p(yes) / (p(yes) + p(no)), a softmax over the two logits.
 """
 
+from tokenfocus.scoring.mass import MIN_ANSWER_MASS, AnswerMass
 from tokenfocus.scoring.readout import (
     CACHE_UNSUPPORTED,
-    MIN_ANSWER_MASS,
     ScoreResult,
     distribution_stats,
     encode,
@@ -18,6 +18,7 @@ from tokenfocus.scoring.reuse import SUFFIX_CACHE_MAX, PrefixReuse
 from tokenfocus.scoring.scorer import ImageLike, Scorer
 
 __all__ = [
+    "AnswerMass",
     "CACHE_UNSUPPORTED",
     "MIN_ANSWER_MASS",
     "SUFFIX_CACHE_MAX",

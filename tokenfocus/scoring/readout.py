@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass, field
 import torch
 from PIL import Image
 
-MIN_ANSWER_MASS = 0.5  # below this share of the first token's probability on the answers: a warning
 #: What a family raises when its forward cannot take a reused cache (a missing argument, an
 #: unsupported cache type): prefix reuse is then switched off for that scorer, and only then.
 CACHE_UNSUPPORTED = (TypeError, NotImplementedError, AttributeError, KeyError, IndexError, ValueError)

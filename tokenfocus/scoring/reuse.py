@@ -18,7 +18,7 @@ class PrefixReuse:
 
     It reads the scorer's model, processor, templates (``parts``, ``prompts``), answer tokens,
     batching (``_batches``, ``image_tokens``, ``batch_size``, ``kv_budget``) and readouts
-    (``_yes_prob``, ``_check_mass``), and keeps the element suffixes' token ids in
+    (``_yes_prob``, ``mass``), and keeps the element suffixes' token ids in
     ``_suffix_cache``.
     """
 
@@ -68,7 +68,7 @@ class PrefixReuse:
         ):
             image = self.head_prefix([images[i] for i in idx])
             logits, _ = self.after_head(image, torch.arange(len(idx)), [questions[i] for i in idx])
-            self._check_mass(logits)
+            self.mass.observe(logits, self.tokens.all_ids())
             dists[idx] = torch.softmax(self.tokens.score_logits(logits).float(), dim=-1).cpu()
             has = [b for b, i in enumerate(idx) if elements[i]] if element_rows else []
             if has:

@@ -19,10 +19,10 @@ from tokenfocus.env import torch_threads
 from tokenfocus.images import open_image
 from tokenfocus.prompts import answer_tokens, element_text, overall_text
 from tokenfocus.scoring.grounding import ground
+from tokenfocus.scoring.mass import AnswerMass
 from tokenfocus.scoring.mirror import mirror
 from tokenfocus.scoring.readout import (
     CACHE_UNSUPPORTED,
-    MIN_ANSWER_MASS,
     ScoreResult,
     distribution_stats,
     element_lists,
@@ -55,6 +55,8 @@ class Scorer(PrefixReuse):
         kv_budget_mib: float = 1024,
         batch_tokens: int = 0,
         grounding: GroundingConfig | None = None,
+        answer_mass: dict | None = None,
+        check_mass: bool = True,
     ):
         self.model, self.processor, self.prompts, self.slug = model, processor, prompts, slug
         self.batch_size, self.prefix_reuse = batch_size, prefix_reuse
@@ -65,7 +67,10 @@ class Scorer(PrefixReuse):
         # the image prefix is shared only when the template writes the image before the question
         self.prefix_reuse = prefix_reuse and self.parts.image_in_head
         self.tokens = answer_tokens(processor.tokenizer, prompts, slug=slug or "backbone", parts=self.parts)
-        self._warned_fallback, self._mass_checked, self.answer_mass = False, False, None
+        self._warned_fallback = False
+        # the answer tokens' share of the first token's probability, checked against the model's
+        # own record (its folder's answer_mass) where it has one (tokenfocus/scoring/mass.py)
+        self.mass = AnswerMass(slug or "backbone", answer_mass, check=check_mass)
         # the module that keeps M-RoPE offsets from the prefill (Qwen2-VL family), if any
         self._rope_state = next((m for m in model.modules() if hasattr(m, "rope_deltas")), None)
         self._suffix_cache: dict[str, list[int]] = {}
@@ -94,12 +99,13 @@ class Scorer(PrefixReuse):
         A slug resolves to its trained model when one exists, else to its base ``source``.
         ``grounding`` (spatial elements from where their objects stand) defaults to what the
         folder's bundle recorded, else to the params' ``score.grounding`` for a slug, else to
-        :class:`GroundingConfig`'s defaults.
+        :class:`GroundingConfig`'s defaults. A trained folder's record of its validation's answer
+        mass sets when the first batch warns (:mod:`tokenfocus.scoring.mass`).
         """
         if threads:
             torch_threads(threads)
         path = Path(path_or_slug)
-        slug, bb, prompts = str(path_or_slug), None, PromptConfig()
+        slug, bb, prompts, meta = str(path_or_slug), None, PromptConfig(), {}
         if path.exists():
             meta_path = path / META_FILE
             meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
@@ -128,6 +134,8 @@ class Scorer(PrefixReuse):
             grounding = grounding or p.score.grounding
             trained = Path(p.train.out) / slug / "model"
             source = trained if trained.exists() else Path(bb.source)
+            meta_path = source / META_FILE
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         else:  # a hub id
             bb, source = BackboneConfig(source=str(path_or_slug)), str(path_or_slug)
         model, processor = load_model_and_processor(source, bb, slug=slug)
@@ -141,6 +149,7 @@ class Scorer(PrefixReuse):
             kv_budget_mib=kv_budget_mib,
             batch_tokens=batch_tokens,
             grounding=grounding,
+            answer_mass=meta.get("answer_mass"),
         )
 
     # -- batching helpers ---------------------------------------------------------------------
@@ -166,30 +175,13 @@ class Scorer(PrefixReuse):
         for idx in self._batches(len(texts), [len(t) for t in texts], "overall", self.image_tokens(images)):
             batch = encode(self.processor, [texts[i] for i in idx], [images[i] for i in idx])
             full = first_answer_logits(self.model, batch)
-            self._check_mass(full)
+            self.mass.observe(full, self.tokens.all_ids())
             out[idx] = torch.softmax(self.tokens.score_logits(full).float(), dim=-1).cpu()
         return out
 
     # -- elements -------------------------------------------------------------------------------
     def _yes_prob(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.tokens.yes_no_logits(logits).float(), dim=-1)[:, 0]
-
-    def _check_mass(self, logits: torch.Tensor) -> None:
-        """Warn once when the answer tokens carry little of the first token's probability: the
-        template or the token choice does not fit the checkpoint (its answers begin elsewhere)."""
-        if self._mass_checked:
-            return
-        self._mass_checked = True
-        mass = torch.softmax(logits.float(), dim=-1)[:, self.tokens.all_ids()].sum(-1).mean().item()
-        self.answer_mass = mass
-        if mass < MIN_ANSWER_MASS:
-            log.warning(
-                "%s: the answer tokens carry %.1f%% of the first token's probability (below %.0f%%): "
-                "check the chat template and the score/yes/no tokens for this checkpoint",
-                self.slug,
-                100 * mass,
-                100 * MIN_ANSWER_MASS,
-            )
 
     @torch.inference_mode()
     def elements_plain(

@@ -36,6 +36,8 @@ class Resumable:
             "prompts": asdict(self.prompts),
             "loss": self.cfg.loss,
         }
+        if self.val_mass:  # what its scorers check their first batch against (tokenfocus/scoring/mass.py)
+            meta["answer_mass"] = self.val_mass
         save_trained(self.model, self.processor, meta, dest)
 
     def _data_signature(self) -> str:

@@ -101,7 +101,9 @@ class Trainer(TrainingSteps, Resumable):
             slug=self.slug,
             batch_size=self.params.score.batch_size,
             grounding=self.params.score.grounding,
+            check_mass=False,  # the model moves; each val pass records its answer mass instead
         )
+        self.val_mass: dict = {}  # the last val pass's answer mass: the saved model's folder records it
         self.end = assistant_end(self.processor)
         # A checkpointed layer drops the cache it is given (transformers, in training): the
         # questions would lose their image. Checkpointed training encodes it once per row, as does
@@ -190,8 +192,13 @@ class Trainer(TrainingSteps, Resumable):
             if (state.step % cfg.eval_every == 0 or last) and main:
                 self.model.eval()
                 # the run's end is measured in the weights it is saved in (the mean, where kept)
-                with self.amp(), self._saved_weights() if last else nullcontext():
+                with (
+                    self.amp(),
+                    self._saved_weights() if last else nullcontext(),
+                    self.scorer.mass.collect() as mass,
+                ):
                     m = evaluate_split(self.scorer, self.val_records, self.images, elements=cfg.val_elements)
+                self.val_mass = mass  # the model is saved in these weights, after this pass
                 state.history.append({"step": state.step, **m})
                 self.log_fn({f"val_{k}": v for k, v in m.items()}, state.step)
                 srcc = m["srcc"] if m["srcc"] is not None else -1.0  # constant output: no ranking yet
