@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import typer
@@ -35,6 +36,11 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     )
     for noisy in ("httpx", "alembic", "great_expectations", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # peft reads transformers' deprecated alias on every adapter it wraps or loads: a FutureWarning
+    # in each train and score stage that no user can act on
+    warnings.filterwarnings(
+        "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+    )
 
 
 @app.command()
