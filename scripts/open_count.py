@@ -82,7 +82,8 @@ def main() -> None:
     for split in args.splits:
         table, root = read_table(args.scores / f"{split}.json"), image_root(params, split)
         rows = counting_rows(table)
-        images = [open_image(root / table[i]["img_path"]) for i, *_ in rows]
+        decoded = {i: open_image(root / table[i]["img_path"]) for i in {i for i, *_ in rows}}  # once a pair
+        images = [decoded[i] for i, *_ in rows]
         dist = open_counts(scorer, images, [k for _, k, *_ in rows])
         claimed = np.array([WORDS.index(parse_element_key(k).text.split()[0]) for _, k, *_ in rows])
         y = np.array([label >= 0.5 for *_, label in rows])
