@@ -47,8 +47,8 @@ def stack_ntire(params, folders: dict[str, str]) -> dict[str, float]:
 
 
 def summary(rows: list[tuple[dict[str, float], dict[str, float]]], floor: float = 0.002) -> dict:
-    """Per set: the mean change (with - without) over the seeds, its standard error, and the cells
-    up / down / level; and whether the rule keeps the lever (test's mean >= 0, every set's >= -floor).
+    """Per set: the mean change (with - without) over the seeds, its standard error (None for one
+    seed), and the cells up / down / level; and whether the rule keeps the lever (test's mean >= 0, every set's >= -floor).
 
     Args:
         rows: per seed, (the stack's NTIRE per set without the lever, with it).
@@ -58,11 +58,12 @@ def summary(rows: list[tuple[dict[str, float], dict[str, float]]], floor: float 
     out: dict = {"sets": {}}
     for sp in sets:
         d = [round(w[sp] - wo[sp], 4) for wo, w in rows]
-        se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
+        # one seed has no spread: null, not NaN, which JSON does not allow
+        se = round(statistics.stdev(d) / len(d) ** 0.5, 4) if len(d) > 1 else None
         out["sets"][sp] = {
             "changes": d,
             "mean": round(statistics.fmean(d), 4),
-            "se": round(se, 4),
+            "se": se,
             "up": sum(x > 0 for x in d),
             "down": sum(x < 0 for x in d),
             "level": sum(x == 0 for x in d),

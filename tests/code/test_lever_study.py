@@ -37,3 +37,11 @@ def test_the_rule_drops_a_lever_that_loses_test_or_any_set_past_the_floor():
     losing = _rows({"test": [0.001, 0.001], "washed": [-0.003, -0.003]})
     assert not lever_study.summary(losing)["keep"]
     assert lever_study.summary(losing, floor=0.004)["keep"]
+
+
+def test_one_seed_has_no_standard_error_and_prints_as_json():
+    import json
+
+    got = lever_study.summary(_rows({"test": [0.002], "heldout_style": [-0.001]}))
+    assert got["sets"]["test"]["se"] is None
+    json.loads(json.dumps(got, allow_nan=False))  # strict JSON: a NaN would raise here
