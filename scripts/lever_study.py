@@ -11,7 +11,10 @@ no set's mean change is below ``--floor``.
 Usage: python scripts/lever_study.py SPEC.json [--floor 0.002], in the repository root (params.yaml
 and data/). SPEC: ``{"runs": [{"seed": 3, "without": {"fastvlm_gemma": "DIR"}, "with": {...}}]}``;
 a side may instead give the stack's figures a run recorded, ``{"ntire": {"test": 0.8798, ...}}``,
-where its tables are gone.
+where its tables are gone, or be a list of such sides, whose figures are averaged: the same seed
+over fine-tuning's redrawings drawn again (``tokenfocus synth`` with ``styles.augment`` reordered draws
+the same styles as often, other pixels), since a lever that redraws them moves every figure by
+that redrawing's own noise too (docs/styles.md).
 """
 
 from __future__ import annotations
@@ -44,6 +47,15 @@ def stack_ntire(params, folders: dict[str, str]) -> dict[str, float]:
         train_prompts=train_prompts,
     )
     return {sp: round(metrics_of(ens.combine(tables[sp]))["final"], 4) for sp in sets}
+
+
+def side_ntire(params, side) -> dict[str, float]:
+    """One side of a run: the stack's NTIRE per set, from its tables, as recorded, or averaged over
+    a list of such sides (the same seed over several redrawings)."""
+    if isinstance(side, list):
+        each = [side_ntire(params, s) for s in side]
+        return {sp: round(statistics.fmean(e[sp] for e in each), 4) for sp in each[0]}
+    return side["ntire"] if "ntire" in side else stack_ntire(params, side)
 
 
 def summary(rows: list[tuple[dict[str, float], dict[str, float]]], floor: float = 0.002) -> dict:
@@ -80,11 +92,7 @@ def main() -> None:
     args = ap.parse_args()
     params = load_params("params.yaml")
     runs = json.loads(args.spec.read_text())["runs"]
-
-    def side(folders: dict) -> dict[str, float]:
-        return folders["ntire"] if "ntire" in folders else stack_ntire(params, folders)
-
-    rows = [(side(r["without"]), side(r["with"])) for r in runs]
+    rows = [(side_ntire(params, r["without"]), side_ntire(params, r["with"])) for r in runs]
     for r, (wo, w) in zip(runs, rows, strict=True):
         print(f"| {r['seed']} | " + " | ".join(f"{wo[sp]:.4f} -> {w[sp]:.4f}" for sp in wo) + " |")
     print(json.dumps(summary(rows, args.floor), indent=1))

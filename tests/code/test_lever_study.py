@@ -45,3 +45,10 @@ def test_one_seed_has_no_standard_error_and_prints_as_json():
     got = lever_study.summary(_rows({"test": [0.002], "heldout_style": [-0.001]}))
     assert got["sets"]["test"]["se"] is None
     json.loads(json.dumps(got, allow_nan=False))  # strict JSON: a NaN would raise here
+
+
+def test_a_side_of_several_redrawings_is_their_mean_per_set():
+    """The same seed over two redrawings of fine-tuning's styled copies: each set's mean."""
+    side = [{"ntire": {"test": 0.88, "washed": 0.70}}, {"ntire": {"test": 0.8822, "washed": 0.6934}}]
+    assert lever_study.side_ntire(None, side) == {"test": 0.8811, "washed": 0.6967}
+    assert lever_study.side_ntire(None, side[0]) == side[0]["ntire"]
