@@ -29,7 +29,7 @@ apply_env()
 import numpy as np  # noqa: E402
 
 from tokenfocus.config import GroundingConfig, load_params  # noqa: E402
-from tokenfocus.ensemble_stages import fit_rows  # noqa: E402
+from tokenfocus.ensemble_stages import fit_stack  # noqa: E402
 from tokenfocus.plots import category_accuracy  # noqa: E402
 from tokenfocus.predictions import (  # noqa: E402
     STYLED_VAL,
@@ -41,7 +41,6 @@ from tokenfocus.predictions import (  # noqa: E402
 )
 from tokenfocus.scoring.counting import parse_count  # noqa: E402
 from tokenfocus.scoring.grounding import ground  # noqa: E402
-from tokenfocus.stack import fit_ensemble  # noqa: E402
 
 JOINS = {
     "shipped": lambda r: r,
@@ -107,7 +106,6 @@ def main() -> None:
         for sp in fit_splits + sets
     }
     read = {sp: {s: readings(params, s, sp) for s in slugs} for sp in tables}
-    train_prompts = {r.prompt_id for r in split_records(params, "train")}
     print("| join | " + " | ".join(sets) + " | counting: " + " / ".join(sets[:2]) + " |")
     for name, f in JOINS.items():
         joined = copy.deepcopy(tables)
@@ -117,11 +115,7 @@ def main() -> None:
                     for k, r in read[sp][s].get(row["img_path"], {}).items():
                         if k in row["elements"]:  # the mean of the answer and r, with f(r) for r
                             row["elements"][k] += (float(f(r)) - r) / 2
-        ens = fit_ensemble(
-            fit_rows(params, joined["val"], styled={sp: joined[sp] for sp in fit_splits[1:]}),
-            params.stack,
-            train_prompts=train_prompts,
-        )
+        ens = fit_stack(params, joined["val"], styled={sp: joined[sp] for sp in fit_splits[1:]})
         combined = {sp: ens.combine(joined[sp]) for sp in sets}
         ntire = " | ".join(f"{metrics_of(combined[sp])['final']:.4f}" for sp in sets)
         counting = " / ".join(f"{category_accuracy(combined[sp])['counting']:.3f}" for sp in sets[:2])

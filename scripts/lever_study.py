@@ -28,9 +28,8 @@ from tokenfocus.env import apply_env
 
 apply_env()  # before the stack's BLAS loads: the ridge fit's bits
 from tokenfocus.config import load_params  # noqa: E402
-from tokenfocus.ensemble_stages import fit_rows  # noqa: E402
-from tokenfocus.predictions import STYLED_VAL, metrics_of, read_table, split_records, test_variants  # noqa: E402
-from tokenfocus.stack import fit_ensemble  # noqa: E402
+from tokenfocus.ensemble_stages import fit_stack  # noqa: E402
+from tokenfocus.predictions import STYLED_VAL, metrics_of, read_table, test_variants  # noqa: E402
 
 
 def stack_ntire(params, folders: dict[str, str]) -> dict[str, float]:
@@ -40,12 +39,7 @@ def stack_ntire(params, folders: dict[str, str]) -> dict[str, float]:
     fit = ["val", *(f"{STYLED_VAL}{k}" for k in range(params.stack.fit_styled))]
     sets = ["test", *test_variants(params)]
     tables = {sp: {s: read_table(where[s] / f"{sp}.json") for s in slugs} for sp in fit + sets}
-    train_prompts = {r.prompt_id for r in split_records(params, "train")}
-    ens = fit_ensemble(
-        fit_rows(params, tables["val"], styled={sp: tables[sp] for sp in fit[1:]}),
-        params.stack,
-        train_prompts=train_prompts,
-    )
+    ens = fit_stack(params, tables["val"], styled={sp: tables[sp] for sp in fit[1:]})
     return {sp: round(metrics_of(ens.combine(tables[sp]))["final"], 4) for sp in sets}
 
 

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from PIL import ImageEnhance, ImageFilter, ImageOps  # noqa: E402
 
 from tokenfocus.config import load_params  # noqa: E402
-from tokenfocus.ensemble_stages import fit_rows  # noqa: E402
+from tokenfocus.ensemble_stages import fit_stack  # noqa: E402
 from tokenfocus.env import torch_threads  # noqa: E402
 from tokenfocus.images import load_images  # noqa: E402
 from tokenfocus.predictions import (  # noqa: E402
@@ -42,7 +42,7 @@ from tokenfocus.predictions import (  # noqa: E402
 from tokenfocus.scoring import Scorer  # noqa: E402
 from tokenfocus.scoring.mirror import mirror_text  # noqa: E402
 from tokenfocus.scoring.readout import distribution_stats  # noqa: E402
-from tokenfocus.stack import bag_tables, fit_ensemble  # noqa: E402
+from tokenfocus.stack import bag_tables  # noqa: E402
 
 #: One setting each, fixed before any run: a mild blur, and a darker, lower-contrast image.
 VIEWS = {
@@ -125,7 +125,6 @@ def main() -> None:
                 tables[s, v, sp] = (
                     with_overall(tables[s, "original", sp], table) if v == "overall_mirror" else table
                 )
-    train_prompts = {r.prompt_id for r in split_records(params, "train")}
     shown = [sp for sp in splits if sp == "test" or not sp.startswith(("val", "test_short"))]
     print("| views averaged | " + " | ".join(f"{sp} SRCC / NTIRE" for sp in shown) + " |")
     rows = [["original"], ["overall_mirror"]] if args.overall_mirror else None
@@ -136,9 +135,7 @@ def main() -> None:
         ["original", *VIEWS],
     ):
         per = {sp: {s: bag_tables([tables[s, v, sp] for v in averaged]) for s in slugs} for sp in splits}
-        ens = fit_ensemble(
-            fit_rows(params, per["val"], styled=per), params.stack, train_prompts=train_prompts
-        )
+        ens = fit_stack(params, per["val"], styled=per)
         cells = []
         for sp in shown:
             m = metrics_of(ens.combine(per[sp]))

@@ -20,11 +20,10 @@ def stack_stage(params: Params) -> dict:
     from tokenfocus.predictions import (
         metrics_of,
         read_table,
-        split_records,
         test_variants,
         write_table_submission,
     )
-    from tokenfocus.stack import comparison, fit_ensemble
+    from tokenfocus.stack import comparison
 
     slugs = list(params.backbones)
     fit_split = "oof" if fold_models(slugs[0], params) else "val"
@@ -37,10 +36,7 @@ def stack_stage(params: Params) -> dict:
         split: {s: read_table(Path(params.score.out) / s / f"{split}.json") for s in slugs}
         for split in (fit_split, "test", "ntire", *variants)
     }
-    # val rows: no backbone trained on them. oof rows: each came from the fold model that excluded
-    # its fold (fold_models, Trainer.exclude_fold), so the full-train check does not apply there.
-    train_prompts = set() if fit_split == "oof" else {r.prompt_id for r in split_records(params, "train")}
-    ens = fit_ensemble(fit_rows(params, tables[fit_split]), params.stack, train_prompts=train_prompts)
+    ens = fit_stack(params, tables[fit_split], oof=fit_split == "oof")
     ens.save(params.stack.out)
     bagged_slugs = [s for s in slugs if params.bagging_for(s) > 1]
     if bagged_slugs:  # each backbone's single seed (member 0) beside its bagged average
@@ -101,6 +97,24 @@ def stack_stage(params: Params) -> dict:
 
     write_plot_data(test_rows, Path("eval") / "ensemble")
     return summary
+
+
+def fit_stack(
+    params: Params,
+    held: dict[str, list[dict]],
+    *,
+    oof: bool = False,
+    styled: dict[str, dict[str, list[dict]]] | None = None,
+):
+    """The ensemble fitted as the stack stage fits it: on ``held`` (val, or out-of-fold rows) per
+    backbone, then val's redrawings (:func:`fit_rows`: from ``score.out``, or ``styled``)."""
+    from tokenfocus.predictions import split_records
+    from tokenfocus.stack import fit_ensemble
+
+    # val rows: no backbone trained on them. oof rows: each came from the fold model that excluded
+    # its fold (fold_models, Trainer.exclude_fold), so the full-train check does not apply there.
+    train_prompts = set() if oof else {r.prompt_id for r in split_records(params, "train")}
+    return fit_ensemble(fit_rows(params, held, styled=styled), params.stack, train_prompts=train_prompts)
 
 
 def fit_rows(

@@ -35,6 +35,13 @@ log = logging.getLogger(__name__)
 ImageLike = str | Path | Image.Image
 
 
+def read_meta(folder: Path) -> dict:
+    """A model folder's record (``tokenfocus.json``: slug, backbone, prompts, grounding, answer
+    mass), or ``{}`` for a folder without one (a base or hub checkpoint saved elsewhere)."""
+    path = Path(folder) / META_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 class Scorer(PrefixReuse):
     """A loaded backbone that scores (image, prompt) pairs and their elements.
 
@@ -107,8 +114,7 @@ class Scorer(PrefixReuse):
         path = Path(path_or_slug)
         slug, bb, prompts, meta = str(path_or_slug), None, PromptConfig(), {}
         if path.exists():
-            meta_path = path / META_FILE
-            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+            meta = read_meta(path)
             slug = meta.get("slug", path.name)
             bb = (
                 BackboneConfig(**meta["backbone"]) if "backbone" in meta else BackboneConfig(source=str(path))
@@ -134,8 +140,7 @@ class Scorer(PrefixReuse):
             grounding = grounding or p.score.grounding
             trained = Path(p.train.out) / slug / "model"
             source = trained if trained.exists() else Path(bb.source)
-            meta_path = source / META_FILE
-            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+            meta = read_meta(source)
         else:  # a hub id
             bb, source = BackboneConfig(source=str(path_or_slug)), str(path_or_slug)
         model, processor = load_model_and_processor(source, bb, slug=slug)
