@@ -3,7 +3,6 @@ through the shared image prefix where the family allows it and question by quest
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,16 +29,10 @@ from tokenfocus.scoring.readout import (
     first_answer_logits,
 )
 from tokenfocus.scoring.reuse import PrefixReuse
+from tokenfocus.stages import read_metrics  # a JSON file, or {} where there is none
 
 log = logging.getLogger(__name__)
 ImageLike = str | Path | Image.Image
-
-
-def read_meta(folder: Path) -> dict:
-    """A model folder's record (``tokenfocus.json``: slug, backbone, prompts, grounding, answer
-    mass), or ``{}`` for a folder without one (a base or hub checkpoint saved elsewhere)."""
-    path = Path(folder) / META_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 class Scorer(PrefixReuse):
@@ -114,7 +107,7 @@ class Scorer(PrefixReuse):
         path = Path(path_or_slug)
         slug, bb, prompts, meta = str(path_or_slug), None, PromptConfig(), {}
         if path.exists():
-            meta = read_meta(path)
+            meta = read_metrics(path / META_FILE)
             slug = meta.get("slug", path.name)
             bb = (
                 BackboneConfig(**meta["backbone"]) if "backbone" in meta else BackboneConfig(source=str(path))
@@ -140,7 +133,7 @@ class Scorer(PrefixReuse):
             grounding = grounding or p.score.grounding
             trained = Path(p.train.out) / slug / "model"
             source = trained if trained.exists() else Path(bb.source)
-            meta = read_meta(source)
+            meta = read_metrics(source / META_FILE)
         else:  # a hub id
             bb, source = BackboneConfig(source=str(path_or_slug)), str(path_or_slug)
         model, processor = load_model_and_processor(source, bb, slug=slug)
