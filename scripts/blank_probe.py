@@ -7,6 +7,7 @@ generator that drew nothing would be asked. Every shape's object question is ask
 through the pipeline's scorer. A backbone that says "yes" here reads a shape into the backdrop.
 
     .venv/bin/python scripts/blank_probe.py [--n 40]   # after `make run`; about ten seconds
+    .venv/bin/python scripts/blank_probe.py --models models/base   # the pre-trained bases
 """
 
 from __future__ import annotations
@@ -48,9 +49,16 @@ def blank_scenes(styles: tuple[Style, ...], n: int, size: int, seed: int = SEED)
     return images, prompts
 
 
+def model_dir(params, slug: str, models: Path | None) -> Path:
+    """The folder a backbone is probed from: ``models/<slug>`` where a folder of models is given
+    (``models/base``: the pre-trained bases), else the pipeline's fine-tuned model."""
+    return models / slug if models is not None else ROOT / params.train.out / slug / "model"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=40, help="empty scenes per family")
+    ap.add_argument("--models", type=Path, help="a folder of <slug>/ models (default: the fine-tuned)")
     args = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
     book = StyleBook.from_config(params.styles)
@@ -66,7 +74,7 @@ def main() -> None:
     print("|---" * (4 + len(SHAPES)) + "|")
     for slug, bb in params.backbones.items():
         scorer = Scorer.load(
-            ROOT / params.train.out / slug / "model",
+            model_dir(params, slug, args.models),
             threads=params.score.threads,
             grounding=GroundingConfig(enabled=False),
         )

@@ -28,3 +28,15 @@ def test_the_same_seed_draws_the_same_images():
     a, pa = blank_probe.blank_scenes((Style(),), 4, 32, seed=3)
     b, pb = blank_probe.blank_scenes((Style(),), 4, 32, seed=3)
     assert pa == pb and [x.tobytes() for x in a] == [y.tobytes() for y in b]
+
+
+def test_the_probe_reads_the_fine_tuned_models_unless_given_a_folder_of_models():
+    from tokenfocus.config import load_params
+
+    params = load_params(ROOT / "params.yaml")
+    assert blank_probe.model_dir(params, "fastvlm_gemma", None) == (
+        ROOT / params.train.out / "fastvlm_gemma" / "model"
+    )
+    assert blank_probe.model_dir(params, "fastvlm_gemma", Path("models/base")) == Path(
+        "models/base/fastvlm_gemma"
+    )
