@@ -79,12 +79,17 @@ def main() -> None:
     ap.add_argument("alpha", type=float)
     ap.add_argument("out", type=Path)
     args = ap.parse_args()
+    from tokenfocus.backbones import META_FILE
     from tokenfocus.config import load_params
     from tokenfocus.predictions import score_backbone, scored_splits
+    from tokenfocus.stages import read_metrics
 
     params = load_params(ROOT / "params.yaml")
     tuned = Path(params.train.out) / args.slug / "model"
-    base = Path(json.loads((tuned / "tokenfocus.json").read_text())["base"])
+    meta = read_metrics(tuned / META_FILE)
+    if "base" not in meta:
+        sys.exit(f"{args.slug}: {tuned / META_FILE} records no base to move toward; run `make run` first")
+    base = Path(meta["base"])
     model = interpolate(tuned, base, args.alpha, args.out / "models" / args.slug)
     metrics = score_backbone(
         args.slug, params, splits=scored_splits(params), model_dir=model, out=args.out / "scores" / args.slug
