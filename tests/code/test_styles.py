@@ -11,8 +11,8 @@ import pytest
 from tests.conftest import ROOT, SMALL, repo_styles
 from tokenfocus.config import StylesConfig, load_params
 from tokenfocus.evalmuse import load_records
-from tokenfocus.render import BACKGROUNDS, COLORS, Group, Scene, Style, StyleError, pick_style, render
-from tokenfocus.render.effects import background, relight
+from tokenfocus.render import BACKGROUNDS, COLORS, SHAPES, Group, Scene, Style, StyleError, pick_style, render
+from tokenfocus.render.effects import MOTIF_SHAPES, background, relight
 
 BOOK = repo_styles().book()
 
@@ -149,6 +149,25 @@ def test_patchwork_draws_a_few_large_regions_near_the_background_tone():
         assert counts.max() >= 256 * 256 / 20  # at least one large region
     flat = np.asarray(background("flat", 256, bg, other, random.Random(0))).reshape(-1, 3)
     assert len(np.unique(flat, axis=0)) == 1
+
+
+def test_motif_tiles_one_tone_to_every_edge_and_never_a_checkers_cell():
+    """A repeated figure is backdrop only if it fills the canvas: two tones (background and
+    figure), the figure's 40-150 levels off, present near every edge; and no square or diamond,
+    which the held-out family's checker draws."""
+    assert set(MOTIF_SHAPES) <= set(SHAPES) and not {"square", "diamond"} & set(MOTIF_SHAPES)
+    assert "motif" in BOOK.catalog and all("motif" not in s.background for s in BOOK.heldout)
+    bg, other = (120, 110, 100), (200, 200, 190)
+    for seed in range(8):
+        px = np.asarray(background("motif", 256, bg, other, random.Random(seed)))
+        tones, counts = np.unique(px.reshape(-1, 3), axis=0, return_counts=True)
+        assert len(tones) == 2, seed
+        fig = tones[counts.argmin()].astype(int)
+        assert 40 <= abs(fig - np.array(bg)).mean() <= 151, (seed, fig)
+        mask = (px == fig).all(-1)
+        for band in (mask[:32], mask[-32:], mask[:, :32], mask[:, -32:]):
+            assert band.mean() > 0.02, seed
+        assert 0.05 < mask.mean() < 0.6, seed
 
 
 def test_one_style_takes_nothing_from_the_random_stream():

@@ -24,8 +24,8 @@ def _grid(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def background(kind: str, big: int, bg, other, rng: random.Random) -> Image.Image:
-    """The canvas: ``bg`` flat, or a gradient to ``other``, noise, a texture, clutter, a checker or
-    a patchwork."""
+    """The canvas: ``bg`` flat, or a gradient to ``other``, noise, a texture, clutter, a checker,
+    a patchwork or a motif."""
     base = np.empty((big, big, 3), np.float32)
     base[:] = bg
     nrng = np.random.default_rng(rng.getrandbits(32))
@@ -58,6 +58,8 @@ def background(kind: str, big: int, bg, other, rng: random.Random) -> Image.Imag
         tone = ((np.arange(big)[:, None] // cell + np.arange(big)[None, :] // cell) % 2).astype(np.float32)
         base = base + ((tone - 0.5) * 2 * rng.uniform(22, 34))[..., None]
     img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+    if kind == "motif":
+        _motif(img, big, bg, rng)
     if kind == "clutter":  # thin strokes and specks near the background's tone: nothing nameable
         d = ImageDraw.Draw(img)
         for _ in range(rng.randint(12, 30)):
@@ -74,6 +76,40 @@ def background(kind: str, big: int, bg, other, rng: random.Random) -> Image.Imag
                 s = rng.uniform(1.5, big * 0.012)
                 d.rectangle([x - s, y - s, x + s, y + s], fill=tone)
     return img
+
+
+MOTIF_SHAPES = ("circle", "star", "cross", "triangle")
+
+
+def _motif(img: Image.Image, big: int, bg, rng: random.Random) -> None:
+    """One shape of the vocabulary repeated over the whole canvas on a tilted lattice, in one tone,
+    the background's shifted 40-150 levels, as polka dots, star prints and plus patterns are on
+    fabrics and wallpapers. Why: a figure repeated to the canvas's edges is backdrop, not an
+    object, and no other kind teaches it (docs/styles.md: empty backdrops asked every shape). Never
+    a square or diamond (a checker's cells): the held-out family's design stays unseen. In no
+    default style list (docs/styles.md: the motif in pre-training's tower stage)."""
+    from tokenfocus.render.draw import _outline  # the renderer imports this module
+
+    d = ImageDraw.Draw(img)
+    sign = rng.choice((-1, 1))
+    delta = rng.uniform(40, 150)
+    if not 0 <= sum(bg) / 3 + sign * delta <= 255:  # no room that way: the other way, not clipped to near bg
+        sign = -sign
+    tone = tuple(int(np.clip(c + sign * delta, 0, 255)) for c in bg)
+    shape = rng.choice(MOTIF_SHAPES)
+    r = big * rng.uniform(0.035, 0.07)  # half the small shapes' radius to theirs
+    period, a, turn = r * rng.uniform(2.6, 4.0), rng.uniform(0, math.pi / 2), rng.uniform(0, math.pi)
+    u, v = (math.cos(a) * period, math.sin(a) * period), (-math.sin(a) * period, math.cos(a) * period)
+    n = int(1.5 * big / period) + 1
+    for i in range(-n, n + 1):
+        for j in range(-n, n + 1):
+            x, y = big / 2 + i * u[0] + j * v[0], big / 2 + i * u[1] + j * v[1]
+            if not (-period <= x <= big + period and -period <= y <= big + period):
+                continue
+            if shape == "circle":
+                d.ellipse([x - r, y - r, x + r, y + r], fill=tone)
+            else:
+                d.polygon(_outline(shape, x, y, r, turn), fill=tone)
 
 
 def shade(big: int, fill, cx: float, cy: float, r: float, angle: float) -> Image.Image:

@@ -16,7 +16,7 @@ from tokenfocus.config import ConfigError
 
 #: Background kinds the renderer knows. ``checker`` and ``shaded`` fills are reserved, by the
 #: default params, for the held-out family: no model sees them while learning.
-BACKGROUND_KINDS = ("flat", "gradient", "noise", "texture", "clutter", "checker", "patchwork")
+BACKGROUND_KINDS = ("flat", "gradient", "noise", "texture", "clutter", "checker", "patchwork", "motif")
 FILL_KINDS = ("flat", "shaded")
 OUTLINE_KINDS = ("none", "dark", "light")
 
