@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw
 
-from tokenfocus.render.effects import background, optics, shade
+from tokenfocus.render.effects import background, optics, shade, shape_outline
 from tokenfocus.render.styles import Look, Style, sample_look
 
 SHAPES = ["circle", "square", "triangle", "star", "diamond", "cross"]
@@ -175,43 +175,6 @@ def _centres(
     return placed
 
 
-def _outline(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
-    """The polygon of a non-circle shape, turned by ``angle`` radians about its centre."""
-    if shape == "square":
-        k = r * 0.85
-        pts = [(-k, -k), (k, -k), (k, k), (-k, k)]
-    elif shape == "triangle":
-        pts = [(0, -r), (r, r * 0.8), (-r, r * 0.8)]
-    elif shape == "diamond":
-        pts = [(0, -r), (r, 0), (0, r), (-r, 0)]
-    elif shape == "cross":
-        w = r * 0.38
-        pts = [
-            (-w, -r),
-            (w, -r),
-            (w, -w),
-            (r, -w),
-            (r, w),
-            (w, w),
-            (w, r),
-            (-w, r),
-            (-w, w),
-            (-r, w),
-            (-r, -w),
-            (-w, -w),
-        ]
-    else:  # star
-        pts = [
-            (
-                (r if j % 2 == 0 else r * 0.45) * math.cos(-math.pi / 2 + j * math.pi / 5),
-                (r if j % 2 == 0 else r * 0.45) * math.sin(-math.pi / 2 + j * math.pi / 5),
-            )
-            for j in range(10)
-        ]
-    c, s = math.cos(angle), math.sin(angle)
-    return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
-
-
 def _stamp(img: Image.Image, paint, shape: str, cx: float, cy: float, r: float, angle: float) -> None:
     """Paint one shape onto ``img``: ``paint`` is a colour, or a function of the local box's
     (x0, y0, side) giving an image of that side (a shaded fill). Only the shape's box is touched."""
@@ -223,7 +186,7 @@ def _stamp(img: Image.Image, paint, shape: str, cx: float, cy: float, r: float, 
     if shape == "circle":
         d.ellipse([lx - r, ly - r, lx + r, ly + r], fill=255)
     else:
-        d.polygon(_outline(shape, lx, ly, r, angle), fill=255)
+        d.polygon(shape_outline(shape, lx, ly, r, angle), fill=255)
     img.paste(paint(x0, y0, side) if callable(paint) else paint, (x0, y0, x0 + side, y0 + side), mask=m)
 
 

@@ -78,6 +78,44 @@ def background(kind: str, big: int, bg, other, rng: random.Random) -> Image.Imag
     return img
 
 
+def shape_outline(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    """The polygon of a non-circle shape, turned by ``angle`` radians about its centre: the
+    renderer's objects and the motif's figures are the same polygons."""
+    if shape == "square":
+        k = r * 0.85
+        pts = [(-k, -k), (k, -k), (k, k), (-k, k)]
+    elif shape == "triangle":
+        pts = [(0, -r), (r, r * 0.8), (-r, r * 0.8)]
+    elif shape == "diamond":
+        pts = [(0, -r), (r, 0), (0, r), (-r, 0)]
+    elif shape == "cross":
+        w = r * 0.38
+        pts = [
+            (-w, -r),
+            (w, -r),
+            (w, -w),
+            (r, -w),
+            (r, w),
+            (w, w),
+            (w, r),
+            (-w, r),
+            (-w, w),
+            (-r, w),
+            (-r, -w),
+            (-w, -w),
+        ]
+    else:  # star
+        pts = [
+            (
+                (r if j % 2 == 0 else r * 0.45) * math.cos(-math.pi / 2 + j * math.pi / 5),
+                (r if j % 2 == 0 else r * 0.45) * math.sin(-math.pi / 2 + j * math.pi / 5),
+            )
+            for j in range(10)
+        ]
+    c, s = math.cos(angle), math.sin(angle)
+    return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
+
+
 MOTIF_SHAPES = ("circle", "star", "cross", "triangle")
 
 
@@ -88,8 +126,6 @@ def _motif(img: Image.Image, big: int, bg, rng: random.Random) -> None:
     object, and no other kind teaches it (docs/styles.md: empty backdrops asked every shape). Never
     a square or diamond (a checker's cells): the held-out family's design stays unseen. In no
     default style list (docs/styles.md: the motif in pre-training's tower stage)."""
-    from tokenfocus.render.draw import _outline  # the renderer imports this module
-
     d = ImageDraw.Draw(img)
     sign = rng.choice((-1, 1))
     delta = rng.uniform(40, 150)
@@ -109,7 +145,7 @@ def _motif(img: Image.Image, big: int, bg, rng: random.Random) -> None:
             if shape == "circle":
                 d.ellipse([x - r, y - r, x + r, y + r], fill=tone)
             else:
-                d.polygon(_outline(shape, x, y, r, turn), fill=tone)
+                d.polygon(shape_outline(shape, x, y, r, turn), fill=tone)
 
 
 def shade(big: int, fill, cx: float, cy: float, r: float, angle: float) -> Image.Image:
