@@ -216,8 +216,10 @@ def test_scoring_the_saved_model_reproduces_the_trainers_validation_metrics(
     # a LoRA adapter is merged into its base for scoring: float rounding in the scores. The rank
     # statistics keep 1e-4; PLCC comes after a 4-parameter logistic fit, which on a model this weak
     # (PLCC ~0.18) magnifies it: ~1e-6 on the Intel host, 3.8e-4 measured on an AMD EPYC one. 2e-3
-    # still fails the regression below (0.028).
-    for key, tol in (("srcc", 1e-4), ("plcc", 2e-3), ("element_acc", 1e-4)):
+    # still fails the regression below (0.028). Element accuracy is a threshold at 0.5: the rounding
+    # may carry one element across it (206 against 207 of 240 on a Sapphire Rapids class host).
+    one_element = 1 / sum(len(r.elements) for r in tr.val_records)
+    for key, tol in (("srcc", 1e-4), ("plcc", 2e-3), ("element_acc", one_element + 1e-9)):
         assert again[key] == pytest.approx(logged[key], abs=tol), key
     base = Scorer.load(p.backbone(slug).source, batch_size=p.score.batch_size)
     assert evaluate_split(base, tr.val_records, images) != again  # training changed the model
