@@ -20,9 +20,9 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 # `mlflow models serve` execs uvicorn: the venv's bin must be on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup data bases run test test-all lint bench scale bench-retrain gpu-check learnability serve schedule ui ui-check loadtest offline-run clean
+.PHONY: setup constraints data bases run test test-all lint bench scale bench-retrain gpu-check learnability serve schedule ui ui-check loadtest offline-run clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# The CPU torch wheel first, so no dependency can pull a CUDA build; never torchvision.
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
@@ -30,10 +30,21 @@ $(VENV)/.installed: pyproject.toml
 	# where pip takes ~2; torch stays the installed CPU build. Without uv, pip does it. Compiled to
 	# bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set (CI), every dvc, mlflow and prefect
 	# process would otherwise compile its imports anew (measured: make test's pytest 782 -> 955 s).
+	# constraints.txt pins every version: a later install computes with the same libraries.
 	if $(PY) -m pip install -q --disable-pip-version-check 'uv>=0.9,<1' && \
-	  $(BIN)/uv pip install -q --compile-bytecode --python $(PY) -e '.[dev]' torch==2.13.0; then :; \
-	else $(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'; fi
+	  $(BIN)/uv pip install -q --compile-bytecode --python $(PY) -c constraints.txt -e '.[dev]' torch==2.13.0; then :; \
+	else $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'; fi
 	touch $@
+
+# constraints.txt from a fresh venv that resolved pyproject.toml's ranges anew (after a dependency
+# change): the newest versions that install together, torch kept the CPU 2.13.0 build.
+constraints:
+	rm -rf .venv-constraints && $(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/pip install -q --disable-pip-version-check torch==2.13.0 'uv>=0.9,<1'
+	.venv-constraints/bin/uv pip install -q --python .venv-constraints/bin/python -e '.[dev]' torch==2.13.0
+	{ sed -n '/^#/p' constraints.txt; .venv-constraints/bin/uv pip freeze --python .venv-constraints/bin/python \
+	  | grep -viE '^(-e|tokenfocus|uv|pip|setuptools|wheel)[ =]' | sed 's/+cpu$$//'; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf .venv-constraints
 
 setup: $(VENV)/.installed
 	$(BIN)/dvc config core.check_update false

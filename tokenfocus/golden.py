@@ -114,3 +114,67 @@ def golden_pass(
         "loss": float(out["loss"].detach()),
         "capability": torch.backends.cpu.get_cpu_capability(),
     }
+
+
+def golden_trajectory(
+    params_path: str | Path = "params.yaml", *, slug: str = GOLDEN_SLUG, steps: int = 10
+) -> dict[str, object]:
+    """Run the first ``steps`` optimizer steps of a real fine-tuning and hash the weights after each.
+
+    The golden pass covers one forward and backward; this covers what a whole run adds to it: the
+    batches of every step (their shapes, the redrawn images, the counterfactual questions), the
+    clipping, AdamW and the schedule. Two hosts whose fine-tuned folders differ find here the
+    first step at which they part, in minutes. It is the trainer's own loop
+    (:meth:`~tokenfocus.train.Trainer.run`, writing to a scratch folder): a hook on the optimizer
+    hashes the trainable weights after each step, so nothing here can drift from training.
+
+    Args:
+        params_path: the project's params (its ``backbones.<slug>.source`` must exist).
+        slug: the backbone.
+        steps: how many steps, from step 0 (at most ``train.steps``).
+
+    Returns:
+        ``weights``: per step, sha256 (12 hex digits) of the trainable parameters' float32 bytes
+        after it; ``loss``: the training loss (every bit, as a float's hex form) of each step the
+        trainer logs (``train.log_every``), by step; ``capability``: the CPU kernels' dispatch.
+    """
+    import tempfile
+
+    from tokenfocus.config import load_params
+    from tokenfocus.train import Trainer
+
+    params = load_params(params_path)
+    losses: dict[int, str] = {}
+
+    def log(metrics: dict, step: int) -> None:
+        if "train_loss" in metrics:
+            losses[step] = float(metrics["train_loss"]).hex()
+
+    with tempfile.TemporaryDirectory(prefix="tokenfocus-golden-") as scratch:
+        trainer = Trainer(slug, params, out=Path(scratch) / slug, log_fn=log)
+        if not 0 < steps <= trainer.cfg.steps:
+            raise ValueError(f"{slug}: --steps must be 1..train.steps ({trainer.cfg.steps}), not {steps}")
+        trainer.setup()
+        weights: list[str] = []
+        trainer.opt.register_step_post_hook(lambda *_: weights.append(_digest(trainer.trainable)[:12]))
+        trainer.run(stop_after=steps)
+    return {
+        "slug": slug,
+        "weights": weights,
+        "loss": {str(k): v for k, v in sorted(losses.items())},
+        "capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def first_parting_step(weights: list[str], record: dict) -> int | None:
+    """The first step whose weights differ from a recorded trajectory's (``docs/trajectories/``),
+    or None where every step both hold agrees.
+
+    Args:
+        weights: :func:`golden_trajectory`'s ``weights``, one hash per step from step 0.
+        record: a recorded trajectory: its ``weights`` list, the same way.
+    """
+    for step, (mine, theirs) in enumerate(zip(weights, record["weights"], strict=False)):
+        if mine != theirs:
+            return step
+    return None

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tokenfocus.config import TrackingConfig
+from tokenfocus.host import host_record
 
 PIPELINE_TAG = "tokenfocus.pipeline_id"
 BACKBONE_TAG = "tokenfocus.backbone"
@@ -113,9 +114,17 @@ def _parent_run_id(cfg: TrackingConfig, pid: str | None) -> str:
             KIND_TAG: "pipeline",
             "git_commit": git_commit(),
             "data_digest": data_digest(),
+            **host_tags(),
         },
     )
+    client.log_dict(run.info.run_id, host_record(), "environment.json")
     return run.info.run_id
+
+
+def host_tags() -> dict[str, str]:
+    """The host's CPU as run tags, to filter runs by in the MLflow UI (environment.json has all)."""
+    cpu = host_record(packages=False)["cpu"]
+    return {"host.cpu": f"{cpu['model']} ({cpu['signature']})", "host.isa": " ".join(cpu["isa"])}
 
 
 @contextmanager
@@ -156,8 +165,11 @@ def child_run(
                     KIND_TAG: kind,
                     PIPELINE_TAG: pid or pipeline_id(),
                     "git_commit": git_commit(),
+                    **host_tags(),
                 },
             )
+            # each child records the host it ran on: on a Dask cluster, backbones train apart
+            mlflow.log_dict(host_record(), "environment.json")
         with run:
             yield run
 

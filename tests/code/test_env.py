@@ -91,3 +91,48 @@ def test_torch_threads_switches_onednn_as_the_environment_says(clean, value, ena
     finally:
         torch.set_num_threads(before[0])
         torch.backends.mkldnn.enabled = before[1]
+
+
+def test_host_record_names_the_cpu_and_the_packages_without_loading_torch():
+    """The record a run logs (MLflow's environment.json): the CPU it ran on and every package's
+    version; building it must not import torch, which would fix the kernels' dispatch early."""
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    code = (
+        "import json, sys; from tokenfocus.host import host_record; r = host_record(); "
+        "print(json.dumps({'record': r, 'torch_loaded': 'torch' in sys.modules}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    got = __import__("json").loads(out.stdout)
+    assert got["torch_loaded"] is False
+    record = got["record"]
+    assert record["packages"]["torch"] == metadata.version("torch")
+    assert record["packages"]["peft"] == metadata.version("peft")
+    assert record["cpu"]["cores"] >= 1 and record["cpu"]["signature"].startswith("family ")
+    if "avx2" in open("/proc/cpuinfo").read():
+        assert "avx2" in record["cpu"]["isa"]
+
+
+def test_the_venv_holds_the_versions_constraints_txt_pins():
+    """`make setup` installs constraints.txt: the same commit computes with the same libraries
+    on every machine. A package that drifted from its pin (a hand install) is named."""
+    from importlib import metadata
+    from pathlib import Path
+
+    pins = {}
+    for line in (Path(__file__).parents[2] / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower()] = version
+    assert {"torch", "transformers", "peft", "numpy", "mlflow", "prefect", "dvc"} <= set(pins)
+    drifted = {}
+    for name, version in pins.items():
+        try:
+            installed = metadata.version(name).split("+")[0]
+        except metadata.PackageNotFoundError:
+            installed = None
+        if installed != version:
+            drifted[name] = (installed, version)
+    assert not drifted, f"installed (left) against pinned (right): {drifted}"

@@ -1,5 +1,8 @@
 """The Prefect retrain flow under Prefect's test harness, with real MLflow and tiny backbones."""
 
+import json
+from importlib import metadata
+
 import pytest
 from mlflow import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
@@ -40,6 +43,12 @@ def test_retrain_flow_registers_and_promotes_then_a_failing_backbone_changes_not
     backbone_run = next(r for r in children if r.data.tags.get("tokenfocus.kind") == "backbone")
     assert "test_srcc" in backbone_run.data.metrics and "train.lr" in backbone_run.data.params
     assert {"base_check_all", "base_element_all"} <= set(backbone_run.data.metrics)  # the base's checks
+    # the host each backbone trained on and every package's version: runs whose bits part compare
+    assert backbone_run.data.tags["host.cpu"] and parent.data.tags["host.cpu"]
+    environment = json.loads(
+        open(client.download_artifacts(backbone_run.info.run_id, "environment.json")).read()
+    )
+    assert environment["packages"]["torch"] == metadata.version("torch")
     # results where people look: the parent's headline metrics and table, the ensemble's plots
     assert {"ensemble_test_final", "ensemble_test_srcc", "best_single_test_final", "ceiling_srcc"} <= set(
         parent.data.metrics

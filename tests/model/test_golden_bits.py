@@ -30,11 +30,11 @@ def _has_avx2() -> bool:
         return False
 
 
-def _golden(env_extra: dict[str, str]) -> dict:
+def _golden(env_extra: dict[str, str], *args: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in CPU_KERNEL_ENV and k != NATIVE_SWITCH}
     env.update(env_extra)
     out = subprocess.run(
-        [str(Path(sys.executable).with_name("tokenfocus")), "golden"],
+        [str(Path(sys.executable).with_name("tokenfocus")), "golden", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -92,3 +92,35 @@ def test_operator_values_win_over_the_pinned_kernels():
     got = _golden({NATIVE_SWITCH: "native", "ATEN_CPU_CAPABILITY": "default"})
     assert got["capability"] == "DEFAULT"
     assert got["logits"] != GOLDEN["logits"]  # the pass can see a change of kernels at all
+
+
+@pytest.mark.slow  # ~40 s: a golden pass and two steps in a fresh process, two steps in this one
+@needs_avx2_cpu
+def test_golden_steps_hash_the_weights_a_training_run_holds(tmp_path):
+    """``tokenfocus golden --steps`` hashes the weights after each real fine-tuning step: the
+    weights a training run holds after those steps, so two hosts' trajectories show where their
+    fine-tuned folders part (docs/clean-runs.md)."""
+    import hashlib
+
+    from tokenfocus.config import load_params
+    from tokenfocus.golden import GOLDEN_SLUG
+    from tokenfocus.train import Trainer
+
+    got = _golden({}, "--steps", "2")
+    assert len(got["weights"]) == 2 and got["weights"][0] != got["weights"][1]
+    assert "0" in got["loss"]  # step 0 is a logged step
+    trainer = Trainer(GOLDEN_SLUG, load_params(ROOT / "params.yaml"), out=tmp_path / "run")
+    trainer.run(stop_after=2)
+    h = hashlib.sha256()
+    for p in trainer.trainable:
+        h.update(p.detach().contiguous().float().numpy().tobytes())
+    assert h.hexdigest()[:12] == got["weights"][1]
+
+
+def test_first_parting_step_names_the_first_step_whose_weights_differ():
+    from tokenfocus.golden import first_parting_step
+
+    mine = ["a", "b", "c", "d"]
+    assert first_parting_step(mine, {"weights": ["a", "b", "c", "d", "e"]}) is None
+    assert first_parting_step(mine, {"weights": ["a", "b", "x", "y"]}) == 2
+    assert first_parting_step(mine, {"weights": ["z"]}) == 0

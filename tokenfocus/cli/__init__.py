@@ -116,11 +116,15 @@ def data_import(
 
 
 @app.command("env")
-def show_env() -> None:
-    """Print the environment every command runs under: offline switches and pinned CPU kernels."""
+def show_env(
+    packages: bool = typer.Option(False, "--packages", help="also every installed package's version"),
+) -> None:
+    """Print the environment every command runs under: offline switches, pinned CPU kernels, and
+    the host (its CPU and, with --packages, what is installed): what to attach to a bug report."""
     import os
 
     from tokenfocus.env import CPU_KERNEL_ENV, NATIVE_SWITCH, OFFLINE_ENV
+    from tokenfocus.host import host_record
 
     keys = [*OFFLINE_ENV, *CPU_KERNEL_ENV, NATIVE_SWITCH]
     seen = {k: os.environ.get(k) for k in keys}
@@ -129,16 +133,52 @@ def show_env() -> None:
     from threadpoolctl import threadpool_info
 
     seen["blas"] = sorted({f"{i['internal_api']}:{i.get('architecture')}" for i in threadpool_info()})
+    seen["host"] = host_record(packages=packages)
     typer.echo(json.dumps(seen, indent=1))
 
 
 @app.command()
-def golden(params: str = PARAMS) -> None:
-    """Hash one fixed forward and backward pass of a base: equal hashes, equal bits (tokenfocus.golden)."""
-    from tokenfocus.golden import golden_pass
+def golden(
+    params: str = PARAMS,
+    steps: int = typer.Option(
+        0, "--steps", help="also run this many real fine-tuning steps and hash the weights after each"
+    ),
+    backbone: str = typer.Option(
+        None, "--backbone", "-b", help="the backbone of --steps (default: the golden one)"
+    ),
+    against: Path = typer.Option(
+        None,
+        "--against",
+        help="a recorded trajectory (docs/trajectories/): say the first step that parts from it",
+    ),
+) -> None:
+    """Hash one fixed forward and backward pass of a base: equal hashes, equal bits (tokenfocus.golden).
+    With --steps, the first steps of a fine-tuning too, and with --against the first of them that
+    parts from a recorded host's: where two hosts' runs part."""
+    from tokenfocus.golden import GOLDEN_SLUG, first_parting_step, golden_pass, golden_trajectory
 
-    _params(params)
-    print(json.dumps(golden_pass(params), indent=1))
+    p = _params(params)
+    slug = backbone or GOLDEN_SLUG
+    if slug not in p.backbones:
+        fail(f"unknown backbone {slug!r}: params.yaml names {', '.join(p.backbones)}")
+    record = None
+    if against is not None:
+        if not steps:
+            fail("--against compares a trajectory: give --steps too")
+        try:
+            record = json.loads(against.read_text())
+            _ = list(record["weights"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            fail(f"{against}: not a recorded trajectory (a JSON object with a 'weights' list): {exc}")
+    out: dict = golden_pass(params)
+    if steps:
+        try:
+            out |= golden_trajectory(params, slug=slug, steps=steps)
+        except ValueError as exc:
+            fail(str(exc))
+    if record is not None:
+        out["first_parting_step"] = first_parting_step(out["weights"], record)
+    print(json.dumps(out, indent=1))
 
 
 def _ranks(p, backbone: str) -> None:
