@@ -178,3 +178,24 @@ def first_parting_step(weights: list[str], record: dict) -> int | None:
         if mine != theirs:
             return step
     return None
+
+
+def load_trajectory(path: str | Path, steps: int) -> dict:
+    """A recorded trajectory to compare ``steps`` steps with (``tokenfocus golden --against``).
+
+    Raises:
+        ValueError: no steps to compare, or the file is not a recorded trajectory.
+    """
+    import json
+
+    if not steps:
+        raise ValueError("--against compares a trajectory: give --steps too")
+    try:
+        record = json.loads(Path(path).read_text())
+        if not isinstance(record["weights"], list):
+            raise TypeError("'weights' is not a list")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"{path}: not a recorded trajectory (a JSON object with a 'weights' list): {exc}"
+        ) from exc
+    return record

@@ -155,27 +155,24 @@ def golden(
     """Hash one fixed forward and backward pass of a base: equal hashes, equal bits (tokenfocus.golden).
     With --steps, the first steps of a fine-tuning too, and with --against the first of them that
     parts from a recorded host's: where two hosts' runs part."""
-    from tokenfocus.golden import GOLDEN_SLUG, first_parting_step, golden_pass, golden_trajectory
+    from tokenfocus.golden import (
+        GOLDEN_SLUG,
+        first_parting_step,
+        golden_pass,
+        golden_trajectory,
+        load_trajectory,
+    )
 
     p = _params(params)
     slug = backbone or GOLDEN_SLUG
     if slug not in p.backbones:
         fail(f"unknown backbone {slug!r}: params.yaml names {', '.join(p.backbones)}")
-    record = None
-    if against is not None:
-        if not steps:
-            fail("--against compares a trajectory: give --steps too")
-        try:
-            record = json.loads(against.read_text())
-            _ = list(record["weights"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            fail(f"{against}: not a recorded trajectory (a JSON object with a 'weights' list): {exc}")
-    out: dict = golden_pass(params)
-    if steps:
-        try:
-            out |= golden_trajectory(params, slug=slug, steps=steps)
-        except ValueError as exc:
-            fail(str(exc))
+    try:
+        record = load_trajectory(against, steps) if against is not None else None
+        out: dict = golden_pass(params)
+        out |= golden_trajectory(params, slug=slug, steps=steps) if steps else {}
+    except ValueError as exc:
+        fail(str(exc))
     if record is not None:
         out["first_parting_step"] = first_parting_step(out["weights"], record)
     print(json.dumps(out, indent=1))
