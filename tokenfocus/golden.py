@@ -34,10 +34,9 @@ int mkl_serv_intel_cpu(void) {{ return {answer}; }}
 
 def host_is_intel() -> bool:
     """Whether ``/proc/cpuinfo`` names an Intel CPU (False where it cannot be read)."""
-    try:
-        return "GenuineIntel" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    from tokenfocus.host import cpuinfo
+
+    return cpuinfo().get("vendor_id") == "GenuineIntel"
 
 
 def mkl_vendor_shim(claims_intel: bool, directory: str | Path) -> Path | None:

@@ -13,7 +13,7 @@ from tokenfocus.env import CPU_KERNEL_ENV, NATIVE_SWITCH
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile")
 
 
-def _cpuinfo() -> dict[str, str]:
+def cpuinfo() -> dict[str, str]:
     """The first processor's ``/proc/cpuinfo`` fields ({} where it cannot be read)."""
     try:
         text = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()  # noqa: SIM115
@@ -42,7 +42,7 @@ def host_record(*, packages: bool = True) -> dict:
     import sys
     from importlib import metadata
 
-    info = _cpuinfo()
+    info = cpuinfo()
     flags = set(info.get("flags", "").split())
     kernels = {k: os.environ.get(k) for k in [*CPU_KERNEL_ENV, NATIVE_SWITCH]}
     if "torch" in sys.modules:  # never imported here: importing it would fix its dispatch too early

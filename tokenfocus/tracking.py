@@ -114,16 +114,17 @@ def _parent_run_id(cfg: TrackingConfig, pid: str | None) -> str:
             KIND_TAG: "pipeline",
             "git_commit": git_commit(),
             "data_digest": data_digest(),
-            **host_tags(),
+            **host_tags(host := host_record()),
         },
     )
-    client.log_dict(run.info.run_id, host_record(), "environment.json")
+    client.log_dict(run.info.run_id, host, "environment.json")
     return run.info.run_id
 
 
-def host_tags() -> dict[str, str]:
-    """The host's CPU as run tags, to filter runs by in the MLflow UI (environment.json has all)."""
-    cpu = host_record(packages=False)["cpu"]
+def host_tags(host: dict) -> dict[str, str]:
+    """A :func:`~tokenfocus.host.host_record`'s CPU as run tags, to filter runs by in the MLflow UI
+    (the record itself is logged as ``environment.json``)."""
+    cpu = host["cpu"]
     return {"host.cpu": f"{cpu['model']} ({cpu['signature']})", "host.isa": " ".join(cpu["isa"])}
 
 
@@ -165,11 +166,11 @@ def child_run(
                     KIND_TAG: kind,
                     PIPELINE_TAG: pid or pipeline_id(),
                     "git_commit": git_commit(),
-                    **host_tags(),
+                    **host_tags(host := host_record()),
                 },
             )
             # each child records the host it ran on: on a Dask cluster, backbones train apart
-            mlflow.log_dict(host_record(), "environment.json")
+            mlflow.log_dict(host, "environment.json")
         with run:
             yield run
 
