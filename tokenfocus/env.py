@@ -34,7 +34,12 @@ OFFLINE_ENV = {
 #: - oneDNN, which would run the convolutions with kernels blocked for the host: switched off
 #:   (:data:`ONEDNN_SWITCH`, read by :func:`torch_threads`), so they run as im2col plus MKL's GEMM;
 #:   its instruction set is capped as well, for any op that still reaches it;
-#: - OpenBLAS, numpy's and scipy's BLAS (the stacker, the logistic fit): its Haswell kernels.
+#: - OpenBLAS, numpy's and scipy's BLAS (the stacker, the logistic fit): its Haswell kernels;
+#: - numpy's own kernels (the logistic fit's ``exp``, the stacker's ``log``): its AVX2 level. On an
+#:   AVX-512 host they run SVML, whose last digits differ from the AVX2 code's (measured: PLCC's);
+#:   numpy ignores a feature the host lacks or its build does not name.
+#: MKL's vector maths stays unpinnable: its vendor-neutral square root starts from ``rsqrtps``,
+#: an estimate each CPU maker computes its own way, so training avoids it (``train.trainer.adamw``).
 #: The variables are read once, when their library loads: set them before torch or numpy is imported.
 CPU_KERNEL_ENV = {
     "ATEN_CPU_CAPABILITY": "avx2",
@@ -42,6 +47,7 @@ CPU_KERNEL_ENV = {
     "ONEDNN_MAX_CPU_ISA": "AVX2",
     "TOKENFOCUS_ONEDNN": "off",
     "OPENBLAS_CORETYPE": "Haswell",
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
 }
 #: ``off`` runs convolutions without oneDNN (torch.backends.mkldnn), ``on`` with it.
 ONEDNN_SWITCH = "TOKENFOCUS_ONEDNN"

@@ -34,6 +34,27 @@ log = logging.getLogger(__name__)
 LogFn = Callable[[dict[str, float], int], None]
 
 
+def adamw(groups: list[dict], *, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW whose step computes the same bits on every x86-64 CPU, Intel or AMD.
+
+    Why fused: torch's plain AdamW takes ``exp_avg_sq.sqrt()`` through MKL's vector maths. The
+    vendor-neutral branch that ``MKL_CBWR=COMPATIBLE`` pins (:mod:`tokenfocus.env`) starts that
+    root from ``rsqrtps``, an estimate each CPU maker computes its own way, and rounds the result
+    inexactly: an Intel and an AMD host part at the first step (measured, docs/clean-runs.md). The
+    fused kernel takes the IEEE root, exact on every CPU, in otherwise the same arithmetic.
+
+    Args:
+        groups: the parameter groups.
+        lr: the base learning rate.
+        weight_decay: AdamW's decoupled weight decay.
+    """
+    try:
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=True)
+    except RuntimeError as exc:  # a device or dtype with no fused kernel
+        log.warning("no fused AdamW here (%s): its steps may differ in the last bits by CPU", exc)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+
+
 class Trainer(TrainingSteps, Resumable):
     """One backbone's fine-tuning run; ``run()`` resumes from ``out/checkpoint`` if present."""
 
@@ -121,7 +142,7 @@ class Trainer(TrainingSteps, Resumable):
                 {"params": [p for p in self.trainable if id(p) not in whole]},
                 {"params": [p for p in self.trainable if id(p) in whole], "lr": self.bb.lora.modules_lr},
             ]
-        self.opt = torch.optim.AdamW(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.opt = adamw(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.sched = get_cosine_schedule_with_warmup(
             self.opt, int(self.cfg.warmup_frac * self.cfg.steps), self.cfg.steps
         )
