@@ -107,7 +107,8 @@ def check_cpu_kernels() -> str:
 
 def torch_threads(threads: int) -> None:
     """Fix torch's thread count (reductions split by thread: another count, other bits), switch
-    oneDNN as :data:`ONEDNN_SWITCH` says, and check the kernels' dispatch.
+    oneDNN as :data:`ONEDNN_SWITCH` says, NNPACK off unless the kernels run native, and check the
+    kernels' dispatch.
 
     Args:
         threads: torch's intra-op threads.
@@ -118,4 +119,9 @@ def torch_threads(threads: int) -> None:
     # A runtime flag, not an environment variable torch reads: it is set here, where every
     # trainer and scorer fixes its threads.
     torch.backends.mkldnn.enabled = os.environ.get(ONEDNN_SWITCH, "on").lower() != "off"
+    # NNPACK takes a stride-1 convolution of a batch of 16 or more when oneDNN is off, and splits
+    # its sums into blocks sized to the host's L1 cache: a 32 KiB L1 (AMD Zen 4, older Intel) and a
+    # 48 KiB one (newer Intel) sum in another order (measured: the tower's features at batch 32).
+    # Off with the pins, so convolutions run as im2col plus MKL's GEMM at every batch size.
+    torch.backends.nnpack.set_flags(os.environ.get(NATIVE_SWITCH, "").lower() == "native")
     check_cpu_kernels()
