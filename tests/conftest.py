@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -265,6 +266,12 @@ def project_dir(small_data, tmp_path, monkeypatch):
     os.symlink(small_data, tmp_path / "data")
     write_tiny_params(tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    # mlflow.set_tracking_uri (tracking.setup) is a process global that outranks the variable: an
+    # earlier test's in-process flow left it on that test's store, where a test whose flow runs in
+    # another process (the served deployment) then read its challenger. Only where mlflow is loaded.
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(uri)
     return tmp_path
