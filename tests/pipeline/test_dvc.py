@@ -150,7 +150,14 @@ def test_repro_resumes_then_noop_then_partial(repo):
     # the test prompts drawn in the held-out style family, reported beside test in the same form
     ens = json.loads((d / "eval" / "ensemble" / "metrics.json").read_text())
     held = ens["heldout_style"]
-    assert held["n"] == ens["test"]["n"] and held["final"] != ens["test"]["final"]
+
+    def scores(split: str) -> list[float]:
+        """Every backbone's pair scores on ``split``: other images give other floats. (The NTIRE
+        figure of 10 pairs is too coarse to tell: check and held-out families once tied at 0.4358.)"""
+        tables = [d / "work" / "scores" / s / f"{split}.json" for s in ("idefics3_tiny", "llava_siglip_tiny")]
+        return [r["score"] for t in tables for r in json.loads(t.read_text())]
+
+    assert held["n"] == ens["test"]["n"] and scores("heldout_style") != scores("test")
     assert set(held["category_accuracy"]) == set(ens["category_accuracy"])
     for slug in ("idefics3_tiny", "llava_siglip_tiny"):
         one = json.loads((d / "eval" / slug / "metrics.json").read_text())
@@ -163,7 +170,7 @@ def test_repro_resumes_then_noop_then_partial(repo):
     fams = yaml.safe_load((d / "params.yaml").read_text())["styles"]["check_families"]
     for fam in fams:
         check = ens[f"check_{fam}"]
-        assert check["n"] == ens["test"]["n"] and check["final"] != held["final"]
+        assert check["n"] == ens["test"]["n"] and scores(f"check_{fam}") != scores("heldout_style")
         assert set(check["backbones"]) == {"idefics3_tiny", "llava_siglip_tiny"}
     assert (
         f"| ensemble | {ens['test']['final']:.3f} | {held['final']:.3f} |"
