@@ -98,16 +98,13 @@ def test_the_scorer_mirrors_before_it_grounds_and_a_bundle_from_before_does_not(
         gemma.grounding = saved
     probs = gemma.elements_plain(images, PROMPTS, KEYS)
     mirror(gemma.elements_plain, images, PROMPTS, probs, saved.mirror_categories)
-    listed, moved = 0, 0
     for i, keys in enumerate(KEYS):
         for k in keys:
             if k.endswith(("(object)", "(color)", "(attribute)")):
                 assert scored[i].elements[k] == pytest.approx(probs[i][k], abs=1e-4), k
-                listed += 1
-                moved += abs(scored[i].elements[k] - once[i].elements[k]) > 1e-4
-    # the mirrored view is another view: most answers move (a confident one may not: the 6,000-step
-    # Gemma base read "large diamond" 0.96866 mirrored and 0.96863 once)
-    assert moved >= listed - 1, (moved, listed)
+                # the same path asked once gives the same bits, so every mirrored answer moves; by
+                # little where the base is sure (the 6,000-step Gemma: 0.96866 against 0.96863)
+                assert scored[i].elements[k] != pytest.approx(once[i].elements[k], abs=1e-6), k
     # counting reads the mean of both views' answers with the parts: it moves as well
     assert scored[0].elements["two stars (counting)"] != pytest.approx(
         once[0].elements["two stars (counting)"], abs=1e-4

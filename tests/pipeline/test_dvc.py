@@ -154,8 +154,10 @@ def test_repro_resumes_then_noop_then_partial(repo):
     def scores(split: str) -> list[float]:
         """Every backbone's pair scores on ``split``: other images give other floats. (The NTIRE
         figure of 10 pairs is too coarse to tell: check and held-out families once tied at 0.4358.)"""
-        tables = [d / "work" / "scores" / s / f"{split}.json" for s in ("idefics3_tiny", "llava_siglip_tiny")]
-        return [r["score"] for t in tables for r in json.loads(t.read_text())]
+        from tokenfocus.predictions import read_table
+
+        slugs = ("idefics3_tiny", "llava_siglip_tiny")
+        return [r["score"] for s in slugs for r in read_table(d / "work" / "scores" / s / f"{split}.json")]
 
     assert held["n"] == ens["test"]["n"] and scores("heldout_style") != scores("test")
     assert set(held["category_accuracy"]) == set(ens["category_accuracy"])
