@@ -198,9 +198,19 @@ def score_backbone(
     metrics = {}
     for split in splits:
         records = split_records(params, split)
+        root = image_root(params, split)
+        adapted = 0
+        if params.score.adapt_norm:  # every rank from the whole split's images: one set of statistics
+            from tokenfocus.scoring.adapt import adapt_to_split
+
+            adapted = adapt_to_split(
+                scorer, [r.img_path for r in records], root, max_images=params.score.adapt_images
+            )
         recs = [records[i] for i in w.shard(list(range(len(records))))]
         stem = out / (split if w.size == 1 else f"{split}.rank{w.rank}")
-        rows = score_resumably(scorer, recs, image_root(params, split), stem, params.score.chunk, model_dir)
+        rows = score_resumably(
+            scorer, recs, root, stem, params.score.chunk, model_dir, made_with={"adapted_norm": adapted}
+        )
         if w.size > 1:
             rows = merge_shards(out / split, rows, w, len(records))
             if rows is None:  # not rank 0: its shard is on disk for rank 0
@@ -222,6 +232,7 @@ def score_resumably(
     model_dir: Path,
     *,
     stop_after: int | None = None,
+    made_with: dict | None = None,
 ) -> list[dict]:
     """Score ``records`` ``chunk`` pairs at a time, appending each chunk's rows to
     ``<stem>.partial.jsonl`` as it goes; a run killed midway resumes after the last whole chunk.
@@ -229,7 +240,8 @@ def score_resumably(
     Only one chunk's images are decoded at a time, so memory does not grow with the split. Every
     run scores the same chunks, so a resumed table equals an uninterrupted one byte for byte. The
     partial file starts with what it was made from (the model's digest, the pairs and their
-    images); another model, another split or changed data starts it afresh. ``stop_after``
+    images); another model, another split or changed data starts it afresh, as does another
+    ``made_with`` (how the scorer was set up: statistics adapted to the split). ``stop_after``
     (tests): return after that many chunks.
     """
     from tokenfocus.checkpoint import data_signature, folder_digest
@@ -240,6 +252,7 @@ def score_resumably(
         "model": folder_digest(model_dir),
         "pairs": data_signature(records, [root]),
         "chunk": chunk,
+        **(made_with or {}),
     }
     rows: list[dict] = []
     if partial.exists():

@@ -118,3 +118,11 @@ class ScoreConfig:
     # dynamic-resolution images make smaller batches; 0 = batch_size alone
     batch_tokens: int = 0
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
+    # a convolutional tower's BatchNorm statistics re-estimated on each scored split's own images
+    # before it is scored (tokenfocus/scoring/adapt.py); a LayerNorm tower is left as it is
+    adapt_norm: bool = False
+    adapt_images: int = 4096  # at most this many of a split's images, evenly spaced, estimate them
+
+    def __post_init__(self):
+        if self.adapt_images < 1:
+            raise ConfigError(f"score.adapt_images must be >= 1, got {self.adapt_images}")
