@@ -68,21 +68,27 @@ def train_mode(model) -> None:
 TOWER_NAMES, PROJECTOR_INSIDE = ("vision_tower", "visual", "vision_model", "vision_encoder"), ("merger",)
 
 
+def vision_tower(model):
+    """The vision encoder module (under a PEFT wrapper too), or None where the model keeps none
+    under any of :data:`TOWER_NAMES`."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(inner, "model", inner)
+    return next((t for t in (getattr(inner, n, None) for n in TOWER_NAMES) if hasattr(t, "parameters")), None)
+
+
 def tower_parameters(model) -> list:
     """The vision encoder's parameters (under a PEFT wrapper too), less a projector kept inside it.
 
     Raises:
         ValueError: the model keeps no module under any of :data:`TOWER_NAMES`.
     """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inner = getattr(inner, "model", inner)
-    for tower in (getattr(inner, n, None) for n in TOWER_NAMES):
-        if hasattr(tower, "parameters"):
-            skip = {
-                id(q) for n in PROJECTOR_INSIDE if hasattr(tower, n) for q in getattr(tower, n).parameters()
-            }
-            return [q for q in tower.parameters() if id(q) not in skip]
-    raise ValueError(f"{type(model).__name__}: no vision tower under {TOWER_NAMES}; set freeze_tower: false")
+    tower = vision_tower(model)
+    if tower is None:
+        raise ValueError(
+            f"{type(model).__name__}: no vision tower under {TOWER_NAMES}; set freeze_tower: false"
+        )
+    skip = {id(q) for n in PROJECTOR_INSIDE if hasattr(tower, n) for q in getattr(tower, n).parameters()}
+    return [q for q in tower.parameters() if id(q) not in skip]
 
 
 def replace_dir(tmp: Path, out: Path) -> None:

@@ -22,20 +22,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenfocus.backbones import TOWER_NAMES
+from tokenfocus.backbones import vision_tower
 
 
 def norm_layers(model) -> list:
     """The BatchNorm layers inside ``model``'s vision tower (empty for a LayerNorm tower)."""
     import torch
 
-    towers = [m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] in TOWER_NAMES]
-    return [
-        m
-        for tower in towers[:1]
-        for m in tower.modules()
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-    ]
+    tower = vision_tower(model)
+    if tower is None:
+        return []
+    return [m for m in tower.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
 
 def adapt_norm(model, processor, batches: Iterable[list]) -> int:
@@ -58,8 +55,8 @@ def adapt_norm(model, processor, batches: Iterable[list]) -> int:
     layers = norm_layers(model)
     if not layers:
         return 0
-    towers = [m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] in TOWER_NAMES]
-    tower, param = towers[0], next(towers[0].parameters())
+    tower = vision_tower(model)
+    param = next(tower.parameters())
     state = [(m.momentum, m.training) for m in layers]
     for m in layers:  # only the statistics learn: the layers' affine weights take no gradient here
         m.reset_running_stats()
