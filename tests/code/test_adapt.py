@@ -96,12 +96,45 @@ def test_a_tower_without_batchnorm_is_left_alone(tiny_params):
     assert adapt_norm(scorer.model, scorer.processor, never()) == 0
 
 
-def test_no_images_is_an_error_that_says_so(gemma):
+def _same_statistics(layers, state) -> bool:
+    import torch
+
+    return all(
+        torch.equal(m.running_mean, mean)
+        and torch.equal(m.running_var, var)
+        and m.momentum == momentum
+        and m.training == training
+        for m, (mean, var, _, momentum, training) in zip(layers, state, strict=True)
+    )
+
+
+def test_no_images_is_an_error_that_says_so_and_keeps_the_statistics(gemma):
     layers = norm_layers(gemma.model)
     before = _state(layers)
     try:
         with pytest.raises(ValueError, match="no images"):
             adapt_norm(gemma.model, gemma.processor, [])
+        assert _same_statistics(layers, before)  # not reset to zero mean and unit variance
+    finally:
+        _restore(layers, before)
+
+
+def test_a_batch_that_fails_midway_leaves_the_saved_statistics(gemma, small_data):
+    from tokenfocus.images import ImageError
+
+    layers = norm_layers(gemma.model)
+    before = _state(layers)
+    counts = [m.num_batches_tracked.clone() for m in layers]
+
+    def batches():
+        yield _images(small_data, 4, dim=0.4)  # one batch estimated, then an unreadable image
+        raise ImageError("broken.png: not an image")
+
+    try:
+        with pytest.raises(ImageError, match="broken.png"):
+            adapt_norm(gemma.model, gemma.processor, batches())
+        assert _same_statistics(layers, before)
+        assert all(int(m.num_batches_tracked) == int(c) for m, c in zip(layers, counts, strict=True))
     finally:
         _restore(layers, before)
 

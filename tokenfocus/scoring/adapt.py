@@ -40,7 +40,9 @@ def adapt_norm(model, processor, batches: Iterable[list]) -> int:
 
     Each layer's running mean and variance are reset and set to the average of its batches'
     statistics (PyTorch's cumulative average, ``momentum=None``); nothing else moves: weights, other
-    layers and the model's mode are as they were. The same batches give the same statistics.
+    layers and the model's mode are as they were. The same batches give the same statistics. Where
+    no image comes, or reading a batch fails (an unreadable image), the layers keep the statistics
+    they had, so the scorer is as it was before the call.
 
     Args:
         model: a loaded image-text-to-text model (or a peft model around one).
@@ -49,6 +51,9 @@ def adapt_norm(model, processor, batches: Iterable[list]) -> int:
 
     Returns:
         How many BatchNorm layers were re-estimated (0: the tower has none; ``batches`` is unread).
+
+    Raises:
+        ValueError: ``batches`` held no image.
     """
     import torch
 
@@ -57,24 +62,30 @@ def adapt_norm(model, processor, batches: Iterable[list]) -> int:
         return 0
     tower = vision_tower(model)
     param = next(tower.parameters())
-    state = [(m.momentum, m.training) for m in layers]
+    # momentum, mode and statistics (running mean, variance, batch count) to put back afterwards
+    state = [(m.momentum, m.training, [b.clone() for b in m.buffers(recurse=False)]) for m in layers]
     for m in layers:  # only the statistics learn: the layers' affine weights take no gradient here
         m.reset_running_stats()
         m.momentum = None
         m.train()
-    seen = 0
+    seen, done = 0, False
     try:
         with torch.no_grad():
             for batch in batches:
                 pixels = processor.image_processor(images=batch, return_tensors="pt")["pixel_values"]
                 tower(pixels.to(param.device, param.dtype))
                 seen += len(batch)
+        if not seen:
+            raise ValueError("adapt_norm: no images to estimate the tower's statistics from")
+        done = True
     finally:
-        for m, (momentum, training) in zip(layers, state, strict=True):
-            m.momentum = momentum
-            m.train(training)
-    if not seen:
-        raise ValueError("adapt_norm: no images to estimate the tower's statistics from")
+        with torch.no_grad():
+            for m, (momentum, training, saved) in zip(layers, state, strict=True):
+                m.momentum = momentum
+                m.train(training)
+                if not done:  # half-estimated statistics would score with neither set
+                    for b, old in zip(m.buffers(recurse=False), saved, strict=True):
+                        b.copy_(old)
     return len(layers)
 
 
