@@ -68,7 +68,7 @@ bases: data
 	$(BIN)/dvc pull -q --allow-missing build pretrain
 
 run: bases
-	$(PY) scripts/timed_repro.py
+	$(BIN)/tokenfocus repro  # dvc repro, the backbones' stages side by side (tokenfocus/repro.py)
 	$(BIN)/tokenfocus report --print
 	@echo "Next: 'make ui' for the MLflow and Prefect UIs, '$(BIN)/dvc metrics show', 'make serve'."
 

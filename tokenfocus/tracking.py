@@ -34,6 +34,27 @@ def tracking_uri(cfg: TrackingConfig) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
 
 
+def store_lock(cfg: TrackingConfig):
+    """A lock across processes on the tracking store, held while one creates what all share.
+
+    Why: the pipeline's stages run side by side in processes of their own (`tokenfocus repro`, the
+    retrain flow's isolated tasks). On a fresh store each would create the sqlite schema, the
+    experiment and the pipeline's parent run: two migrations at once fail, and two parents split
+    one pipeline run in two. The lock file lies beside a sqlite store, else in the temp folder.
+    """
+    import tempfile
+
+    from filelock import FileLock
+
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///") + ".lock")
+    else:
+        path = Path(tempfile.gettempdir()) / f"tokenfocus-{hashlib.sha1(uri.encode()).hexdigest()[:12]}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path), is_singleton=True)  # reentrant: setup() runs under the parent's lock
+
+
 def setup(cfg: TrackingConfig):
     """Point MLflow at the store and experiment; fail clearly if the store is unavailable."""
     import mlflow
@@ -41,7 +62,8 @@ def setup(cfg: TrackingConfig):
     os.environ.pop("MLFLOW_RUN_ID", None)  # a stale id would attach our runs to a stranger's
     mlflow.set_tracking_uri(tracking_uri(cfg))
     try:
-        return mlflow.set_experiment(cfg.experiment)
+        with store_lock(cfg):
+            return mlflow.set_experiment(cfg.experiment)
     except Exception as exc:
         raise TrackingError(f"MLflow tracking store {tracking_uri(cfg)} unavailable: {exc}") from None
 
@@ -91,7 +113,8 @@ _PARENT_LOCK = threading.Lock()
 
 def parent_run_id(cfg: TrackingConfig, pid: str | None = None) -> str:
     """The parent run of this pipeline run, created on first use."""
-    with _PARENT_LOCK:  # concurrent tasks in one process must not create two parents
+    # concurrent tasks in one process, and stages in processes side by side, must not create two
+    with _PARENT_LOCK, store_lock(cfg):
         return _parent_run_id(cfg, pid)
 
 

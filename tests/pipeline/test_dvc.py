@@ -13,6 +13,7 @@ import yaml
 from tests.conftest import ROOT, write_tiny_params
 
 DVC = str(Path(sys.executable).with_name("dvc"))
+TOKENFOCUS = str(Path(sys.executable).with_name("tokenfocus"))
 STEPS = 6
 
 
@@ -69,7 +70,8 @@ def _offline(args: list[str]) -> list[str]:
 
 
 def _ran(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+    """The stages a run ran (`tokenfocus repro` prefixes a backbone's lines with its slug)."""
+    return {line.split("'")[1] for line in output.splitlines() if "Running stage '" in line}
 
 
 def _kill_during_training(d, env) -> tuple[str, int]:
@@ -109,6 +111,8 @@ def _assert_the_mlflow_record(d: Path) -> None:
 
     client = MlflowClient(tracking_uri=f"sqlite:///{d / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tokenfocus").experiment_id])
+    # the killed run and its rerun, whose stages ran side by side, are one pipeline run
+    assert len([r for r in runs if r.data.tags.get("tokenfocus.kind") == "pipeline"]) == 1
     pre = {
         r.data.tags.get("mlflow.runName"): r for r in runs if r.data.tags.get("tokenfocus.kind") == "pretrain"
     }
@@ -131,8 +135,10 @@ def test_repro_resumes_then_noop_then_partial(repo):
     d, env = repo
     slug, step = _kill_during_training(d, env)
     assert "up to date" not in _run([DVC, "status"], d, env)
-    # the rerun resumes the killed backbone from its checkpoint and completes
-    out = _run([DVC, "repro"], d, env)
+    # the rerun (`make run`'s: the backbones' stages side by side) resumes the killed backbone
+    # from its checkpoint and completes
+    out = _run([TOKENFOCUS, "repro"], d, env)
+    assert "2 backbone(s) at a time" in out
     assert f"{slug}: resumed from step {step}" in out
     first = _ran(out)
     assert {"train@idefics3_tiny", "score@llava_siglip_tiny", "stack", "register"} <= first

@@ -287,6 +287,22 @@ def report(params: str = PARAMS, print_only: bool = typer.Option(False, "--print
     typer.echo(main(_params(params), write=not print_only))
 
 
+@app.command()
+def repro(
+    jobs: int = typer.Option(
+        0,
+        min=0,
+        help="backbones' train and score stages at a time (0: as many as the cores hold at the params' threads)",
+    ),
+) -> None:
+    """Reproduce the pipeline with `dvc repro`, the backbones' stages side by side; each stage's
+    time in eval/pipeline_timing.json."""
+    from tokenfocus.repro import reproduce
+
+    # params.yaml, the file dvc.yaml's stages read: its backbones and threads
+    raise typer.Exit(reproduce(_params("params.yaml"), jobs=jobs or None))
+
+
 def run() -> None:  # pragma: no cover - console entry
     try:
         app()
