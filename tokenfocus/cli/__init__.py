@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from tokenfocus.cli import registry
+from tokenfocus.cli import pipeline, registry
 from tokenfocus.cli.backbones import backbones_app
 from tokenfocus.cli.common import PARAMS, fail
 from tokenfocus.cli.common import params_or_fail as _params
@@ -274,8 +274,15 @@ def score_one(
         typer.echo(f"  P(yes) {v:.3f}  {k}")
 
 
-# the ensemble's verbs (cli/registry.py), top-level subcommands like the ones above
-for _verb in (registry.stack, registry.register, registry.promote, registry.predict, registry.serve):
+# the pipeline's and the ensemble's verbs (cli/pipeline.py, cli/registry.py), top-level subcommands
+for _verb in (
+    pipeline.repro,
+    registry.stack,
+    registry.register,
+    registry.promote,
+    registry.predict,
+    registry.serve,
+):
     app.command()(_verb)
 
 
@@ -285,22 +292,6 @@ def report(params: str = PARAMS, print_only: bool = typer.Option(False, "--print
     from tokenfocus.report import main
 
     typer.echo(main(_params(params), write=not print_only))
-
-
-@app.command()
-def repro(
-    jobs: int = typer.Option(
-        0,
-        min=0,
-        help="backbones' train and score stages at a time (0: as many as the cores hold at the params' threads)",
-    ),
-) -> None:
-    """Reproduce the pipeline with `dvc repro`, the backbones' stages side by side; each stage's
-    time in eval/pipeline_timing.json."""
-    from tokenfocus.repro import reproduce
-
-    # params.yaml, the file dvc.yaml's stages read: its backbones and threads
-    raise typer.Exit(reproduce(_params("params.yaml"), jobs=jobs or None))
 
 
 def run() -> None:  # pragma: no cover - console entry
