@@ -277,6 +277,7 @@ def score_one(
 # the pipeline's and the ensemble's verbs (cli/pipeline.py, cli/registry.py), top-level subcommands
 for _verb in (
     pipeline.repro,
+    pipeline.report,
     registry.stack,
     registry.register,
     registry.promote,
@@ -284,14 +285,6 @@ for _verb in (
     registry.serve,
 ):
     app.command()(_verb)
-
-
-@app.command()
-def report(params: str = PARAMS, print_only: bool = typer.Option(False, "--print")) -> None:
-    """Write docs/results.md from eval/ and print the results table."""
-    from tokenfocus.report import main
-
-    typer.echo(main(_params(params), write=not print_only))
 
 
 def run() -> None:  # pragma: no cover - console entry

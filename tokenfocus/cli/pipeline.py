@@ -1,10 +1,11 @@
-"""The pipeline's verb: reproduce it with DVC. A plain function, registered as a top-level
-subcommand by ``tokenfocus.cli``."""
+"""The pipeline's verbs: reproduce it with DVC, and report its results. Plain functions,
+registered as top-level subcommands by ``tokenfocus.cli``."""
 
 from __future__ import annotations
 
 import typer
 
+from tokenfocus.cli.common import PARAMS
 from tokenfocus.cli.common import params_or_fail as _params
 
 
@@ -21,3 +22,10 @@ def repro(
 
     # params.yaml, the file dvc.yaml's stages read: its backbones and threads
     raise typer.Exit(reproduce(_params("params.yaml"), jobs=jobs or None))
+
+
+def report(params: str = PARAMS, print_only: bool = typer.Option(False, "--print")) -> None:
+    """Write docs/results.md from eval/ and print the results table."""
+    from tokenfocus.report import main
+
+    typer.echo(main(_params(params), write=not print_only))
