@@ -49,14 +49,14 @@ def bases_task(params_path: str, root: str, slugs: list[str]) -> list[str]:
     """The pre-trained bases, reused: pre-training runs again only where a base is missing or its
     inputs changed. In a DVC project that is exactly `dvc repro`'s decision (after pulling the
     shipped bases); elsewhere, a base folder that exists is reused as it is."""
-    import shutil
     import subprocess
-    import sys
 
     p = _load(params_path, root)
     tiny = [s for s in slugs if p.backbone(s).family]
     if tiny and (Path(root) / "dvc.yaml").exists():
-        dvc = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
+        from tokenfocus.repro import dvc_executable
+
+        dvc = dvc_executable()
         for cmd in (
             [
                 "pull",

@@ -34,6 +34,7 @@ apply_env()
 from tokenfocus.config import load_params  # noqa: E402
 from tokenfocus.plots import category_accuracy  # noqa: E402
 from tokenfocus.predictions import HELDOUT, SHORT, read_table, score_backbone  # noqa: E402
+from tokenfocus.repro import dvc_executable  # noqa: E402
 from tokenfocus.train import Trainer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -102,7 +103,7 @@ def fresh_split() -> None:
     comparable with docs/results.md."""
     import subprocess
 
-    dvc = str(Path(sys.executable).with_name("dvc"))
+    dvc = dvc_executable()
     status = subprocess.run([dvc, "status", "split"], capture_output=True, text=True)
     if "up to date" not in status.stdout:
         sys.exit(

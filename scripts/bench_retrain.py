@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flows.schedule import DEPLOYMENT, serve_in_background, start_server, wait_for_deployment  # noqa: E402
 from tokenfocus.config import load_params  # noqa: E402
 from tokenfocus.env import apply_env  # noqa: E402
+from tokenfocus.repro import dvc_executable  # noqa: E402
 from tokenfocus.serving.server import free_port  # noqa: E402
 
 AIM = 1.2
@@ -31,7 +32,7 @@ AIM = 1.2
 
 def time_dvc(slugs: list[str]) -> dict:
     """Force the retrain's stages through `dvc repro`, timing each one."""
-    dvc = str(Path(sys.executable).with_name("dvc"))
+    dvc = dvc_executable()
     stages = [
         "validate",
         "split",

@@ -15,7 +15,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -148,8 +147,9 @@ def import_release(
         "versioned": False,
     }
     if version:
-        dvc = str(Path(sys.executable).with_name("dvc"))
-        done = subprocess.run([dvc, "add", "-q", str(out)], capture_output=True, text=True)
+        from tokenfocus.repro import dvc_executable
+
+        done = subprocess.run([dvc_executable(), "add", "-q", str(out)], capture_output=True, text=True)
         if done.returncode:
             raise IngestError(f"`dvc add {out}` failed: {done.stderr.strip()[-500:]}")
         summary["versioned"] = True

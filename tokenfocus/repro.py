@@ -40,7 +40,8 @@ TIMING = Path("eval/pipeline_timing.json")
 
 @dataclass
 class Lane:
-    """One `dvc` command's run: its return code and each stage it ran, with its wall time."""
+    """One lane's `dvc` commands, run in turn: the return code of the last one run, and each stage
+    they ran, with its wall time."""
 
     name: str
     rc: int = 0
@@ -48,7 +49,8 @@ class Lane:
 
 
 def dvc_executable() -> str:
-    """The `dvc` beside this Python (the project's venv), else the one on PATH."""
+    """The `dvc` beside this Python (the project's venv, whose packages it runs with), else the
+    one on PATH. Everything in the project that runs `dvc` as a command takes it from here."""
     local = Path(sys.executable).with_name("dvc")
     return str(local) if local.exists() else "dvc"
 

@@ -34,13 +34,19 @@ def tracking_uri(cfg: TrackingConfig) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
 
 
-def store_lock(cfg: TrackingConfig):
-    """A lock across processes on the tracking store, held while one creates what all share.
+@contextmanager
+def store_lock(cfg: TrackingConfig) -> Iterator[None]:
+    """Hold a lock across processes on the tracking store while one creates what all share.
 
     Why: the pipeline's stages run side by side in processes of their own (`tokenfocus repro`, the
     retrain flow's isolated tasks). On a fresh store each would create the sqlite schema, the
     experiment and the pipeline's parent run: two migrations at once fail, and two parents split
     one pipeline run in two. The lock file lies beside a sqlite store, else in the temp folder.
+    Reentrant in one process (:func:`setup` runs under the parent's lock).
+
+    Raises:
+        TrackingError: the lock file cannot be made (a sqlite store in a folder that is missing or
+            not writable); no folder is created for it.
     """
     import tempfile
 
@@ -51,8 +57,19 @@ def store_lock(cfg: TrackingConfig):
         path = Path(uri.removeprefix("sqlite:///") + ".lock")
     else:
         path = Path(tempfile.gettempdir()) / f"tokenfocus-{hashlib.sha1(uri.encode()).hexdigest()[:12]}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(path), is_singleton=True)  # reentrant: setup() runs under the parent's lock
+    if not path.parent.is_dir():  # filelock would make the folder; a mistyped store must fail
+        raise TrackingError(
+            f"MLflow tracking store {uri} unavailable: no folder {path.parent} for {path.name}"
+        )
+    lock = FileLock(str(path), is_singleton=True)
+    try:
+        lock.acquire()
+    except OSError as exc:
+        raise TrackingError(f"MLflow tracking store {uri} unavailable: cannot lock {path}: {exc}") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def setup(cfg: TrackingConfig):

@@ -37,3 +37,15 @@ def test_stages_side_by_side_on_a_fresh_store_share_one_experiment_and_one_paren
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("race").experiment_id])
     assert len(runs) == 1 and ids == {runs[0].info.run_id}
+
+
+def test_a_store_in_a_missing_folder_is_a_clear_error_and_no_folder_is_made(tmp_path, monkeypatch):
+    import pytest
+
+    from tokenfocus.tracking import TrackingError, parent_run_id
+
+    missing = tmp_path / "no" / "such"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{missing / 'mlflow.db'}")
+    with pytest.raises(TrackingError, match=r"unavailable.*mlflow\.db\.lock"):
+        parent_run_id(TrackingConfig(experiment="x"), pid="p")
+    assert not (tmp_path / "no").exists()
