@@ -1,7 +1,8 @@
 """`make bench`: throughput and memory of the scorer and trainer, written to docs/benchmarks.md.
 
-``--dispatch``, ``--grounding`` and ``--side-by-side`` measure only section 7 (the CPU kernels' pins),
-8 (grounded elements) or 9 (stages side by side) and splice it into the file.
+``--dispatch``, ``--grounding``, ``--side-by-side`` and ``--pretrain`` measure only section 7 (the CPU
+kernels' pins), 8 (grounded elements), 9 (stages side by side) or 10 (pre-training's steps) and
+splice it into the file.
 
 Every row names the machine, the backbone, the batch size, the number of runs and the median,
 and each fast path is compared with its baseline measured in the same run.
@@ -353,12 +354,48 @@ else:
 print(json.dumps({"rate": rate, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 """
 
+#: A pre-training stage's steps on the random base, the shipped recipe: CPU-seconds a step, and
+#: of it the drawing of the step's scenes (the same draws, timed alone).
+PRETRAIN_CHILD = r"""
+import dataclasses, json, random, sys, time, torch
+from tokenfocus.backbones import load_model_and_processor, template_parts
+from tokenfocus.config import load_params
+from tokenfocus.pretrain.curriculum import Pool
+from tokenfocus.pretrain.stages import _rows, question_stage, tower_stage
+from tokenfocus.env import torch_threads
+stage, slug, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+p = load_params(); bb = p.backbone(slug); cfg = dataclasses.replace(p.pretrain_for(slug), threads=1)
+torch_threads(cfg.threads)
+frac = {"tower": 0.0, "pairs": 0.0, "elements": cfg.element_frac}[stage]
+styles = p.styles.book().styles("pretrain")
+init = f"{p.pretrain.init_root}/{slug}"
+model, processor = load_model_and_processor(init, dataclasses.replace(bb, source=init), slug=slug)
+processor.tokenizer.padding_side = "left"
+t = time.process_time()
+if stage == "tower":
+    tower_stage(model, processor, bb.family, dataclasses.replace(cfg, tower_steps=n), bb.image_size, slug=slug, styles=styles)
+else:
+    question_stage(model, processor, bb.family, cfg, p.prompts_for(slug), bb.image_size, steps=n,
+                   element_frac=frac, open_frac=(1 - frac) * cfg.open_frac, name=stage, slug=slug,
+                   styles=styles)
+step = (time.process_time() - t) / n
+t = time.process_time()
+rng, parts = random.Random(0), template_parts(processor)
+for k in range(n):
+    if stage == "tower":
+        Pool.draw(cfg.batch_size, bb.image_size, k, max_groups=cfg.tower_groups, styles=styles,
+                  count_weights=tuple(cfg.count_weights))
+    else:
+        _rows(rng, k, cfg, parts, p.prompts_for(slug), bb.image_size, frac, (1 - frac) * cfg.open_frac, styles)
+print(json.dumps({"step_cpu_s": step, "draw_cpu_s": (time.process_time() - t) / n, "threads": cfg.threads}))
+"""
 
-def children(n: int, *args, env: dict | None = None) -> list[dict]:
-    """``n`` bench children with the same arguments, started together; their results."""
+
+def children(n: int, *args, env: dict | None = None, code: str = CHILD) -> list[dict]:
+    """``n`` bench children (``code``) with the same arguments, started together; their results."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", CHILD, *args],
+            [sys.executable, "-c", code, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -557,6 +594,59 @@ def bench_dispatch(params, rows):
         )
 
 
+def bench_pretrain(params, rows, slug: str = "fastvlm_gemma", n: int = 30, rounds: int = 3):
+    """What a pre-training step costs, stage by stage, at one thread: the kernels pinned (the
+    default), MKL's AVX2 branch (a pin on Intel CPUs only: docs/benchmarks.md section 7) and the
+    host's own dispatch, in alternation; and what the recipe's steps then cost (``recipe_cpu_min``)."""
+    from tokenfocus.env import CPU_KERNEL_ENV
+
+    settings = {
+        "pinned (the default)": kernel_env(**CPU_KERNEL_ENV),
+        "MKL_CBWR=AVX2,STRICT, the rest pinned": kernel_env(**(CPU_KERNEL_ENV | {"MKL_CBWR": "AVX2,STRICT"})),
+        "native (host dispatch)": kernel_env(),
+    }
+    cfg = params.pretrain_for(slug)
+    steps = {"tower": cfg.tower_steps, "pairs": cfg.steps, "elements": cfg.element_steps}
+    for stage, recipe in steps.items():
+        got = {name: [] for name in settings}
+        for _ in range(rounds):
+            for name, env in settings.items():
+                got[name].append(children(1, stage, slug, str(n), env=env, code=PRETRAIN_CHILD)[0])
+        for name, runs in got.items():
+            step = statistics.median(r["step_cpu_s"] for r in runs)
+            draw = statistics.median(r["draw_cpu_s"] for r in runs)
+            rows["pretrain"].append(
+                {
+                    "stage": stage,
+                    "setting": name,
+                    "steps_timed": n,
+                    "runs": rounds,
+                    "step_cpu_s": step,
+                    "drawing_cpu_s": draw,
+                    "drawing_share": draw / step,
+                    "recipe_steps": recipe,
+                    "recipe_cpu_min": step * recipe / 60,
+                }
+            )
+
+
+def pretrain_section(rows: dict) -> str:
+    """Section 10 of docs/benchmarks.md, from :func:`bench_pretrain`'s rows."""
+    return section(
+        10,
+        "Pre-training: what a step costs under the pins",
+        "Each stage of the Gemma base's shipped curriculum (`pretrain@fastvlm_gemma`: the tower as a "
+        "classifier, questions with the tower frozen, element questions) run for a few steps from "
+        "the random base at one thread, in a process of its own, under three kernel settings in "
+        "alternation (medians). `drawing_cpu_s`: the same steps' scenes drawn alone, which no "
+        "kernel setting moves. `recipe_cpu_min`: the step's cost times the recipe's steps, without "
+        "the checks between stages. Only the pinned row is the project's: MKL's AVX2 branch computes "
+        "other bits on another vendor's CPU, and the host's own dispatch other bits on each host "
+        "(section 7), so a base pre-trained with either would not be reproduced elsewhere.",
+        rows["pretrain"],
+    )
+
+
 def bench_grounding(params, rows, n: int = 128):
     """The cost of grounded spatial and counting elements: the same pairs scored with every element
     asked, and with the spatial ones read from where their objects stand and the counting ones from
@@ -668,6 +758,7 @@ def main() -> None:
         "train_shared": [],
         "grounding": [],
         "side_by_side": [],
+        "pretrain": [],
     }
     if sys.argv[1:] == ["--dispatch"]:
         bench_dispatch(params, rows)
@@ -678,6 +769,9 @@ def main() -> None:
     if sys.argv[1:] == ["--side-by-side"]:
         bench_side_by_side(params, rows)
         return splice(9, side_by_side_section(rows), rows, ("side_by_side",))
+    if sys.argv[1:] == ["--pretrain"]:
+        bench_pretrain(params, rows)
+        return splice(10, pretrain_section(rows), rows, ("pretrain",))
     bench_overall(params, rows)
     bench_elements(params, rows)
     bench_shared(params, rows)
@@ -688,6 +782,7 @@ def main() -> None:
     bench_dispatch(params, rows)
     bench_grounding(params, rows)
     bench_side_by_side(params, rows)
+    bench_pretrain(params, rows)
     timing = Path("eval/pipeline_timing.json")
     text = (
         f"# Benchmarks (generated by `make bench`)\n\nMachine: {MACHINE}. Models: the default tiny backbones "
@@ -731,6 +826,7 @@ def main() -> None:
         + dispatch_section(rows)
         + grounding_section(rows)
         + side_by_side_section(rows)
+        + pretrain_section(rows)
     )
     for extra in (Path("docs/dp-bench.md"), Path("docs/retrain-bench.md"), Path("docs/loadtest.md")):
         if extra.exists():
