@@ -357,13 +357,14 @@ print(json.dumps({"rate": rate, "peak_rss_gib": resource.getrusage(resource.RUSA
 #: A pre-training stage's steps on the random base, the shipped recipe at the given threads:
 #: CPU and wall seconds a step, and the CPU seconds of drawing the step's scenes (timed alone).
 PRETRAIN_CHILD = r"""
-import dataclasses, json, random, sys, time, torch
+import contextlib, dataclasses, json, random, sys, time, torch
 from tokenfocus.backbones import load_model_and_processor, template_parts
 from tokenfocus.config import load_params
 from tokenfocus.pretrain.curriculum import Pool
 from tokenfocus.pretrain.stages import _rows, question_stage, tower_stage
 from tokenfocus.env import torch_threads
-stage, slug, n, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+from tokenfocus.gemm import openblas_gemm
+stage, slug, n, threads, gemm = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 p = load_params(); bb = p.backbone(slug); cfg = dataclasses.replace(p.pretrain_for(slug), threads=threads)
 torch_threads(cfg.threads)
 frac = {"tower": 0.0, "pairs": 0.0, "elements": cfg.element_frac}[stage]
@@ -372,12 +373,14 @@ styles = p.styles.book().styles("pretrain")
 init = f"{p.pretrain.init_root}/{slug}"
 model, processor = load_model_and_processor(init, dataclasses.replace(bb, source=init), slug=slug)
 processor.tokenizer.padding_side = "left"
+ctx = openblas_gemm(threads) if gemm == "openblas" else contextlib.nullcontext()
 cpu, wall = time.process_time(), time.perf_counter()
-if stage == "tower":
-    tower_stage(model, processor, bb.family, dataclasses.replace(cfg, tower_steps=n), bb.image_size, slug=slug, styles=styles)
-else:
-    question_stage(model, processor, bb.family, cfg, p.prompts_for(slug), bb.image_size, steps=n,
-                   element_frac=frac, open_frac=open_frac, name=stage, slug=slug, styles=styles)
+with ctx:
+    if stage == "tower":
+        tower_stage(model, processor, bb.family, dataclasses.replace(cfg, tower_steps=n), bb.image_size, slug=slug, styles=styles)
+    else:
+        question_stage(model, processor, bb.family, cfg, p.prompts_for(slug), bb.image_size, steps=n,
+                       element_frac=frac, open_frac=open_frac, name=stage, slug=slug, styles=styles)
 step_cpu, step_wall = (time.process_time() - cpu) / n, (time.perf_counter() - wall) / n
 cpu = time.process_time()
 rng, parts = random.Random(0), template_parts(processor)
@@ -601,23 +604,27 @@ def bench_pretrain(params, rows, slug: str = "fastvlm_gemma", n: int = 30, round
     (``recipe_cpu_min``)."""
     from tokenfocus.env import CPU_KERNEL_ENV
 
+    pinned = kernel_env(**CPU_KERNEL_ENV)
     settings = {
-        "pinned (the default)": (kernel_env(**CPU_KERNEL_ENV), 1),
-        "pinned, two threads": (kernel_env(**CPU_KERNEL_ENV), 2),
+        "pinned (the default)": (pinned, 1, "mkl"),
+        "pinned, two threads": (pinned, 2, "mkl"),
+        # as portable as the default row: numpy's OpenBLAS on its pinned Haswell kernels
+        "pinned, GEMMs on OpenBLAS (tokenfocus.gemm)": (pinned, 1, "openblas"),
         "MKL_CBWR=AVX2,STRICT, the rest pinned": (
             kernel_env(**(CPU_KERNEL_ENV | {"MKL_CBWR": "AVX2,STRICT"})),
             1,
+            "mkl",
         ),
-        "native (host dispatch)": (kernel_env(), 1),
+        "native (host dispatch)": (kernel_env(), 1, "mkl"),
     }
     cfg = params.pretrain_for(slug)
     steps = {"tower": cfg.tower_steps, "pairs": cfg.steps, "elements": cfg.element_steps}
     for stage, recipe in steps.items():
         got = {name: [] for name in settings}
         for _ in range(rounds):
-            for name, (env, threads) in settings.items():
+            for name, (env, threads, gemm) in settings.items():
                 got[name].append(
-                    children(1, stage, slug, str(n), str(threads), env=env, code=PRETRAIN_CHILD)[0]
+                    children(1, stage, slug, str(n), str(threads), gemm, env=env, code=PRETRAIN_CHILD)[0]
                 )
         for name, runs in got.items():
             step = statistics.median(r["step_cpu_s"] for r in runs)
@@ -646,12 +653,14 @@ def pretrain_section(rows: dict) -> str:
         "Pre-training: what a step costs under the pins",
         "Each stage of the Gemma base's shipped curriculum (`pretrain@fastvlm_gemma`: the tower as a "
         "classifier, questions with the tower frozen, element questions) run for a few steps from "
-        "the random base, in a process of its own, under four settings in alternation (medians): "
-        "the pinned kernels at one thread and at two, MKL's AVX2 branch and the host's dispatch. "
+        "the random base, in a process of its own, under five settings in alternation (medians): "
+        "the pinned kernels at one thread and at two, the pinned kernels with torch's matrix "
+        "products and convolutions on numpy's OpenBLAS (`tokenfocus.gemm`, its Haswell kernels: "
+        "as portable), MKL's AVX2 branch and the host's dispatch. "
         "`step_cpu_s` counts every thread's CPU time (what the 60 CPU-minute budget counts), "
         "`step_wall_s` the clock's. `drawing_cpu_s`: the same steps' scenes drawn alone, which no "
         "kernel setting moves. `recipe_cpu_min`: the step's cost times the recipe's steps, without "
-        "the checks between stages. Only the pinned row is the project's: MKL's AVX2 branch computes "
+        "the checks between stages. Only the pinned rows are portable: MKL's AVX2 branch computes "
         "other bits on another vendor's CPU, and the host's own dispatch other bits on each host "
         "(section 7), so a base pre-trained with either would not be reproduced elsewhere.",
         rows["pretrain"],

@@ -1,0 +1,180 @@
+"""Torch's matrix products and convolutions on numpy's OpenBLAS, a fast BLAS that is portable.
+
+Why: under the pinned kernels (:mod:`tokenfocus.env`) torch's BLAS is MKL's vendor-neutral
+COMPATIBLE branch, SSE2 code: 13-20 GFLOP/s a core on an Emerald Rapids host, where numpy's
+OpenBLAS on its pinned Haswell kernels (AVX2 and FMA, the same code on every x86-64 CPU of the last
+decade, Intel or AMD) reaches 40-90 (measured, docs/pretraining.md). Matrix products are most of a
+tiny base's pre-training step, so :func:`openblas_gemm` routes them there for as long as it is
+entered: ``aten::mm``, ``addmm`` and ``bmm`` go to ``numpy.matmul``, and a 2-D convolution (forward
+and backward) to a strided im2col plus ``numpy.matmul``, one GEMM per image as torch's own im2col
+path does. Every other op runs as before.
+
+What it changes: the bits. A product summed in OpenBLAS's order differs in the last places from
+MKL's (about 1e-7 relative), so a run inside the context is another draw than a run outside it,
+reproduced by every host that runs it inside. Numpy's OpenBLAS splits a product among threads by
+rows and columns, never along the sum, so its thread count (fixed here to torch's) moves no bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: The dtypes numpy multiplies; any other (half, bfloat16, integers) is refused by name.
+DTYPES = (torch.float32, torch.float64)
+
+
+class GemmError(RuntimeError):
+    """An op inside :func:`openblas_gemm` that it cannot route: it names the op and the reason."""
+
+
+def _arrays(op: str, *tensors: torch.Tensor) -> list[np.ndarray]:
+    for t in tensors:
+        if t.dtype not in DTYPES:
+            raise GemmError(
+                f"openblas_gemm: aten::{op} on {t.dtype}: numpy multiplies only float32 and float64; "
+                "run this step outside the context"
+            )
+    return [t.detach().numpy() for t in tensors]
+
+
+def _matmul(op: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    x, y = _arrays(op, a, b)
+    return torch.from_numpy(np.matmul(x, y))
+
+
+def _mm(a, b):
+    return _matmul("mm", a, b)
+
+
+def _bmm(a, b):
+    return _matmul("bmm", a, b)
+
+
+def _addmm(bias, a, b, *, beta=1, alpha=1):
+    out = _matmul("addmm", a, b)
+    if alpha != 1:
+        out.mul_(alpha)
+    if beta != 0:  # beta 0 ignores bias, NaN included, as torch's addmm does
+        out.add_(bias if beta == 1 else bias * beta)
+    return out
+
+
+def _check_conv(x, w, dilation, transposed, groups) -> None:
+    if x.dim() != 4 or transposed or groups != 1 or any(d != 1 for d in dilation):
+        raise GemmError(
+            f"openblas_gemm: aten::convolution of a {x.dim()}-d input, weight {tuple(w.shape)}, "
+            f"groups {groups}, dilation {list(dilation)}, transposed {transposed}: only plain 2-d "
+            "convolutions are routed; run this model outside the context"
+        )
+
+
+def _out_size(size: int, k: int, p: int, s: int) -> int:
+    return (size + 2 * p - k) // s + 1
+
+
+def unfold(x: torch.Tensor, kernel, padding, stride) -> torch.Tensor:
+    """im2col: (n, c, h, w) -> (n, c * kh * kw, oh * ow), as ``F.unfold`` gives it, by a strided
+    view and one copy (3x faster than ATen's im2col loop on the tower's first layer)."""
+    n, c, h, w = x.shape
+    (kh, kw), (ph, pw), (sh, sw) = kernel, padding, stride
+    xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+    oh, ow = _out_size(h, kh, ph, sh), _out_size(w, kw, pw, sw)
+    bn, bc, bh, bw = xp.stride()
+    view = xp.as_strided((n, c, kh, kw, oh, ow), (bn, bc, bh, bw, bh * sh, bw * sw))
+    return view.reshape(n, c * kh * kw, oh * ow)
+
+
+def fold(cols: torch.Tensor, shape, kernel, padding, stride) -> torch.Tensor:
+    """col2im, :func:`unfold`'s adjoint: each kernel offset's columns added where they came from,
+    offsets in a fixed order."""
+    n, c, h, w = shape
+    (kh, kw), (ph, pw), (sh, sw) = kernel, padding, stride
+    oh, ow = _out_size(h, kh, ph, sh), _out_size(w, kw, pw, sw)
+    out = cols.new_zeros(n, c, h + 2 * ph, w + 2 * pw)
+    g = cols.reshape(n, c, kh, kw, oh, ow)
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw] += g[:, :, i, j]
+    return out[:, :, ph : ph + h, pw : pw + w]
+
+
+def _convolution(x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
+    _check_conv(x, w, dilation, transposed, groups)
+    n, o = x.shape[0], w.shape[0]
+    kernel = tuple(w.shape[2:])
+    cols = unfold(x, kernel, padding, stride)
+    weights, columns = _arrays("convolution", w.reshape(o, -1), cols)
+    out = torch.from_numpy(np.matmul(weights, columns))  # (n, o, L): one GEMM per image
+    oh = _out_size(x.shape[2], kernel[0], padding[0], stride[0])
+    out = out.reshape(n, o, oh, -1)
+    return out if bias is None else out.add_(bias.reshape(1, -1, 1, 1))
+
+
+def _convolution_backward(
+    grad, x, w, bias_sizes, stride, padding, dilation, transposed, output_padding, groups, mask
+):
+    _check_conv(x, w, dilation, transposed, groups)
+    n, o = x.shape[0], w.shape[0]
+    kernel = tuple(w.shape[2:])
+    (g,) = _arrays("convolution_backward", grad.reshape(n, o, -1))
+    grad_x = grad_w = grad_b = None
+    if mask[1]:
+        (cols,) = _arrays("convolution_backward", unfold(x, kernel, padding, stride))
+        # per image, then summed over the batch in order
+        grad_w = torch.from_numpy(np.matmul(g, cols.transpose(0, 2, 1)).sum(0)).reshape(w.shape)
+    if mask[0]:
+        (weights,) = _arrays("convolution_backward", w.reshape(o, -1))
+        grad_x = fold(torch.from_numpy(np.matmul(weights.T, g)), x.shape, kernel, padding, stride)
+    if mask[2]:
+        grad_b = grad.sum((0, 2, 3))
+    return grad_x, grad_w, grad_b
+
+
+_KERNELS = {
+    "mm": _mm,
+    "addmm": _addmm,
+    "bmm": _bmm,
+    "convolution": _convolution,
+    "convolution_backward": _convolution_backward,
+}
+_active: list[torch.library.Library] = []
+
+
+@contextlib.contextmanager
+def openblas_gemm(threads: int = 1) -> Iterator[None]:
+    """Route torch's CPU matrix products and 2-D convolutions to numpy's OpenBLAS while entered.
+
+    The CPU kernels of ``aten::mm``, ``addmm``, ``bmm``, ``convolution`` and
+    ``convolution_backward`` are overridden for the whole process and restored on exit; CUDA and
+    every other op are untouched. Entering it again inside is a no-op.
+
+    Args:
+        threads: OpenBLAS's threads while entered (torch's own count: it moves no bit, see above).
+
+    Raises:
+        GemmError: inside, for a product of a dtype numpy lacks or a convolution that is not plain
+            2-d (grouped, dilated, transposed), naming the op.
+    """
+    if _active:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    lib = torch.library.Library("aten", "IMPL")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "overriding a previously registered kernel": the point
+        for name, kernel in _KERNELS.items():
+            lib.impl(name, kernel, "CPU")
+    _active.append(lib)
+    try:
+        with threadpool_limits(limits=threads, user_api="blas"):
+            yield
+    finally:
+        _active.pop()
+        lib._destroy()  # torch's own kernels back
