@@ -11,8 +11,9 @@ path does. Every other op runs as before.
 
 What it changes: the bits. A product summed in OpenBLAS's order differs in the last places from
 MKL's (about 1e-7 relative), so a run inside the context is another draw than a run outside it,
-reproduced by every host that runs it inside. Numpy's OpenBLAS splits a product among threads by
-rows and columns, never along the sum, so its thread count (fixed here to torch's) moves no bit.
+reproduced by every host that runs it inside at the same thread count. OpenBLAS's thread count
+moves bits as torch's does (measured: a 512 x 1152 x 128 product at one thread and at two), so
+the context fixes it to the caller's torch threads.
 """
 
 from __future__ import annotations
@@ -155,7 +156,8 @@ def openblas_gemm(threads: int = 1) -> Iterator[None]:
     every other op are untouched. Entering it again inside is a no-op.
 
     Args:
-        threads: OpenBLAS's threads while entered (torch's own count: it moves no bit, see above).
+        threads: OpenBLAS's threads while entered: the caller's torch threads (another count,
+            other bits).
 
     Raises:
         GemmError: inside, for a product of a dtype numpy lacks or a convolution that is not plain

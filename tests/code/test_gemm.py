@@ -94,3 +94,15 @@ def test_nested_entry_keeps_the_outer_routing():
         with openblas_gemm():
             pass
         assert torch.equal(a @ b, expected)
+
+
+def test_openblas_runs_at_the_callers_thread_count_inside():
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"}
+
+    with openblas_gemm(threads=1):
+        assert blas_threads() == {1}
+    with openblas_gemm(threads=2):
+        assert blas_threads() == {2}
