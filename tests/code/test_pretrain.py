@@ -114,6 +114,35 @@ def test_pretraining_is_deterministic_changes_the_weights_and_reports(tiny_param
     assert set(report["element_accuracy"]) <= {"object", "counting", "color", "attribute", "spatial", "all"}
 
 
+def test_pretraining_on_openblas_with_fused_adamw_is_its_own_reproducible_draw(tiny_params):
+    from tokenfocus.gemm import _active
+
+    bb = tiny_params.backbone("fastvlm_llama")
+    common = {"tower_steps": 2, "steps": 2, "element_steps": 2, "batch_size": 8, "check_scenes": 16}
+    runs = {
+        "mkl": {},
+        "openblas": {"gemm": "openblas"},
+        "fused": {"fused_adamw": True},
+        "both": {"gemm": "openblas", "fused_adamw": True},
+        "both again": {"gemm": "openblas", "fused_adamw": True},
+    }
+    states = {}
+    for name, extra in runs.items():
+        model, processor = load_model_and_processor(bb.source, bb)
+        pretrain(model, processor, PretrainConfig(**common, **extra), bb.image_size, family=bb.family)
+        states[name] = model.state_dict()
+        assert not _active  # torch's own kernels are back after it
+
+    def same(a, b):
+        return all(torch.equal(states[a][k], states[b][k]) for k in states[a])
+
+    assert same("both", "both again")  # reruns to the bit
+    # each switch is another draw: the BLAS sums in another order, the fused step rounds its own way
+    assert not same("mkl", "openblas") and not same("mkl", "fused") and not same("openblas", "both")
+    with pytest.raises(ConfigError, match="pretrain.gemm: 'cublas' is not one of"):
+        pretrain(model, processor, PretrainConfig(**common, gemm="cublas"), bb.image_size, family=bb.family)
+
+
 def test_a_guarded_stage_below_its_floor_runs_again_from_its_start_and_keeps_the_best(tiny_params):
     bb = tiny_params.backbone("fastvlm_llama")
     model, _ = load_model_and_processor(bb.source, bb)

@@ -162,6 +162,13 @@ class PretrainConfig:
     tower_styles: list[str] = field(default_factory=list)
     seed: int = 99  # scenes are drawn from this seed alone, never from the benchmark
     threads: int = 1  # torch threads: fixed, so a rerun reproduces the base exactly
+    # whose GEMMs: mkl (torch's own: MKL's vendor-neutral SSE2 branch under the pins) or openblas
+    # (numpy's OpenBLAS on its pinned Haswell kernels, tokenfocus/gemm.py: as portable, a quarter
+    # cheaper a step; measured in docs/pretraining.md)
+    gemm: str = "mkl"
+    # AdamW fused, as fine-tuning's (train.trainer.adamw): the IEEE square root, the same bits on an
+    # Intel and an AMD host; plain AdamW's root follows the CPU's vendor (docs/clean-runs.md)
+    fused_adamw: bool = False
     check_scenes: int = 240  # other fresh scenes on which the checks are measured
     init_root: str = "models/init"  # build@<slug> writes the random base to <init_root>/<slug>
 

@@ -37,6 +37,7 @@ Rooms: :mod:`.curriculum` (scenes and questions), :mod:`.parts` (the model's par
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -47,8 +48,9 @@ from pathlib import Path
 import torch
 
 from tokenfocus.backbones import META_FILE, load_model_and_processor, save_model
-from tokenfocus.config import BackboneConfig, PretrainConfig, PromptConfig
+from tokenfocus.config import BackboneConfig, ConfigError, PretrainConfig, PromptConfig
 from tokenfocus.env import torch_threads
+from tokenfocus.gemm import openblas_gemm
 from tokenfocus.pretrain.checks import balanced_accuracy, check_accuracy, element_accuracy, element_hits
 from tokenfocus.pretrain.curriculum import check_config, corpus
 from tokenfocus.pretrain.stages import question_stage, tower_stage
@@ -93,10 +95,20 @@ def pretrain(
         both on other fresh scenes in the classic drawing (0.5 is chance).
     """
     check_config(cfg)
+    gemms = {"mkl": contextlib.nullcontext, "openblas": lambda: openblas_gemm(cfg.threads)}
+    if cfg.gemm not in gemms:
+        raise ConfigError(f"pretrain.gemm: {cfg.gemm!r} is not one of {sorted(gemms)}")
     prompts = prompts or PromptConfig()
     torch_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     processor.tokenizer.padding_side = "left"
+    # the whole curriculum, checks included, on one BLAS: another one sums in another order
+    with gemms[cfg.gemm]():
+        return _curriculum(model, processor, cfg, image_size, family, prompts, slug, styles, tower_styles)
+
+
+def _curriculum(model, processor, cfg, image_size, family, prompts, slug, styles, tower_styles) -> dict:
+    """:func:`pretrain`'s stages and checks, once its threads, seed and BLAS are set."""
     cpu0 = time.process_time()
     stages, heads = {}, None
     if cfg.tower_steps:

@@ -39,6 +39,16 @@ from tokenfocus.render import COUNTS, Scene, Style
 log = logging.getLogger(__name__)
 
 
+def _adamw(params: list, cfg: PretrainConfig) -> torch.optim.AdamW:
+    """The stages' AdamW: fused (the same bits on every vendor's CPU) with ``cfg.fused_adamw``."""
+    if cfg.fused_adamw:
+        from tokenfocus.train.trainer import adamw
+
+        groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+        return adamw(groups, lr=cfg.lr, weight_decay=0.01)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+
+
 def tower_stage(
     model,
     processor,
@@ -70,7 +80,7 @@ def tower_stage(
         if weight > 0:
             heads[name] = torch.nn.Linear(readout(blank, "tokens").shape[-1], TOKEN_OUTPUTS[name])
     params = [*tower.parameters(), *heads.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    opt = _adamw(params, cfg)
     sched = cosine_schedule(opt, cfg.tower_steps)
     tower.train()
     losses, hits = [], {k: [] for k in heads}
@@ -233,7 +243,7 @@ def question_stage(
     params = rest + mine
     # the tower, when it trains on, at its own (lower) rate: at the full rate it forgets colour
     groups = [{"params": rest}] + ([{"params": mine, "lr": cfg.lr * cfg.tower_lr_scale}] if mine else [])
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.01)
+    opt = _adamw(groups, cfg)
     sched = cosine_schedule(opt, steps)
     rng = random.Random(cfg.seed * 31 + steps + 7919 * attempt)
     cpu0 = time.process_time()
