@@ -598,18 +598,19 @@ def bench_dispatch(params, rows):
 
 
 def bench_pretrain(params, rows, slug: str = "fastvlm_gemma", n: int = 30, rounds: int = 3):
-    """What a pre-training step costs, stage by stage: the kernels pinned (the default) at one
-    thread and at two, MKL's AVX2 branch (a pin on Intel CPUs only: docs/benchmarks.md section 7)
+    """What a pre-training step costs, stage by stage: the kernels pinned, with MKL's products at
+    one thread and at two and with numpy's OpenBLAS's (``tokenfocus.gemm``, the Gemma recipe's
+    ``pretrain.gemm``), MKL's AVX2 branch (a pin on Intel CPUs only: docs/benchmarks.md section 7)
     and the host's own dispatch, in alternation; and what the recipe's steps then cost
     (``recipe_cpu_min``)."""
     from tokenfocus.env import CPU_KERNEL_ENV
 
     pinned = kernel_env(**CPU_KERNEL_ENV)
     settings = {
-        "pinned (the default)": (pinned, 1, "mkl"),
-        "pinned, two threads": (pinned, 2, "mkl"),
-        # as portable as the default row: numpy's OpenBLAS on its pinned Haswell kernels
-        "pinned, GEMMs on OpenBLAS (tokenfocus.gemm)": (pinned, 1, "openblas"),
+        "pinned, MKL": (pinned, 1, "mkl"),
+        "pinned, MKL, two threads": (pinned, 2, "mkl"),
+        # as portable as MKL's pinned branch: numpy's OpenBLAS on its pinned Haswell kernels
+        "pinned, GEMMs on OpenBLAS (pretrain.gemm: openblas)": (pinned, 1, "openblas"),
         "MKL_CBWR=AVX2,STRICT, the rest pinned": (
             kernel_env(**(CPU_KERNEL_ENV | {"MKL_CBWR": "AVX2,STRICT"})),
             1,
@@ -653,10 +654,11 @@ def pretrain_section(rows: dict) -> str:
         "Pre-training: what a step costs under the pins",
         "Each stage of the Gemma base's shipped curriculum (`pretrain@fastvlm_gemma`: the tower as a "
         "classifier, questions with the tower frozen, element questions) run for a few steps from "
-        "the random base, in a process of its own, under five settings in alternation (medians): "
-        "the pinned kernels at one thread and at two, the pinned kernels with torch's matrix "
-        "products and convolutions on numpy's OpenBLAS (`tokenfocus.gemm`, its Haswell kernels: "
-        "as portable), MKL's AVX2 branch and the host's dispatch. "
+        "the random base, in a process of its own, its AdamW as the recipe sets it, under five "
+        "settings in alternation (medians): the pinned kernels with MKL's products at one thread "
+        "and at two; the pinned kernels with torch's matrix products and convolutions on numpy's "
+        "OpenBLAS (`tokenfocus.gemm`, its Haswell kernels: as portable), which the shipped recipe "
+        "runs (`pretrain.gemm: openblas`); MKL's AVX2 branch; and the host's dispatch. "
         "`step_cpu_s` counts every thread's CPU time (what the 60 CPU-minute budget counts), "
         "`step_wall_s` the clock's. `drawing_cpu_s`: the same steps' scenes drawn alone, which no "
         "kernel setting moves. `recipe_cpu_min`: the step's cost times the recipe's steps, without "
