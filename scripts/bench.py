@@ -357,15 +357,15 @@ print(json.dumps({"rate": rate, "peak_rss_gib": resource.getrusage(resource.RUSA
 #: A pre-training stage's steps on the random base, the shipped recipe at the given threads:
 #: CPU and wall seconds a step, and the CPU seconds of drawing the step's scenes (timed alone).
 PRETRAIN_CHILD = r"""
-import contextlib, dataclasses, json, random, sys, time, torch
+import dataclasses, json, random, sys, time, torch
 from tokenfocus.backbones import load_model_and_processor, template_parts
 from tokenfocus.config import load_params
 from tokenfocus.pretrain.curriculum import Pool
 from tokenfocus.pretrain.stages import _rows, question_stage, tower_stage
 from tokenfocus.env import torch_threads
-from tokenfocus.gemm import openblas_gemm
+from tokenfocus.gemm import products
 stage, slug, n, threads, gemm = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-p = load_params(); bb = p.backbone(slug); cfg = dataclasses.replace(p.pretrain_for(slug), threads=threads)
+p = load_params(); bb = p.backbone(slug); cfg = dataclasses.replace(p.pretrain_for(slug), threads=threads, gemm=gemm)
 torch_threads(cfg.threads)
 frac = {"tower": 0.0, "pairs": 0.0, "elements": cfg.element_frac}[stage]
 open_frac = (1 - frac) * cfg.open_frac  # as the pre-training stage sets it
@@ -373,9 +373,8 @@ styles = p.styles.book().styles("pretrain")
 init = f"{p.pretrain.init_root}/{slug}"
 model, processor = load_model_and_processor(init, dataclasses.replace(bb, source=init), slug=slug)
 processor.tokenizer.padding_side = "left"
-ctx = openblas_gemm(threads) if gemm == "openblas" else contextlib.nullcontext()
 cpu, wall = time.process_time(), time.perf_counter()
-with ctx:
+with products(cfg.gemm, cfg.threads):  # as pretrain() enters it
     if stage == "tower":
         tower_stage(model, processor, bb.family, dataclasses.replace(cfg, tower_steps=n), bb.image_size, slug=slug, styles=styles)
     else:

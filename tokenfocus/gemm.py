@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+#: Whose products a run uses (``pretrain.gemm``): torch's own, or OpenBLAS's through :func:`openblas_gemm`.
+GEMMS = ("mkl", "openblas")
 #: The dtypes numpy multiplies; any other (half, bfloat16, integers) is refused by name.
 DTYPES = (torch.float32, torch.float64)
 
@@ -180,3 +182,11 @@ def openblas_gemm(threads: int = 1) -> Iterator[None]:
     finally:
         _active.pop()
         lib._destroy()  # torch's own kernels back
+
+
+def products(gemm: str, threads: int) -> contextlib.AbstractContextManager:
+    """The context a run's products go through: ``mkl`` torch's own, ``openblas``
+    :func:`openblas_gemm` at ``threads``."""
+    if gemm not in GEMMS:
+        raise ValueError(f"gemm {gemm!r} is not one of {GEMMS}")
+    return openblas_gemm(threads) if gemm == "openblas" else contextlib.nullcontext()

@@ -106,3 +106,14 @@ def test_openblas_runs_at_the_callers_thread_count_inside():
         assert blas_threads() == {1}
     with openblas_gemm(threads=2):
         assert blas_threads() == {2}
+
+
+def test_products_picks_torchs_own_or_openblas_and_refuses_other_names():
+    from tokenfocus.gemm import _active, products
+
+    with products("mkl", 1):
+        assert not _active
+    with products("openblas", 1):
+        assert _active
+    with pytest.raises(ValueError, match="gemm 'cublas' is not one of"):
+        products("cublas", 1)

@@ -73,6 +73,7 @@ def test_one_group_pool_has_no_relation_questions():
         ({"tower_lr_scale": -0.1}, "pretrain.tower_head_weight / tower_lr_scale: negative"),
         ({"tower_readout": "cls"}, "pretrain.tower_readout: 'cls' is not pooled or tokens"),
         ({"count_false": "near"}, "pretrain.count_false: 'near' is not any or adjacent"),
+        ({"gemm": "cublas"}, "pretrain.gemm: 'cublas' is not mkl or openblas"),
         ({"token_relation_weight": -0.3}, "pretrain.token_relation_weight: -0.3 is negative"),
         ({"count_weights": [1.0, 1.0]}, r"pretrain.count_weights: \[1.0, 1.0\] is not 4 odds"),
         ({"count_weights": [0, 0, 0, 1]}, r"pretrain.count_weights: \[0, 0, 0, 1\] is not 4 odds"),
@@ -139,7 +140,7 @@ def test_pretraining_on_openblas_with_fused_adamw_is_its_own_reproducible_draw(t
     assert same("both", "both again")  # reruns to the bit
     # each switch is another draw: the BLAS sums in another order, the fused step rounds its own way
     assert not same("mkl", "openblas") and not same("mkl", "fused") and not same("openblas", "both")
-    with pytest.raises(ConfigError, match="pretrain.gemm: 'cublas' is not one of"):
+    with pytest.raises(ConfigError, match="pretrain.gemm: 'cublas' is not mkl or openblas"):
         pretrain(model, processor, PretrainConfig(**common, gemm="cublas"), bb.image_size, family=bb.family)
 
 

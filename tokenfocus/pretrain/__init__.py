@@ -37,7 +37,6 @@ Rooms: :mod:`.curriculum` (scenes and questions), :mod:`.parts` (the model's par
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -48,9 +47,9 @@ from pathlib import Path
 import torch
 
 from tokenfocus.backbones import META_FILE, load_model_and_processor, save_model
-from tokenfocus.config import BackboneConfig, ConfigError, PretrainConfig, PromptConfig
+from tokenfocus.config import BackboneConfig, PretrainConfig, PromptConfig
 from tokenfocus.env import torch_threads
-from tokenfocus.gemm import openblas_gemm
+from tokenfocus.gemm import products
 from tokenfocus.pretrain.checks import balanced_accuracy, check_accuracy, element_accuracy, element_hits
 from tokenfocus.pretrain.curriculum import check_config, corpus
 from tokenfocus.pretrain.stages import question_stage, tower_stage
@@ -95,15 +94,12 @@ def pretrain(
         both on other fresh scenes in the classic drawing (0.5 is chance).
     """
     check_config(cfg)
-    gemms = {"mkl": contextlib.nullcontext, "openblas": lambda: openblas_gemm(cfg.threads)}
-    if cfg.gemm not in gemms:
-        raise ConfigError(f"pretrain.gemm: {cfg.gemm!r} is not one of {sorted(gemms)}")
     prompts = prompts or PromptConfig()
     torch_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     processor.tokenizer.padding_side = "left"
     # the whole curriculum, checks included, on one BLAS: another one sums in another order
-    with gemms[cfg.gemm]():
+    with products(cfg.gemm, cfg.threads):
         return _curriculum(model, processor, cfg, image_size, family, prompts, slug, styles, tower_styles)
 
 

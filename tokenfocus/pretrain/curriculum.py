@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from tokenfocus.config import ConfigError, PretrainConfig, PromptConfig
+from tokenfocus.gemm import GEMMS
 from tokenfocus.prompts import element_text
 from tokenfocus.render import (  # noqa: I001
     COLORS,
@@ -90,10 +91,10 @@ def check_config(cfg: PretrainConfig) -> None:
     for name in ("max_groups", "tower_groups"):
         if not 1 <= getattr(cfg, name) <= 3:
             raise ConfigError(f"pretrain.{name}: {getattr(cfg, name)} is not in 1..3")
-    if cfg.count_false not in ("any", "adjacent"):
-        raise ConfigError(f"pretrain.count_false: {cfg.count_false!r} is not any or adjacent")
-    if cfg.tower_readout not in ("pooled", "tokens"):
-        raise ConfigError(f"pretrain.tower_readout: {cfg.tower_readout!r} is not pooled or tokens")
+    choices = {"count_false": ("any", "adjacent"), "tower_readout": ("pooled", "tokens"), "gemm": GEMMS}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise ConfigError(f"pretrain.{name}: {getattr(cfg, name)!r} is not {' or '.join(allowed)}")
     if cfg.tower_head_weight < 0 or cfg.tower_lr_scale < 0:
         raise ConfigError("pretrain.tower_head_weight / tower_lr_scale: negative")
     if cfg.tower_head_weight > 0 and cfg.tower_groups < 2:
