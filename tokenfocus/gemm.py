@@ -19,6 +19,8 @@ the context fixes it to the caller's torch threads.
 from __future__ import annotations
 
 import contextlib
+import logging
+import threading
 import warnings
 from collections.abc import Iterator
 
@@ -26,8 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-#: Whose products a run uses (``pretrain.gemm``): torch's own, or OpenBLAS's through :func:`openblas_gemm`.
-GEMMS = ("mkl", "openblas")
+from tokenfocus.config.model import GEMMS
+
+log = logging.getLogger(__name__)
+
 #: The dtypes numpy multiplies; any other (half, bfloat16, integers) is refused by name.
 DTYPES = (torch.float32, torch.float64)
 
@@ -146,7 +150,9 @@ _KERNELS = {
     "convolution": _convolution,
     "convolution_backward": _convolution_backward,
 }
-_active: list[torch.library.Library] = []
+_active: list[torch.library.Library] = []  # the one registration while entered, else empty
+_entered = {"users": 0, "threads": 0, "limits": None}
+_lock = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -154,34 +160,46 @@ def openblas_gemm(threads: int = 1) -> Iterator[None]:
     """Route torch's CPU matrix products and 2-D convolutions to numpy's OpenBLAS while entered.
 
     The CPU kernels of ``aten::mm``, ``addmm``, ``bmm``, ``convolution`` and
-    ``convolution_backward`` are overridden for the whole process and restored on exit; CUDA and
-    every other op are untouched. Entering it again inside is a no-op.
+    ``convolution_backward`` are overridden for the whole process and restored when the last
+    entrant leaves; CUDA and every other op are untouched. Entering it again, inside or from
+    another thread of the process (a Dask worker's tasks), shares the one routing.
 
     Args:
         threads: OpenBLAS's threads while entered: the caller's torch threads (another count,
             other bits).
 
     Raises:
-        GemmError: inside, for a product of a dtype numpy lacks or a convolution that is not plain
-            2-d (grouped, dilated, transposed), naming the op.
+        GemmError: on entry at another thread count than the process is already routed at (the
+            bits would depend on who came first); inside, for a product of a dtype numpy lacks or
+            a convolution that is not plain 2-d (grouped, dilated, transposed), naming the op.
     """
-    if _active:
-        yield
-        return
     from threadpoolctl import threadpool_limits
 
-    lib = torch.library.Library("aten", "IMPL")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "overriding a previously registered kernel": the point
-        for name, kernel in _KERNELS.items():
-            lib.impl(name, kernel, "CPU")
-    _active.append(lib)
+    with _lock:
+        if _entered["users"] and _entered["threads"] != threads:
+            raise GemmError(
+                f"openblas_gemm: entered at {threads} thread(s) while this process is routed at "
+                f"{_entered['threads']}: OpenBLAS's thread count moves the bits, so every entrant "
+                "must ask the same"
+            )
+        if not _entered["users"]:
+            lib = torch.library.Library("aten", "IMPL")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "overriding a previously registered kernel": the point
+                for name, kernel in _KERNELS.items():
+                    lib.impl(name, kernel, "CPU")
+            _active.append(lib)
+            _entered["threads"] = threads
+            _entered["limits"] = threadpool_limits(limits=threads, user_api="blas")
+        _entered["users"] += 1
     try:
-        with threadpool_limits(limits=threads, user_api="blas"):
-            yield
+        yield
     finally:
-        _active.pop()
-        lib._destroy()  # torch's own kernels back
+        with _lock:
+            _entered["users"] -= 1
+            if not _entered["users"]:
+                _entered["limits"].restore_original_limits()
+                _active.pop()._destroy()  # torch's own kernels back
 
 
 def products(gemm: str, threads: int) -> contextlib.AbstractContextManager:
@@ -190,3 +208,45 @@ def products(gemm: str, threads: int) -> contextlib.AbstractContextManager:
     if gemm not in GEMMS:
         raise ValueError(f"gemm {gemm!r} is not one of {GEMMS}")
     return openblas_gemm(threads) if gemm == "openblas" else contextlib.nullcontext()
+
+
+def unroutable(model: torch.nn.Module) -> str | None:
+    """Why :func:`openblas_gemm` cannot run ``model``'s products, or None where it can: a
+    parameter that is not float32 on the CPU, or a convolution that is not plain 2-d (a Qwen2-VL's
+    3-d patch embedding, a FastViT's grouped convolutions), named."""
+    for name, p in model.named_parameters():
+        if p.dtype not in DTYPES or p.device.type != "cpu":
+            return f"{name} is {p.dtype} on {p.device}"
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.modules.conv._ConvNd) and (
+            not isinstance(m, torch.nn.Conv2d) or m.groups != 1 or any(d != 1 for d in m.dilation)
+        ):
+            return f"{name} is a {type(m).__name__} (groups {m.groups}, dilation {list(m.dilation)})"
+    return None
+
+
+def backbone_products(
+    gemm: str, threads: int, model: torch.nn.Module, *, computes_in: str = "float32"
+) -> contextlib.AbstractContextManager:
+    """The context a backbone's fine-tuning or scoring runs in (``train.gemm``, ``score.gemm``).
+
+    OpenBLAS multiplies float32 on the CPU, through plain 2-d convolutions, so a backbone held in
+    another dtype (a real checkpoint in bfloat16), trained under bf16 autocast, placed on an
+    accelerator, or with another kind of convolution keeps torch's own products, and the log says
+    why: on an accelerator the bits are the accelerator's anyway.
+
+    Args:
+        gemm: one of :data:`GEMMS`.
+        threads: the stage's torch threads.
+        model: the loaded model, on its device.
+        computes_in: the dtype its forward computes in (the backbone's ``dtype``: under autocast,
+            not its parameters').
+    """
+    context = products(gemm, threads)
+    if gemm != "openblas":
+        return context
+    why = f"it computes in {computes_in}" if computes_in != "float32" else unroutable(model)
+    if why:
+        log.info("gemm openblas: torch's own products for this backbone: %s", why)
+        return contextlib.nullcontext()
+    return context

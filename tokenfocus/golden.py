@@ -102,10 +102,11 @@ def golden_pass(
     head = trainer.model.get_output_embeddings()
     hook = head.register_forward_hook(lambda _m, _i, out: captured.append(out))
     try:
-        out = trainer._loss(recs, keys, trainer.cfg.steps)
+        with trainer.products():  # as the run computes it (train.gemm)
+            out = trainer._loss(recs, keys, trainer.cfg.steps)
+            out["loss"].backward()
     finally:
         hook.remove()
-    out["loss"].backward()
     grads = [p.grad for _, p in sorted(trainer.model.named_parameters()) if p.grad is not None]
     return {
         "logits": _digest(captured),

@@ -176,6 +176,7 @@ def score_backbone(
     Returns:
         Metrics per split (empty for a split without labels).
     """
+    from tokenfocus.gemm import backbone_products
     from tokenfocus.scoring import Scorer
 
     model_dir = Path(model_dir or Path(params.train.out) / slug / "model")
@@ -196,31 +197,38 @@ def score_backbone(
     )
     out = Path(out or Path(params.score.out) / slug)
     metrics = {}
-    for split in splits:
-        records = split_records(params, split)
-        root = image_root(params, split)
-        adapted = 0
-        if params.score.adapt_norm:  # every rank from the whole split's images: one set of statistics
-            from tokenfocus.scoring.adapt import adapt_to_split
-
-            adapted = adapt_to_split(
-                scorer, [r.img_path for r in records], root, max_images=params.score.adapt_images
-            )
-        recs = [records[i] for i in w.shard(list(range(len(records))))]
-        stem = out / (split if w.size == 1 else f"{split}.rank{w.rank}")
-        rows = score_resumably(
-            scorer, recs, root, stem, params.score.chunk, model_dir, made_with={"adapted_norm": adapted}
-        )
-        if w.size > 1:
-            rows = merge_shards(out / split, rows, w, len(records))
-            if rows is None:  # not rank 0: its shard is on disk for rank 0
-                continue
-        write_json_atomic(out / f"{split}.json", rows)
-        if split == "ntire":
-            write_table_submission(out / "output.json", params, rows)
-        metrics[split] = metrics_of(rows)
-        log.info("%s %s: %s", slug, split, metrics[split])
+    with backbone_products(params.score.gemm, params.score.threads, scorer.model):
+        for split in splits:
+            metrics.update(_score_split(scorer, slug, params, split, model_dir, out, w))
     return metrics
+
+
+def _score_split(scorer, slug: str, params: Params, split: str, model_dir: Path, out: Path, w) -> dict:
+    """One split of :func:`score_backbone`: its metrics by split name (none off rank 0)."""
+    records = split_records(params, split)
+    root = image_root(params, split)
+    adapted = 0
+    if params.score.adapt_norm:  # every rank from the whole split's images: one set of statistics
+        from tokenfocus.scoring.adapt import adapt_to_split
+
+        adapted = adapt_to_split(
+            scorer, [r.img_path for r in records], root, max_images=params.score.adapt_images
+        )
+    recs = [records[i] for i in w.shard(list(range(len(records))))]
+    stem = out / (split if w.size == 1 else f"{split}.rank{w.rank}")
+    # another BLAS rounds other bits: a partial table from the other one is not resumed
+    made_with = {"adapted_norm": adapted, "gemm": params.score.gemm}
+    rows = score_resumably(scorer, recs, root, stem, params.score.chunk, model_dir, made_with=made_with)
+    if w.size > 1:
+        rows = merge_shards(out / split, rows, w, len(records))
+        if rows is None:  # not rank 0: its shard is on disk for rank 0
+            return {}
+    write_json_atomic(out / f"{split}.json", rows)
+    if split == "ntire":
+        write_table_submission(out / "output.json", params, rows)
+    metrics = metrics_of(rows)
+    log.info("%s %s: %s", slug, split, metrics)
+    return {split: metrics}
 
 
 def score_resumably(

@@ -117,3 +117,146 @@ def test_products_picks_torchs_own_or_openblas_and_refuses_other_names():
         assert _active
     with pytest.raises(ValueError, match="gemm 'cublas' is not one of"):
         products("cublas", 1)
+
+
+def test_entrants_from_two_threads_share_one_routing_until_the_last_leaves():
+    """A Dask worker runs tasks side by side in one process: the routing is the process's."""
+    import threading
+
+    from tokenfocus.gemm import _active
+
+    a, b = torch.randn(8, 5), torch.randn(5, 3)
+    expected = torch.from_numpy(np.matmul(a.numpy(), b.numpy()))
+    entered, leave = threading.Event(), threading.Event()
+
+    def other():
+        with openblas_gemm(threads=1):
+            entered.set()
+            leave.wait(10)
+
+    t = threading.Thread(target=other)
+    t.start()
+    entered.wait(10)
+    with openblas_gemm(threads=1):
+        assert len(_active) == 1  # one registration, shared
+    assert _active, "the first entrant's routing ended when another thread left"
+    assert torch.equal(a @ b, expected)
+    leave.set()
+    t.join(10)
+    assert not _active  # the last one out gives torch its kernels back
+    torch.testing.assert_close(a @ b, expected)
+
+
+def test_an_entrant_at_another_thread_count_is_refused_while_routed():
+    with openblas_gemm(threads=1):
+        with pytest.raises(GemmError, match="entered at 2 thread.*routed at 1"):
+            with openblas_gemm(threads=2):
+                pass
+        # the routing stands for the one inside
+        a, b = torch.randn(4, 4), torch.randn(4, 4)
+        assert torch.equal(a @ b, torch.from_numpy(np.matmul(a.numpy(), b.numpy())))
+
+
+@pytest.mark.parametrize(
+    ("layer", "computes_in", "routed"),
+    [
+        (torch.nn.Conv2d(3, 4, 3), "float32", True),
+        (torch.nn.Linear(3, 4), "bfloat16", False),  # bf16 autocast over float32 weights
+        (torch.nn.Linear(3, 4).to(torch.bfloat16), "float32", False),  # a checkpoint held in bf16
+        (torch.nn.Conv3d(3, 4, (2, 3, 3)), "float32", False),  # Qwen2-VL's patch embedding
+        (torch.nn.Conv2d(4, 4, 3, groups=4), "float32", False),  # FastViT's depthwise convolutions
+        (torch.nn.Conv2d(3, 4, 3, dilation=2), "float32", False),
+    ],
+    ids=["plain", "autocast", "bf16", "conv3d", "grouped", "dilated"],
+)
+def test_a_backbone_is_routed_only_where_openblas_can_run_all_of_it(layer, computes_in, routed, caplog):
+    from tokenfocus.gemm import _active, backbone_products
+
+    model = torch.nn.Sequential(torch.nn.Identity(), layer)
+    with caplog.at_level("INFO", logger="tokenfocus.gemm"):
+        with backbone_products("openblas", 1, model, computes_in=computes_in):
+            assert bool(_active) is routed
+    assert routed or "torch's own products for this backbone" in caplog.text
+    with backbone_products("mkl", 1, model, computes_in=computes_in):
+        assert not _active
+
+
+def test_fine_tuning_on_openblas_is_its_own_reproducible_draw(tiny_params, tmp_path):
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    from tokenfocus.gemm import _active
+    from tokenfocus.train import Trainer
+
+    slug, weights = "fastvlm_gemma", {}
+    for name, gemm in (("mkl", "mkl"), ("openblas", "openblas"), ("again", "openblas")):
+        train = dataclasses.replace(tiny_params.train, steps=2, eval_every=2, checkpoint_every=2, gemm=gemm)
+        Trainer(slug, dataclasses.replace(tiny_params, train=train), out=tmp_path / name).run()
+        assert not _active  # torch's own kernels are back after it
+        weights[name] = load_file(tmp_path / name / "checkpoint" / "weights.safetensors")
+
+    def same(a, b):
+        return all(torch.equal(weights[a][k], weights[b][k]) for k in weights[a])
+
+    assert same("openblas", "again")  # reruns to the bit
+    assert not same("mkl", "openblas")  # the adapter's products went through OpenBLAS
+    for k in weights["mkl"]:
+        torch.testing.assert_close(weights["openblas"][k], weights["mkl"][k], rtol=1e-3, atol=1e-4)
+
+
+def test_the_score_stage_scores_on_score_gemm_and_never_resumes_the_other_blas_table(
+    tiny_params, tmp_path, monkeypatch
+):
+    import copy
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    import tokenfocus.images
+    from tokenfocus.predictions import read_table, score_backbone
+
+    slug = "fastvlm_gemma"
+    base = Path(tiny_params.backbone(slug).source)
+
+    def stage(gemm: str, out: Path) -> list[dict]:
+        p = copy.copy(tiny_params)
+        p.score = dataclasses.replace(tiny_params.score, gemm=gemm, chunk=4, adapt_norm=False, out=str(out))
+        score_backbone(slug, p, splits=("val",), model_dir=base, out=out)
+        return read_table(out / "val.json")
+
+    mkl, openblas = stage("mkl", tmp_path / "mkl"), stage("openblas", tmp_path / "openblas")
+    assert json.dumps(mkl) != json.dumps(openblas)
+    for a, b in zip(mkl, openblas, strict=True):
+        assert b["score"] == pytest.approx(a["score"], abs=1e-4)
+        assert b["elements"] == pytest.approx(a["elements"], abs=1e-4)
+    # an MKL run killed after its first chunk leaves a partial table that OpenBLAS does not take up
+    load, calls = tokenfocus.images.load_images, []
+
+    def killed_after_one_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(tokenfocus.images, "load_images", killed_after_one_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        stage("mkl", tmp_path / "cut")
+    assert (tmp_path / "cut" / "val.partial.jsonl").exists()
+    monkeypatch.setattr(tokenfocus.images, "load_images", load)
+    assert json.dumps(stage("openblas", tmp_path / "cut")) == json.dumps(openblas)
+
+
+@pytest.mark.parametrize("block", ["train", "score"])
+def test_an_unknown_gemm_in_params_is_refused_naming_the_key(block, tmp_path):
+    import yaml
+
+    from tokenfocus.config import ConfigError, load_params
+
+    p = yaml.safe_load(open("params.yaml"))
+    p[block]["gemm"] = "cublas"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    with pytest.raises(
+        ConfigError, match=rf"{block}.gemm must be one of \['mkl', 'openblas'\], got 'cublas'"
+    ):
+        load_params(tmp_path / "params.yaml")

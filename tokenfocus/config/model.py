@@ -8,6 +8,16 @@ from typing import Any
 
 from tokenfocus.typed import ConfigError
 
+#: Whose matrix products a run uses (``pretrain.gemm``, ``train.gemm``, ``score.gemm``): torch's
+#: own (``mkl``), or numpy's OpenBLAS through :func:`tokenfocus.gemm.openblas_gemm`.
+GEMMS = ("mkl", "openblas")
+
+
+def check_gemm(block: str, gemm: str) -> None:
+    """Refuse a ``<block>.gemm`` that is not one of :data:`GEMMS`, naming the key."""
+    if gemm not in GEMMS:
+        raise ConfigError(f"{block}.gemm must be one of {list(GEMMS)}, got {gemm!r}")
+
 
 @dataclass
 class PromptConfig:
@@ -214,9 +224,13 @@ class TrainConfig:
     # training on (tokenfocus/train/average.py); 1.0: the last step's weights alone
     average_from: float = 1.0
     threads: int = 2
+    # whose GEMMs fine-tuning runs on, as pretrain.gemm: mkl (torch's own) or openblas (numpy's, a
+    # float32 backbone on the CPU; tokenfocus/gemm.py). Another choice, other bits
+    gemm: str = "mkl"
     out: str = "models/trained"
 
     def __post_init__(self):
+        check_gemm("train", self.gemm)
         if self.elements_per_pair < 1:
             raise ConfigError(f"train.elements_per_pair must be >= 1, got {self.elements_per_pair}")
         if self.select not in ("val", "last"):

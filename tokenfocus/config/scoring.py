@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tokenfocus.config.model import check_gemm
 from tokenfocus.typed import ConfigError
 
 
@@ -122,7 +123,10 @@ class ScoreConfig:
     # before it is scored (tokenfocus/scoring/adapt.py); a LayerNorm tower is left as it is
     adapt_norm: bool = False
     adapt_images: int = 4096  # at most this many of a split's images, evenly spaced, estimate them
+    # whose GEMMs scoring runs on, as train.gemm (tokenfocus/gemm.py); the served model keeps torch's
+    gemm: str = "mkl"
 
     def __post_init__(self):
+        check_gemm("score", self.gemm)
         if self.adapt_images < 1:
             raise ConfigError(f"score.adapt_images must be >= 1, got {self.adapt_images}")

@@ -23,6 +23,7 @@ from tokenfocus.config import Params
 from tokenfocus.distributed import average_gradients, barrier, broadcast, init, mean_over_ranks, world
 from tokenfocus.env import torch_threads
 from tokenfocus.evalmuse import Record, write_json_atomic
+from tokenfocus.gemm import backbone_products
 from tokenfocus.lora import apply_lora
 from tokenfocus.metrics import evaluate
 from tokenfocus.scoring import Scorer
@@ -156,6 +157,11 @@ class Trainer(TrainingSteps, Resumable):
         training (``train.average_from``), else the weights as they are."""
         return self.average.applied() if self.average is not None else nullcontext()
 
+    def products(self):
+        """The context this backbone's products run in (``train.gemm``, :mod:`tokenfocus.gemm`),
+        once :meth:`setup` has loaded it."""
+        return backbone_products(self.cfg.gemm, self.cfg.threads, self.model, computes_in=self.bb.dtype)
+
     def run(self, *, stop_after: int | None = None) -> dict:
         """Train to ``steps`` (or early stop); return the final metrics.
 
@@ -166,19 +172,18 @@ class Trainer(TrainingSteps, Resumable):
             self._load_data()
         if self.model is None:
             self.setup()
+        with self.products():  # every product of the run, validation's too, on one BLAS
+            return self._run(stop_after)
+
+    def _run(self, stop_after: int | None) -> dict:
         state = self._resume()
         main = self.world.main
         if state.step == 0 and main:  # a fresh start: an earlier run's CPU time is not this run's
             self.clock.reset()
         self.out.mkdir(parents=True, exist_ok=True)
         cfg = self.cfg
-        bar = tqdm(
-            range(state.step, cfg.steps),
-            desc=f"train {self.slug}",
-            disable=None,
-            initial=state.step,
-            total=cfg.steps,
-        )
+        steps = range(state.step, cfg.steps)
+        bar = tqdm(steps, desc=f"train {self.slug}", disable=None, initial=state.step, total=cfg.steps)
         cpu0 = time.process_time()
         done_here = 0
         for step in bar:
@@ -243,13 +248,8 @@ class Trainer(TrainingSteps, Resumable):
                 cpu0 = time.process_time()
                 self._save_checkpoint(state)
             if stopping:
-                log.info(
-                    "%s: early stop at step %d (best val SRCC %.4f at %d)",
-                    self.slug,
-                    state.step,
-                    state.best_srcc,
-                    state.best_step,
-                )
+                log.info("%s: early stop at step %d (best val SRCC %.4f at %d)", self.slug, state.step,
+                         state.best_srcc, state.best_step)  # fmt: skip
                 break
             if stop_after is not None and done_here >= stop_after:
                 return {"interrupted_at": state.step}
