@@ -1,8 +1,9 @@
 """`make bench`: throughput and memory of the scorer and trainer, written to docs/benchmarks.md.
 
-``--dispatch``, ``--grounding``, ``--side-by-side`` and ``--pretrain`` measure only section 7 (the CPU
-kernels' pins), 8 (grounded elements), 9 (stages side by side) or 10 (pre-training's steps) and
-splice it into the file.
+``--dispatch``, ``--grounding``, ``--side-by-side``, ``--pretrain`` and ``--gemm`` measure only
+section 7 (the CPU kernels' pins), 8 (grounded elements), 9 (stages side by side), 10
+(pre-training's steps) or 11 (fine-tuning and scoring on MKL or OpenBLAS) and splice it into the
+file.
 
 Every row names the machine, the backbone, the batch size, the number of runs and the median,
 and each fast path is compared with its baseline measured in the same run.
@@ -668,6 +669,99 @@ def pretrain_section(rows: dict) -> str:
     )
 
 
+#: One backbone's fine-tuning steps or scoring pass as the pipeline runs them (its train params,
+#: one thread, its trained model where there is one), on torch's own products or OpenBLAS's
+#: (``train.gemm`` / ``score.gemm``): CPU and wall seconds, and what scoring answered.
+GEMM_CHILD = r"""
+import dataclasses, json, sys, time
+from pathlib import Path
+from tokenfocus.env import apply_env
+apply_env()
+import torch
+from tokenfocus.config import load_params
+mode, slug, gemm, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+p = load_params()
+trained = Path(p.train.out) / slug / "model"  # make run's fine-tuned model, where there is one
+p.train = dataclasses.replace(p.train, gemm=gemm, steps=10**6, out="/tmp/tokenfocus-bench")
+answers = []
+if mode == "train":
+    from tokenfocus.train import Trainer
+    tr = Trainer(slug, p, out="/tmp/tokenfocus-bench/gemm-" + slug)
+    tr._load_data(); tr.setup()
+    with tr.products():
+        tr._loss(*tr._batch(0, 0)[:2], 0)["loss"].backward(); tr.opt.zero_grad()  # warm-up
+        cpu, wall = time.process_time(), time.perf_counter()
+        for step in range(1, n + 1):
+            out = tr._loss(*tr._batch(step, 0)[:2], step); out["loss"].backward(); tr.opt.step(); tr.opt.zero_grad()
+        cpu, wall = (time.process_time() - cpu) / n, (time.perf_counter() - wall) / n
+else:
+    from tokenfocus.evalmuse import load_records
+    from tokenfocus.gemm import backbone_products
+    from tokenfocus.images import load_images
+    from tokenfocus.scoring import Scorer
+    recs = load_records("data/train_list.json")[:n]
+    imgs = load_images("data/images", [r.img_path for r in recs])
+    args = [[imgs[r.img_path] for r in recs], [r.prompt for r in recs], [[e.key for e in r.elements] for r in recs]]
+    s = Scorer.load(trained if trained.exists() else slug, threads=p.score.threads, grounding=p.score.grounding)
+    with backbone_products(gemm, p.score.threads, s.model):
+        s(*[a[:2] for a in args])  # warm-up
+        cpu, wall = time.process_time(), time.perf_counter()
+        results = s(*args)
+        cpu, wall = (time.process_time() - cpu) / n, (time.perf_counter() - wall) / n
+    answers = [[r.score, *r.elements.values()] for r in results]
+print(json.dumps({"cpu_s": cpu, "wall_s": wall, "answers": answers}))
+"""
+
+
+def bench_gemm(params, rows, steps: int = 30, pairs: int = 64, rounds: int = 3):
+    """Each default backbone's fine-tuning step and scoring pass on torch's own products (MKL's
+    pinned branch) and on numpy's OpenBLAS (``train.gemm`` / ``score.gemm``: what the pipeline
+    runs), in alternation, one thread, medians of ``rounds``; and how far the two BLAS's answers
+    lie apart on the same weights."""
+    for slug in params.backbones:
+        for mode, n in (("train", steps), ("score", pairs)):
+            got = {"mkl": [], "openblas": []}
+            for _ in range(rounds):
+                for gemm in got:
+                    got[gemm].append(child(mode, slug, gemm, str(n), code=GEMM_CHILD))
+            cpu = {g: statistics.median(r["cpu_s"] for r in runs) for g, runs in got.items()}
+            a, b = got["mkl"][0]["answers"], got["openblas"][0]["answers"]
+            rows["gemm"].append(
+                {
+                    "backbone": slug,
+                    "stage": mode,
+                    "per": "step" if mode == "train" else "pair",
+                    "timed": n,
+                    "runs": rounds,
+                    "mkl_cpu_s": cpu["mkl"],
+                    "openblas_cpu_s": cpu["openblas"],
+                    "openblas_wall_s": statistics.median(r["wall_s"] for r in got["openblas"]),
+                    "cpu_ratio": cpu["openblas"] / cpu["mkl"],
+                    "max_abs_diff": max(
+                        (abs(x - y) for u, v in zip(a, b, strict=True) for x, y in zip(u, v, strict=True)),
+                        default=None,
+                    ),  # fmt: skip
+                }
+            )
+
+
+def gemm_section(rows: dict) -> str:
+    """Section 11 of docs/benchmarks.md, from :func:`bench_gemm`'s rows."""
+    return section(
+        11,
+        "Fine-tuning and scoring on MKL or OpenBLAS (`train.gemm`, `score.gemm`)",
+        "Each default backbone as the pipeline runs it (its train params, one thread, its fine-tuned "
+        "model where `make run` left one, else its base), in a process of its own: a fine-tuning "
+        "step (CPU seconds, the batch's drawing and loading included) and the scoring of the "
+        "benchmark's first pairs with their elements (CPU seconds a pair, the grounding's views "
+        "included), on torch's own products (MKL's pinned branch) and on numpy's OpenBLAS "
+        "(`tokenfocus.gemm`, what the pipeline runs), in alternation. `cpu_ratio`: OpenBLAS's CPU "
+        "time over MKL's. `max_abs_diff`: scoring's largest difference between the two, over the "
+        "1-5 scores and the element P(yes), on the same weights.",
+        rows["gemm"],
+    )
+
+
 def bench_grounding(params, rows, n: int = 128):
     """The cost of grounded spatial and counting elements: the same pairs scored with every element
     asked, and with the spatial ones read from where their objects stand and the counting ones from
@@ -780,6 +874,7 @@ def main() -> None:
         "grounding": [],
         "side_by_side": [],
         "pretrain": [],
+        "gemm": [],
     }
     if sys.argv[1:] == ["--dispatch"]:
         bench_dispatch(params, rows)
@@ -793,6 +888,9 @@ def main() -> None:
     if sys.argv[1:] == ["--pretrain"]:
         bench_pretrain(params, rows)
         return splice(10, pretrain_section(rows), rows, ("pretrain",))
+    if sys.argv[1:] == ["--gemm"]:
+        bench_gemm(params, rows)
+        return splice(11, gemm_section(rows), rows, ("gemm",))
     bench_overall(params, rows)
     bench_elements(params, rows)
     bench_shared(params, rows)
@@ -804,6 +902,7 @@ def main() -> None:
     bench_grounding(params, rows)
     bench_side_by_side(params, rows)
     bench_pretrain(params, rows)
+    bench_gemm(params, rows)
     timing = Path("eval/pipeline_timing.json")
     text = (
         f"# Benchmarks (generated by `make bench`)\n\nMachine: {MACHINE}. Models: the default tiny backbones "
@@ -848,6 +947,7 @@ def main() -> None:
         + grounding_section(rows)
         + side_by_side_section(rows)
         + pretrain_section(rows)
+        + gemm_section(rows)
     )
     for extra in (Path("docs/dp-bench.md"), Path("docs/retrain-bench.md"), Path("docs/loadtest.md")):
         if extra.exists():

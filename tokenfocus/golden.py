@@ -69,7 +69,11 @@ def mkl_vendor_shim(claims_intel: bool, directory: str | Path) -> Path | None:
 
 
 def golden_pass(
-    params_path: str | Path = "params.yaml", *, slug: str = GOLDEN_SLUG, pairs: int = GOLDEN_PAIRS
+    params_path: str | Path = "params.yaml",
+    *,
+    slug: str = GOLDEN_SLUG,
+    pairs: int = GOLDEN_PAIRS,
+    gemm: str | None = None,
 ) -> dict[str, str | float]:
     """Run the trainer's loss on the first ``pairs`` labelled pairs, backward, and hash it.
 
@@ -81,17 +85,25 @@ def golden_pass(
         params_path: the project's params (its ``backbones.<slug>.source`` must exist).
         slug: the backbone.
         pairs: how many pairs.
+        gemm: whose products the pass runs on (``mkl``, ``openblas``); None: ``train.gemm``, as
+            fine-tuning runs them.
 
     Returns:
         ``logits`` and ``grads`` (sha256 of the float32 bytes), the ``loss`` value and the
         ``capability`` the CPU kernels dispatched to.
     """
+    import dataclasses
+
     from tokenfocus.config import load_params
+    from tokenfocus.config.model import check_gemm
     from tokenfocus.evalmuse import load_records
     from tokenfocus.images import load_images
     from tokenfocus.train import Trainer
 
     params = load_params(params_path)
+    if gemm is not None:
+        check_gemm("--gemm", gemm)
+        params.train = dataclasses.replace(params.train, gemm=gemm)
     trainer = Trainer(slug, params)
     trainer.setup()
     data = Path(params.validate.data)

@@ -58,10 +58,14 @@ def test_golden_pass_has_the_committed_bits():
     if torch.cuda.is_available():
         pytest.skip("a GPU computes other bits (same code, tolerances instead): see the README")
     assert (ROOT / "models/base/fastvlm_gemma").is_dir(), "the shipped base is missing: run `make bases`"
-    got = _golden({})
+    got = _golden({})  # train.gemm's products: OpenBLAS
     assert got["capability"] == GOLDEN["capability"], "the CLI did not pin the kernels before torch loaded"
     assert got["logits"] == GOLDEN["logits"], "the logits' bits drifted on this machine"
     assert got["grads"] == GOLDEN["grads"], "the gradients' bits drifted on this machine"
+    mkl = _golden({}, "--gemm", "mkl")  # torch's own: the served model's
+    assert (mkl["logits"], mkl["grads"]) == (GOLDEN["mkl"]["logits"], GOLDEN["mkl"]["grads"]), (
+        "the bits of torch's own products drifted on this machine"
+    )
 
 
 @pytest.mark.slow  # ~22 s, three golden passes; make test keeps the committed bits' check above
@@ -78,13 +82,16 @@ def test_golden_bits_are_those_of_the_other_cpu_vendor_too(tmp_path):
         pytest.skip("no C compiler to build the vendor shim with")
     # Control: MKL's AVX2 branch is vendor-dependent, so there the shim must change the bits.
     vendor_bound = {"MKL_CBWR": "AVX2,STRICT", "TOKENFOCUS_ONEDNN": "on"}
-    host = _golden(vendor_bound)
-    other = _golden({**vendor_bound, "LD_PRELOAD": str(shim)})
+    host = _golden(vendor_bound, "--gemm", "mkl")
+    other = _golden({**vendor_bound, "LD_PRELOAD": str(shim)}, "--gemm", "mkl")
     if host["logits"] == other["logits"]:
         pytest.skip("this torch build does not let the shim reach MKL's vendor check")
+    got = _golden({"LD_PRELOAD": str(shim)}, "--gemm", "mkl")
+    assert got["logits"] == GOLDEN["mkl"]["logits"], "the pinned logits depend on the CPU's vendor"
+    assert got["grads"] == GOLDEN["mkl"]["grads"], "the pinned gradients depend on the CPU's vendor"
+    # and the pass on OpenBLAS's products (train.gemm) holds under the shim too
     got = _golden({"LD_PRELOAD": str(shim)})
-    assert got["logits"] == GOLDEN["logits"], "the pinned logits depend on the CPU's vendor"
-    assert got["grads"] == GOLDEN["grads"], "the pinned gradients depend on the CPU's vendor"
+    assert (got["logits"], got["grads"]) == (GOLDEN["logits"], GOLDEN["grads"])
 
 
 @needs_avx2_cpu

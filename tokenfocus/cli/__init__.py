@@ -151,30 +151,27 @@ def golden(
         "--against",
         help="a recorded trajectory (docs/trajectories/): say the first step that parts from it",
     ),
+    gemm: str = typer.Option(
+        None, "--gemm", help="the pass's products: mkl or openblas (default: train.gemm)"
+    ),
 ) -> None:
     """Hash one fixed forward and backward pass of a base: equal hashes, equal bits (tokenfocus.golden).
     With --steps, the first steps of a fine-tuning too, and with --against the first of them that
     parts from a recorded host's: where two hosts' runs part."""
-    from tokenfocus.golden import (
-        GOLDEN_SLUG,
-        first_parting_step,
-        golden_pass,
-        golden_trajectory,
-        load_trajectory,
-    )
+    from tokenfocus import golden as g
 
     p = _params(params)
-    slug = backbone or GOLDEN_SLUG
+    slug = backbone or g.GOLDEN_SLUG
     if slug not in p.backbones:
         fail(f"unknown backbone {slug!r}: params.yaml names {', '.join(p.backbones)}")
     try:
-        record = load_trajectory(against, steps) if against is not None else None
-        out: dict = golden_pass(params)
-        out |= golden_trajectory(params, slug=slug, steps=steps) if steps else {}
+        record = g.load_trajectory(against, steps) if against is not None else None
+        out: dict = g.golden_pass(params, gemm=gemm)
+        out |= g.golden_trajectory(params, slug=slug, steps=steps) if steps else {}
     except ValueError as exc:
         fail(str(exc))
     if record is not None:
-        out["first_parting_step"] = first_parting_step(out["weights"], record)
+        out["first_parting_step"] = g.first_parting_step(out["weights"], record)
     print(json.dumps(out, indent=1))
 
 

@@ -13,10 +13,10 @@ from tokenfocus.typed import ConfigError
 GEMMS = ("mkl", "openblas")
 
 
-def check_gemm(block: str, gemm: str) -> None:
-    """Refuse a ``<block>.gemm`` that is not one of :data:`GEMMS`, naming the key."""
+def check_gemm(key: str, gemm: str) -> None:
+    """Refuse a ``gemm`` (at ``key``: ``train.gemm``) that is not one of :data:`GEMMS`, naming the key."""
     if gemm not in GEMMS:
-        raise ConfigError(f"{block}.gemm must be one of {list(GEMMS)}, got {gemm!r}")
+        raise ConfigError(f"{key} must be one of {list(GEMMS)}, got {gemm!r}")
 
 
 @dataclass
@@ -230,7 +230,7 @@ class TrainConfig:
     out: str = "models/trained"
 
     def __post_init__(self):
-        check_gemm("train", self.gemm)
+        check_gemm("train.gemm", self.gemm)
         if self.elements_per_pair < 1:
             raise ConfigError(f"train.elements_per_pair must be >= 1, got {self.elements_per_pair}")
         if self.select not in ("val", "last"):

@@ -127,6 +127,6 @@ class ScoreConfig:
     gemm: str = "mkl"
 
     def __post_init__(self):
-        check_gemm("score", self.gemm)
+        check_gemm("score.gemm", self.gemm)
         if self.adapt_images < 1:
             raise ConfigError(f"score.adapt_images must be >= 1, got {self.adapt_images}")
