@@ -723,7 +723,7 @@ def bench_gemm(params, rows, steps: int = 30, pairs: int = 64, rounds: int = 3):
             got = {"mkl": [], "openblas": []}
             for _ in range(rounds):
                 for gemm in got:
-                    got[gemm].append(child(mode, slug, gemm, str(n), code=GEMM_CHILD))
+                    got[gemm].append(children(1, mode, slug, gemm, str(n), code=GEMM_CHILD)[0])
             cpu = {g: statistics.median(r["cpu_s"] for r in runs) for g, runs in got.items()}
             a, b = got["mkl"][0]["answers"], got["openblas"][0]["answers"]
             rows["gemm"].append(

@@ -58,14 +58,17 @@ def test_golden_pass_has_the_committed_bits():
     if torch.cuda.is_available():
         pytest.skip("a GPU computes other bits (same code, tolerances instead): see the README")
     assert (ROOT / "models/base/fastvlm_gemma").is_dir(), "the shipped base is missing: run `make bases`"
-    got = _golden({})  # train.gemm's products: OpenBLAS
+    from tokenfocus.config import load_params
+
+    got = _golden({})  # on train.gemm's products
     assert got["capability"] == GOLDEN["capability"], "the CLI did not pin the kernels before torch loaded"
-    assert got["logits"] == GOLDEN["logits"], "the logits' bits drifted on this machine"
-    assert got["grads"] == GOLDEN["grads"], "the gradients' bits drifted on this machine"
-    mkl = _golden({}, "--gemm", "mkl")  # torch's own: the served model's
-    assert (mkl["logits"], mkl["grads"]) == (GOLDEN["mkl"]["logits"], GOLDEN["mkl"]["grads"]), (
-        "the bits of torch's own products drifted on this machine"
-    )
+    trains_on = load_params(ROOT / "params.yaml").train.gemm
+    assert got["logits"] == GOLDEN[trains_on]["logits"], "the logits' bits drifted on this machine"
+    assert got["grads"] == GOLDEN[trains_on]["grads"], "the gradients' bits drifted on this machine"
+    # the other products too: torch's own are the served model's, OpenBLAS's scoring's
+    other = next(g for g in ("mkl", "openblas") if g != trains_on)
+    got = _golden({}, "--gemm", other)
+    assert (got["logits"], got["grads"]) == (GOLDEN[other]["logits"], GOLDEN[other]["grads"]), other
 
 
 @pytest.mark.slow  # ~22 s, three golden passes; make test keeps the committed bits' check above
@@ -89,16 +92,17 @@ def test_golden_bits_are_those_of_the_other_cpu_vendor_too(tmp_path):
     got = _golden({"LD_PRELOAD": str(shim)}, "--gemm", "mkl")
     assert got["logits"] == GOLDEN["mkl"]["logits"], "the pinned logits depend on the CPU's vendor"
     assert got["grads"] == GOLDEN["mkl"]["grads"], "the pinned gradients depend on the CPU's vendor"
-    # and the pass on OpenBLAS's products (train.gemm) holds under the shim too
-    got = _golden({"LD_PRELOAD": str(shim)})
-    assert (got["logits"], got["grads"]) == (GOLDEN["logits"], GOLDEN["grads"])
+    # and the pass on OpenBLAS's products holds under the shim too
+    got = _golden({"LD_PRELOAD": str(shim)}, "--gemm", "openblas")
+    assert (got["logits"], got["grads"]) == (GOLDEN["openblas"]["logits"], GOLDEN["openblas"]["grads"])
 
 
 @needs_avx2_cpu
 def test_operator_values_win_over_the_pinned_kernels():
     got = _golden({NATIVE_SWITCH: "native", "ATEN_CPU_CAPABILITY": "default"})
     assert got["capability"] == "DEFAULT"
-    assert got["logits"] != GOLDEN["logits"]  # the pass can see a change of kernels at all
+    assert got["logits"] != GOLDEN["mkl"]["logits"]  # the pass can see a change of kernels at all
+    assert got["logits"] != GOLDEN["openblas"]["logits"]
 
 
 @pytest.mark.slow  # ~40 s: a golden pass and two steps in a fresh process, two steps in this one
