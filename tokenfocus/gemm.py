@@ -81,6 +81,13 @@ def _check_conv(x, w, dilation, transposed, groups) -> None:
         )
 
 
+def _pair(values) -> tuple[int, int]:
+    """A convolution's stride, padding or dilation as two sides: ATen may pass one value for both
+    (a ``padding="valid"`` convolution, SigLIP's patch embedding, arrives with ``[0]``)."""
+    values = tuple(values)
+    return values * 2 if len(values) == 1 else values
+
+
 def _out_size(size: int, k: int, p: int, s: int) -> int:
     return (size + 2 * p - k) // s + 1
 
@@ -112,6 +119,7 @@ def fold(cols: torch.Tensor, shape, kernel, padding, stride) -> torch.Tensor:
 
 
 def _convolution(x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
+    stride, padding = _pair(stride), _pair(padding)
     _check_conv(x, w, dilation, transposed, groups)
     n, o = x.shape[0], w.shape[0]
     kernel = tuple(w.shape[2:])
@@ -126,6 +134,7 @@ def _convolution(x, w, bias, stride, padding, dilation, transposed, output_paddi
 def _convolution_backward(
     grad, x, w, bias_sizes, stride, padding, dilation, transposed, output_padding, groups, mask
 ):
+    stride, padding = _pair(stride), _pair(padding)
     _check_conv(x, w, dilation, transposed, groups)
     n, o = x.shape[0], w.shape[0]
     kernel = tuple(w.shape[2:])

@@ -17,6 +17,9 @@ def _net():
             "stem": torch.nn.Conv2d(3, 8, 7, 2, 3, bias=False),  # the tiny towers' first layer
             "conv": torch.nn.Conv2d(8, 16, 3, 2, 1),
             "tall": torch.nn.Conv2d(16, 16, (3, 1), 1, (1, 0), bias=False),
+            # SigLIP's patch embedding: ATen passes padding "valid" as one value, [0]
+            "patch": torch.nn.Conv2d(16, 16, 2, 2, padding="valid"),
+            "same": torch.nn.Conv2d(16, 16, 3, padding="same"),
             "head": torch.nn.Linear(16, 5),
         }
     )
@@ -26,7 +29,7 @@ def _step(net, x):
     """Forward and backward through every routed op: mm, addmm, bmm, convolution (both ways)."""
     net.zero_grad()
     x = x.clone().requires_grad_(True)
-    h = net["tall"](net["conv"](net["stem"](x))).mean((2, 3))
+    h = net["same"](net["patch"](net["tall"](net["conv"](net["stem"](x))))).mean((2, 3))
     y = net["head"](h) + torch.bmm(h[None], net["head"].weight.t()[None])[0]
     y.pow(2).sum().backward()
     return [y.detach(), x.grad, *(p.grad for p in net.parameters())]
