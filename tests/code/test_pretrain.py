@@ -79,6 +79,8 @@ def test_one_group_pool_has_no_relation_questions():
         ({"count_weights": [0, 0, 0, 1]}, r"pretrain.count_weights: \[0, 0, 0, 1\] is not 4 odds"),
         ({"stage_floor": 1.5}, "pretrain.stage_floor: 1.5 is not in 0..1"),
         ({"stage_retries": 5}, "pretrain.stage_retries: 5 is not in 0..3"),
+        ({"part_frac": 1.5}, "pretrain.part_frac: 1.5 is not in 0..1"),
+        ({"part_frac": 0.5, "element_frac": 0.0}, "pretrain.part_frac: a share of stage 3's element"),
     ],
 )
 def test_bad_pretrain_config_names_the_key(change, message):

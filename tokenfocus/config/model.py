@@ -138,6 +138,10 @@ class PretrainConfig:
     lr: float = 1e-3
     open_frac: float = 0.5  # share of open questions in stages 2 and 3 (the rest: checks, elements)
     element_frac: float = 0.5  # share of element questions in stage 3
+    # share of stage 3's element questions asked instead about a part of a fresh scene, the rest
+    # hidden, as the scorer reads counts (score.grounding's cuts and cells): "circle (object)", "two
+    # circles (counting)", labelled from where each shape was drawn (tokenfocus/pretrain/views.py)
+    part_frac: float = 0.0
     aux_weight: float = 1.0  # image-token / word-embedding presence loss (0 turns it off)
     freeze_tower: bool = True  # after stage 1; measured: a trainable tower forgets colour
     # > 0: stages 2-3 keep stage 1's heads as an auxiliary loss of this weight, the tower training

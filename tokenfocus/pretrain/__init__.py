@@ -47,14 +47,21 @@ from pathlib import Path
 import torch
 
 from tokenfocus.backbones import META_FILE, load_model_and_processor, save_model
-from tokenfocus.config import BackboneConfig, PretrainConfig, PromptConfig
+from tokenfocus.config import BackboneConfig, ConfigError, PretrainConfig, PromptConfig
 from tokenfocus.env import torch_threads
 from tokenfocus.gemm import products
-from tokenfocus.pretrain.checks import balanced_accuracy, check_accuracy, element_accuracy, element_hits
+from tokenfocus.pretrain.checks import (
+    balanced_accuracy,
+    check_accuracy,
+    element_accuracy,
+    element_hits,
+    part_accuracy,
+)
 from tokenfocus.pretrain.curriculum import check_config, corpus
 from tokenfocus.pretrain.stages import question_stage, tower_stage
 from tokenfocus.render import Style
 from tokenfocus.tiny import init_dir
+from tokenfocus.views import Box, count_boxes
 
 __all__ = ["check_config", "corpus", "guarded", "pretrain", "pretrain_base"]
 
@@ -72,6 +79,7 @@ def pretrain(
     slug: str = "",
     styles: tuple[Style, ...] | None = None,
     tower_styles: tuple[Style, ...] | None = None,
+    boxes: list[Box] | None = None,
 ) -> dict:
     """Run the curriculum on ``model`` in place.
 
@@ -87,6 +95,9 @@ def pretrain(
             default the classic drawing. (How a base fares in other styles, the held-out family
             included, is measured apart: ``scripts/style_checks.py``.)
         tower_styles: the styles stage 1 alone draws in; default ``styles``.
+        boxes: the parts of an image the scorer reads counts from
+            (:func:`tokenfocus.views.count_boxes`), which ``cfg.part_frac`` of stage 3's element
+            questions are asked about.
 
     Returns:
         Per stage ``steps``/``first_loss``/``last_loss``/``cpu_minutes``, the total
@@ -94,16 +105,22 @@ def pretrain(
         both on other fresh scenes in the classic drawing (0.5 is chance).
     """
     check_config(cfg)
+    if cfg.part_frac > 0 and not boxes:
+        raise ConfigError("pretrain.part_frac: no parts of the image to ask about (boxes)")
     prompts = prompts or PromptConfig()
     torch_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     processor.tokenizer.padding_side = "left"
     # the whole curriculum, checks included, on one BLAS: another one sums in another order
     with products(cfg.gemm, cfg.threads):
-        return _curriculum(model, processor, cfg, image_size, family, prompts, slug, styles, tower_styles)
+        return _curriculum(
+            model, processor, cfg, image_size, family, prompts, slug, styles, tower_styles, boxes
+        )
 
 
-def _curriculum(model, processor, cfg, image_size, family, prompts, slug, styles, tower_styles) -> dict:
+def _curriculum(
+    model, processor, cfg, image_size, family, prompts, slug, styles, tower_styles, boxes
+) -> dict:
     """:func:`pretrain`'s stages and checks, once its threads, seed and BLAS are set."""
     cpu0 = time.process_time()
     stages, heads = {}, None
@@ -113,6 +130,7 @@ def _curriculum(model, processor, cfg, image_size, family, prompts, slug, styles
         )
     common = {"family": family, "cfg": cfg, "prompts": prompts, "image_size": image_size, "slug": slug}
     common["styles"] = styles
+    common["boxes"] = boxes if cfg.part_frac > 0 else None
     common["heads"] = heads  # kept as a loss in stages 2-3 when tower_head_weight > 0
     if cfg.steps:
         stages["pairs"] = guarded(
@@ -175,6 +193,10 @@ def _curriculum(model, processor, cfg, image_size, family, prompts, slug, styles
             model, processor, prompts, image_size, n=cfg.check_scenes, seed=cfg.seed + 3
         ),
     }
+    if common["boxes"]:  # what the scorer asks a part: its object, and one .. four of it
+        out["part_accuracy"] = part_accuracy(
+            model, processor, prompts, image_size, boxes, n=cfg.check_scenes, seed=cfg.seed + 6
+        )
     log.info(
         "%s: pre-trained, %.2f CPU-min, checks %s, elements %s",
         slug,
@@ -271,6 +293,8 @@ def pretrain_base(
             slug=slug,
             styles=styles,
             tower_styles=tower_styles,
+            # the parts the scorer reads counts from: a base asked about them before it is scored
+            boxes=count_boxes(params.score.grounding.cuts, params.score.grounding.count_grid),
         )
     meta["kind"] = "base"
     return save_model(model, processor, meta, out)

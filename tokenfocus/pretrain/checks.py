@@ -10,9 +10,11 @@ from PIL import Image
 
 from tokenfocus.backbones import template_parts
 from tokenfocus.config import PromptConfig
-from tokenfocus.pretrain.curriculum import Pool, element_question, question
+from tokenfocus.pretrain.curriculum import ElementQuestion, Pool, element_question, question
+from tokenfocus.pretrain.views import part_question
 from tokenfocus.render import Style
 from tokenfocus.scoring import encode, first_answer_logits
+from tokenfocus.views import Box
 
 
 def yes_margins(model, processor, texts: list[str], images: list[Image.Image]) -> list[float]:
@@ -79,6 +81,11 @@ def element_hits(
     of them realised."""
     parts, rng = template_parts(processor), random.Random(seed)
     qs = [element_question(rng, parts, prompts, image_size, want=i % 2 == 0, styles=styles) for i in range(n)]
+    return _answered(model, processor, qs)
+
+
+def _answered(model, processor, qs: list[ElementQuestion]) -> list[tuple[str, bool, bool]]:
+    """(category, realised, answered right by P(yes) > 0.5) of each question."""
     margins = yes_margins(model, processor, [q.text for q in qs], [q.image for q in qs])
     return [
         (q.category, q.answer == "yes", (m > 0) == (q.answer == "yes"))
@@ -89,10 +96,37 @@ def element_hits(
 def element_accuracy(model, processor, prompts: PromptConfig, image_size: int, **kw) -> dict[str, float]:
     """Accuracy of element P(yes) > 0.5 per category and ``all`` (see :func:`element_hits`; 0.5 is
     chance over all, not within a category, whose elements are mostly realised or mostly not)."""
+    return _by_category(element_hits(model, processor, prompts, image_size, **kw))
+
+
+def _by_category(answered: list[tuple[str, bool, bool]]) -> dict[str, float]:
     hits: dict[str, list[bool]] = {}
-    for category, _, right in element_hits(model, processor, prompts, image_size, **kw):
+    for category, _, right in answered:
         hits.setdefault(category, []).append(right)
     return _rate(hits)
+
+
+@torch.inference_mode()
+def part_accuracy(
+    model,
+    processor,
+    prompts: PromptConfig,
+    image_size: int,
+    boxes: list[Box],
+    *,
+    n: int = 240,
+    seed: int = 0,
+    styles: tuple[Style, ...] | None = None,
+) -> dict[str, float]:
+    """Accuracy of P(yes) > 0.5 on ``n`` questions about one of ``boxes`` of fresh scenes in
+    ``styles`` (default classic), half of them true, per kind (``part object``, ``part count``)
+    and ``all`` (:func:`~tokenfocus.pretrain.views.part_question`)."""
+    parts, rng = template_parts(processor), random.Random(seed)
+    qs = [
+        part_question(rng, parts, prompts, image_size, boxes, want=i % 2 == 0, styles=styles)
+        for i in range(n)
+    ]
+    return _by_category(_answered(model, processor, qs))
 
 
 def balanced_accuracy(hits: list[tuple[str, bool, bool]], category: str) -> float:

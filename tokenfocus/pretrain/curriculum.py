@@ -39,7 +39,6 @@ OPEN = {
     "relation": "where are the {a} ?",
 }
 
-
 #: Yes/no checks: the attribute's true value or another one.
 CHECK = {
     "color": "are the {noun} {value} ?",
@@ -51,7 +50,6 @@ CHECK = {
 
 
 ATTRIBUTES = tuple(OPEN)
-
 
 #: The words the auxiliary presence loss ties to image tokens: every value of the four attributes.
 VALUE_WORDS = [*SHAPES, *COLORS, *COUNTS.values(), *SIZES]
@@ -112,9 +110,11 @@ def check_config(cfg: PretrainConfig) -> None:
         raise ConfigError("pretrain.attributes: relation needs pretrain.max_groups >= 2")
     if set(cfg.attributes) == {"relation"}:  # a pool always holds one-group scenes too
         raise ConfigError("pretrain.attributes: relation alone leaves one-group scenes without a question")
-    for name in ("open_frac", "element_frac"):
+    for name in ("open_frac", "element_frac", "part_frac"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ConfigError(f"pretrain.{name}: {getattr(cfg, name)} is not in 0..1")
+    if cfg.part_frac > 0 and not (cfg.element_frac > 0 and cfg.element_steps > 0):
+        raise ConfigError("pretrain.part_frac: a share of stage 3's element questions; element_frac is 0")
     if cfg.open_frac + cfg.element_frac > 1.0:
         raise ConfigError("pretrain.open_frac + pretrain.element_frac: more than 1 leaves no room")
     if not 0.0 <= cfg.stage_floor < 1.0:

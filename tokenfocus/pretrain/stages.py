@@ -34,6 +34,7 @@ from tokenfocus.pretrain.parts import (
     tower_heads,
 )
 from tokenfocus.pretrain.targets import DIRECTIONS, token_counts, token_relations
+from tokenfocus.pretrain.views import part_question
 from tokenfocus.render import COUNTS, Scene, Style
 
 log = logging.getLogger(__name__)
@@ -155,14 +156,17 @@ def _rows(
     element_frac: float,
     open_frac: float,
     styles: tuple[Style, ...] | None = None,
+    boxes: list | None = None,
 ) -> tuple[list[str], list[str], list[Image.Image], list[Scene]]:
     """One batch: (chat texts, answers, images, drawn scenes), fresh scenes every step.
 
-    Open questions, element questions, then checked images asked twice (true and false value);
-    attributes go round-robin, so every batch holds each about equally.
+    Open questions, element questions (``cfg.part_frac`` of them about one of ``boxes`` of a
+    scene), then checked images asked twice (true and false value); attributes go round-robin, so
+    every batch holds each about equally.
     """
     b = cfg.batch_size
     n_open, n_elem = round(b * open_frac), round(b * element_frac)
+    n_part = round(n_elem * cfg.part_frac) if boxes else 0
     n_pairs = max(0, (b - n_open - n_elem) // 2)
     pool = Pool.draw(
         n_open + n_pairs,
@@ -186,9 +190,12 @@ def _rows(
         s = pool.scenes[j]
         q = question(s, attrs, rng, mode="open", kind=attrs[(turn + j) % len(attrs)])
         add(parts.head + q.text + parts.tail, q.answer, pool.images[j], s)
-    for _ in range(n_elem):
+    for _ in range(n_elem - n_part):
         e = element_question(rng, parts, prompts, image_size, styles=styles)
         add(e.text, e.answer, e.image, e.scene)
+    for _ in range(n_part):  # no scene: the losses on what the whole scene holds skip the row
+        e = part_question(rng, parts, prompts, image_size, boxes, styles=styles)
+        add(e.text, e.answer, e.image, None)
     for j in range(n_pairs):
         s, im = pool.scenes[n_open + j], pool.images[n_open + j]
         kind = attrs[(turn + n_open + j) % len(attrs)]
@@ -215,6 +222,7 @@ def question_stage(
     slug: str,
     heads: torch.nn.ModuleDict | None = None,
     styles: tuple[Style, ...] | None = None,
+    boxes: list | None = None,
     attempt: int = 0,
 ) -> dict:
     """Stages 2 and 3: next-token loss on the answers, plus the auxiliary presence loss, and with
@@ -253,19 +261,23 @@ def question_stage(
         for step in tqdm(range(steps), desc=f"pretrain {slug} {name}", disable=None):
             seed = cfg.seed * 1_000_003 + 500_000 * (name == "elements") + 100_000 * attempt + step
             texts, answers, images, scenes = _rows(
-                rng, seed, cfg, parts, prompts, image_size, element_frac, open_frac, styles
+                rng, seed, cfg, parts, prompts, image_size, element_frac, open_frac, styles, boxes
             )
             loss = answer_lm_loss(model, processor, texts, answers, images, end)
+            # rows about a part of a scene (no scene) are left out of the losses on the whole scene
+            whole = [i for i, s in enumerate(scenes) if s is not None]
+            rows = slice(None) if len(whole) == len(scenes) else whole
+            scenes = [s for s in scenes if s is not None]
             if cfg.aux_weight > 0:
                 tokens = captured["tokens"]
-                tokens = tokens.reshape(len(texts), -1, tokens.shape[-1])
+                tokens = tokens.reshape(len(texts), -1, tokens.shape[-1])[rows]
                 logits = aux(tokens, model.get_input_embeddings()(value_ids))
                 aux_loss = F.binary_cross_entropy_with_logits(logits, presence(scenes))
                 aux_losses.append(float(aux_loss.detach()))
                 loss = loss + cfg.aux_weight * aux_loss
             if keep_heads:
                 head_loss = _head_loss(
-                    heads, readout(captured["map"], cfg.tower_readout), scenes, cfg.tower_groups, hits
+                    heads, readout(captured["map"][rows], cfg.tower_readout), scenes, cfg.tower_groups, hits
                 )
                 loss = loss + cfg.tower_head_weight * head_loss
             losses.append(optimizer_step(opt, sched, params, loss))

@@ -110,7 +110,13 @@ def drawn_fill(color: str, background: tuple[int, int, int]) -> tuple[int, int, 
     return fill
 
 
-def render(scene: Scene, size: int, rng: random.Random, style: Style | None = None) -> Image.Image:
+def render(
+    scene: Scene,
+    size: int,
+    rng: random.Random,
+    style: Style | None = None,
+    placed: list[tuple[int, float, float, float]] | None = None,
+) -> Image.Image:
     """Draw a scene at 4x and downsample, for smooth edges at small sizes.
 
     Args:
@@ -118,13 +124,16 @@ def render(scene: Scene, size: int, rng: random.Random, style: Style | None = No
         size: the output side in pixels.
         rng: positions (and the style's draws) come from it.
         style: the drawing choices; None or the classic style draws as SynthMuse always has.
+        placed: if given, every drawn shape is appended to it as (its group's index in
+            ``scene.groups + scene.extras``, centre x, centre y, radius), in fractions of the side:
+            what a label about a part of the image is counted from. It draws nothing else.
     """
     if style is None or style.plain:
-        return _render_classic(scene, size, rng)
-    return _render_styled(scene, size, random.Random(rng.getrandbits(64)), style)
+        return _render_classic(scene, size, rng, placed)
+    return _render_styled(scene, size, random.Random(rng.getrandbits(64)), style, placed)
 
 
-def _render_classic(scene: Scene, size: int, rng: random.Random) -> Image.Image:
+def _render_classic(scene: Scene, size: int, rng: random.Random, placed_out=None) -> Image.Image:
     big = size * 4
     bg = BACKGROUNDS[scene.background]
     img = Image.new("RGB", (big, big), bg)
@@ -153,6 +162,8 @@ def _render_classic(scene: Scene, size: int, rng: random.Random) -> Image.Image:
                 if all((cx - px) ** 2 + (cy - py) ** 2 > (2.1 * r) ** 2 for px, py in placed):
                     break
             placed.append((cx, cy))
+            if placed_out is not None:
+                placed_out.append((gi, cx / big, cy / big, r / big))
             _draw_shape(d, g.shape, cx, cy, r, fill)
     return img.resize((size, size), Image.LANCZOS)
 
@@ -205,7 +216,7 @@ def safe_background(scene: Scene) -> int:
     return scene.background
 
 
-def _render_styled(scene: Scene, size: int, rng: random.Random, style: Style) -> Image.Image:
+def _render_styled(scene: Scene, size: int, rng: random.Random, style: Style, placed=None) -> Image.Image:
     look = sample_look(style, rng)
     big = size * 4
     bi = safe_background(scene)
@@ -224,6 +235,8 @@ def _render_styled(scene: Scene, size: int, rng: random.Random, style: Style) ->
         if edge is not None and not _far(edge, [fill], 60):  # a black shape gets a light edge
             edge = (245, 245, 245) if look.outline == "dark" else (20, 20, 20)
         for cx, cy in _centres(g.count, boxes[gi], r, big, look, rng):
+            if placed is not None:
+                placed.append((gi, cx / big, cy / big, r / big))
             angle = math.radians(rng.uniform(-look.rotation, look.rotation)) if look.rotation else 0.0
             if edge is not None and look.outline_width > 0:
                 _stamp(img, edge, g.shape, cx, cy, r * (1 + look.outline_width), angle)

@@ -41,6 +41,9 @@ from tokenfocus.scoring.counting import (
     object_mentions,
     parse_count,
 )
+from tokenfocus.views import box_view
+from tokenfocus.views import canvas as _canvas
+from tokenfocus.views import kept as _kept
 
 OPPOSITE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
 
@@ -89,12 +92,6 @@ def parse_relation(key: str, prompt: str, keys: list[str], cfg: GroundingConfig)
     return None
 
 
-def _canvas(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
-    """An image's RGB pixels and its median colour: what every view of it is cut from."""
-    a = np.asarray(image.convert("RGB"))
-    return a, np.median(a.reshape(-1, 3), axis=0).astype(np.uint8)
-
-
 def part_view(
     image: Image.Image,
     side: str,
@@ -113,24 +110,6 @@ def part_view(
     near_start = side in ("left", "top")  # the side's part is [0, at) where the side is left or top
     keep = slice(0, at) if near_start == keep_side else slice(at, None)
     return _kept((pixels, fill), *((slice(None), keep) if side in ("left", "right") else (keep, slice(None))))
-
-
-def box_view(
-    canvas: tuple[np.ndarray, np.ndarray], x: tuple[float, float], y: tuple[float, float]
-) -> Image.Image:
-    """The image (its :func:`_canvas`) with the box ``x`` by ``y`` (fractions of its width and
-    height, from the left and top) kept, the rest filled with its median colour."""
-    h, w = canvas[0].shape[:2]
-    return _kept(canvas, slice(round(y[0] * h), round(y[1] * h)), slice(round(x[0] * w), round(x[1] * w)))
-
-
-def _kept(canvas: tuple[np.ndarray, np.ndarray], rows: slice, cols: slice) -> Image.Image:
-    """The image (its :func:`_canvas`) with ``rows`` x ``cols`` of its pixels kept, the rest its median colour."""
-    pixels, fill = canvas
-    a = np.empty_like(pixels)
-    a[...] = fill
-    a[rows, cols] = pixels[rows, cols]
-    return Image.fromarray(a)
 
 
 def grounded_probability(

@@ -64,7 +64,10 @@ class Resumable:
         code = hashlib.sha1()
         root = Path(tokenfocus.__file__).parent
         files = [*sorted((root / "train").glob("*.py")), *sorted((root / "scoring").glob("*.py"))]
-        files += [root / name for name in ("losses.py", "prefix.py", "batches.py", "prompts.py", "gemm.py")]
+        files += [
+            root / name
+            for name in ("losses.py", "prefix.py", "batches.py", "prompts.py", "gemm.py", "views.py")
+        ]
         for path in files:
             code.update(path.read_bytes())
         return {
