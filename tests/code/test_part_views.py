@@ -1,6 +1,7 @@
 """Pre-training's questions about parts of a scene (``pretrain.part_frac``): where the renderer
 put each shape, what a part of the image holds, and the questions asked about it."""
 
+import dataclasses
 import random
 import re
 
@@ -15,6 +16,19 @@ from tokenfocus.render import BACKGROUNDS, SIZES, drawn_fill, random_scene, rend
 from tokenfocus.views import box_view, canvas, count_boxes
 
 BOXES = count_boxes([0.333, 0.667], 2)
+
+
+def test_count_boxes_draw_exactly_the_views_the_scorer_reads_a_count_from():
+    from PIL import Image
+
+    from tokenfocus.scoring.grounding import _count_splits, _draw
+
+    cfg = load_params(ROOT / "params.yaml").score.grounding
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    pixels = canvas(image)
+    scorer = sorted(np.asarray(_draw(v, image, pixels)).tobytes() for s in _count_splits(0, cfg) for v in s)
+    mine = sorted(np.asarray(box_view(pixels, *b)).tobytes() for b in count_boxes(cfg.cuts, cfg.count_grid))
+    assert len(mine) == 10 and mine == scorer
 
 
 def test_count_boxes_are_the_scorers_bands_across_and_down_and_its_cells():
@@ -130,7 +144,7 @@ def test_pretraining_asks_a_share_of_its_element_rows_about_parts_and_reports_th
         pretrain(model, processor, cfg, bb.image_size, family=bb.family)
     report = pretrain(model, processor, cfg, bb.image_size, family=bb.family, boxes=BOXES)
     assert set(report["part_accuracy"]) == {"part object", "part count", "all"}
-    off = dict(cfg.__dict__, part_frac=0.0)
+    off = dataclasses.replace(cfg, part_frac=0.0)
     assert "part_accuracy" not in pretrain(
-        model, processor, PretrainConfig(**off), bb.image_size, family=bb.family, boxes=BOXES
+        model, processor, off, bb.image_size, family=bb.family, boxes=BOXES
     )
