@@ -14,7 +14,7 @@ from tokenfocus.pretrain import check_config, corpus, guarded, pretrain, pretrai
 from tokenfocus.pretrain.checks import balanced_accuracy, check_accuracy
 from tokenfocus.pretrain.curriculum import ATTRIBUTES, Pool, question
 from tokenfocus.pretrain.parts import part
-from tokenfocus.render import COUNTS, StyleError
+from tokenfocus.render import COUNTS, SHAPES, StyleError
 from tokenfocus.stages import pretrain_metrics
 from tokenfocus.synth import plural
 
@@ -70,7 +70,7 @@ def test_one_group_pool_has_no_relation_questions():
             {"tower_head_weight": 1.0, "tower_groups": 1},
             "pretrain.tower_head_weight: the heads of a one-group",
         ),
-        ({"tower_lr_scale": -0.1}, "pretrain.tower_head_weight / tower_lr_scale: negative"),
+        ({"tower_lr_scale": -0.1}, "pretrain.tower_lr_scale: -0.1 is negative"),
         ({"tower_readout": "cls"}, "pretrain.tower_readout: 'cls' is not pooled or tokens"),
         ({"count_false": "near"}, "pretrain.count_false: 'near' is not any or adjacent"),
         ({"gemm": "cublas"}, "pretrain.gemm: 'cublas' is not mkl or openblas"),
@@ -363,6 +363,31 @@ def test_element_questions_use_the_scoring_wording_with_balanced_answers(tiny_pa
         assert q.answer == ("yes" if i % 2 == 0 else "no")
         assert q.category in {"object", "counting", "color", "attribute", "spatial"}
         assert q.image.size == (64, 64)
+
+
+def test_element_questions_bound_to_their_shape_say_yes_only_where_that_shape_is_drawn(tiny_params):
+    """`pretrain.bind_shape`, as `synth.bind_shape` labels the benchmark: a true count, colour or
+    size names a shape the scene draws. Unbound, some say yes of a group drawn as another shape."""
+    from tokenfocus.backbones import template_parts
+    from tokenfocus.pretrain.curriculum import element_question
+
+    bb = tiny_params.backbone("fastvlm_llama")
+    _, processor = load_model_and_processor(bb.source, bb)
+    parts, prompts = template_parts(processor), tiny_params.prompts
+    nouns = {w: s for s in SHAPES for w in (s, plural(s, 2))}
+
+    def unseen(bind_shape: bool) -> int:
+        rng, n = random.Random(3), 0
+        for _ in range(150):
+            q = element_question(rng, parts, prompts, 64, want=True, bind_shape=bind_shape)
+            if q.category in ("counting", "color", "attribute"):
+                shape = nouns[q.text.split("Does the image show ")[1].split(" ?")[0].split()[-1]]
+                drawn = {g.shape for i, g in enumerate(q.scene.groups) if i not in q.scene.missing}
+                n += shape not in drawn
+        return n
+
+    assert unseen(True) == 0
+    assert unseen(False) > 0
 
 
 def test_check_and_element_accuracy_count_true_and_false_claims_equally(tiny_params):

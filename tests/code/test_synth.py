@@ -14,6 +14,7 @@ from tokenfocus.synth import (
     generate,
     latent_alignment,
     make_prompt,
+    realised,
 )
 
 
@@ -89,6 +90,35 @@ def test_errors_lower_latent_alignment():
     assert latent_alignment(scene, scene) == 1.0
     bad = corrupt(scene, {k: 1.0 for k in GENERATORS["ChromaGAN-XL"]}, random.Random(1))
     assert latent_alignment(scene, bad) < 0.5
+
+
+def test_an_element_of_a_group_drawn_as_another_shape_is_false_when_bound():
+    """`synth.bind_shape`: "two circles (counting)" asks for circles; two triangles in their place
+    realise neither the count, the colour nor the size of circles, nor a relation naming them.
+    Unbound (the labels before), those follow the group's count, colour and size alone."""
+    scene = Scene([Group("circle", "red", "small", 2), Group("star", "blue", "large", 1)], relation="left of")
+    drawn = Scene(
+        [Group("triangle", "red", "small", 2), Group("star", "blue", "large", 1)], relation="left of"
+    )
+    keys = [k for k, *_ in elements_of(scene)]
+    bound = dict(zip(keys, realised(scene, drawn), strict=True))
+    loose = dict(zip(keys, realised(scene, drawn, bind_shape=False), strict=True))
+    circles = [
+        "circle (object)",
+        "two circles (counting)",
+        "red circles (color)",
+        "small circles (attribute)",
+    ]
+    assert [bound[k] for k in circles] == [False] * 4
+    assert [loose[k] for k in circles] == [False, True, True, True]
+    assert not bound["circle left of star (spatial)"] and loose["circle left of star (spatial)"]
+    assert all(bound[k] and loose[k] for k in keys[4:8])  # the star's group is drawn as asked
+    # the second group of the relation, too; and the alignment counts only what the image holds
+    other = Scene(
+        [Group("circle", "red", "small", 2), Group("cross", "blue", "large", 1)], relation="left of"
+    )
+    assert realised(scene, other)[:4] == [True] * 4 and not realised(scene, other)[-1]
+    assert latent_alignment(scene, drawn) < latent_alignment(scene, drawn, bind_shape=False) < 1.0
 
 
 def test_ceiling_is_high_but_below_one(small_data):

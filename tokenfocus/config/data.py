@@ -19,6 +19,9 @@ class SynthConfig:
     real_fraction: float = 0.5  # share of prompts in the varied "real" register
     short_keys: float = 0.0  # share of prompts keyed with EvalMuse's short spans ("red (color)")
     styled_copies: int = 0  # per labelled pair, redrawings in pre-training's styles (styled/<k>/)
+    # an element of a group drawn as another shape is false ("two squares" where two circles
+    # stand): labels as the question reads them. False: it follows the group's count/colour/size
+    bind_shape: bool = True
 
 
 @dataclass

@@ -142,6 +142,9 @@ class PretrainConfig:
     # hidden, as the scorer reads counts (score.grounding's cuts and cells): "circle (object)", "two
     # circles (counting)", labelled from where each shape was drawn (tokenfocus/pretrain/views.py)
     part_frac: float = 0.0
+    # stage 3's element labels (and the element checks'): true only where the group is drawn as
+    # the shape named, as synth.bind_shape labels the benchmark (tokenfocus.synth.realised)
+    bind_shape: bool = True
     aux_weight: float = 1.0  # image-token / word-embedding presence loss (0 turns it off)
     freeze_tower: bool = True  # after stage 1; measured: a trainable tower forgets colour
     # > 0: stages 2-3 keep stage 1's heads as an auxiliary loss of this weight, the tower training

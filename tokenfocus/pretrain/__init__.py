@@ -129,9 +129,9 @@ def _curriculum(
             model, processor, family, cfg, image_size, slug=slug, styles=tower_styles or styles
         )
     common = {"family": family, "cfg": cfg, "prompts": prompts, "image_size": image_size, "slug": slug}
-    common["styles"] = styles
-    common["boxes"] = boxes if cfg.part_frac > 0 else None
+    common |= {"styles": styles, "boxes": boxes if cfg.part_frac > 0 else None}
     common["heads"] = heads  # kept as a loss in stages 2-3 when tower_head_weight > 0
+    asked = {"n": cfg.check_scenes, "bind_shape": cfg.bind_shape}  # the element checks, labelled as stage 3
     if cfg.steps:
         stages["pairs"] = guarded(
             model,
@@ -171,7 +171,7 @@ def _curriculum(
             ),
             # balanced, so that answering "yes" to every object (58% of them realised) scores 0.5
             lambda: balanced_accuracy(
-                element_hits(model, processor, prompts, image_size, n=cfg.check_scenes, seed=cfg.seed + 5),
+                element_hits(model, processor, prompts, image_size, **asked, seed=cfg.seed + 5),
                 "object",
             ),
             cfg,
@@ -190,7 +190,7 @@ def _curriculum(
             seed=cfg.seed + 2,
         ),
         "element_accuracy": element_accuracy(
-            model, processor, prompts, image_size, n=cfg.check_scenes, seed=cfg.seed + 3
+            model, processor, prompts, image_size, **asked, seed=cfg.seed + 3
         ),
     }
     if common["boxes"]:  # what the scorer asks a part: its object, and one .. four of it

@@ -75,12 +75,18 @@ def element_hits(
     n: int = 240,
     seed: int = 0,
     styles: tuple[Style, ...] | None = None,
+    bind_shape: bool = True,
 ) -> list[tuple[str, bool, bool]]:
     """(category, realised, answered right by P(yes) > 0.5) for each of ``n`` elements asked in
     the scoring wording about fresh scenes drawn with errors in ``styles`` (default classic), half
-    of them realised."""
+    of them realised (labelled with ``bind_shape``, :func:`tokenfocus.synth.realised`)."""
     parts, rng = template_parts(processor), random.Random(seed)
-    qs = [element_question(rng, parts, prompts, image_size, want=i % 2 == 0, styles=styles) for i in range(n)]
+    qs = [
+        element_question(
+            rng, parts, prompts, image_size, want=i % 2 == 0, styles=styles, bind_shape=bind_shape
+        )
+        for i in range(n)
+    ]
     return _answered(model, processor, qs)
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from tokenfocus.config import ConfigError, PretrainConfig, PromptConfig
 from tokenfocus.gemm import GEMMS
 from tokenfocus.prompts import element_text
-from tokenfocus.render import (  # noqa: I001
+from tokenfocus.render import (
     COLORS,
     COUNTS,
     RELATIONS,
@@ -93,16 +93,14 @@ def check_config(cfg: PretrainConfig) -> None:
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"pretrain.{name}: {getattr(cfg, name)!r} is not {' or '.join(allowed)}")
-    if cfg.tower_head_weight < 0 or cfg.tower_lr_scale < 0:
-        raise ConfigError("pretrain.tower_head_weight / tower_lr_scale: negative")
+    for name in ("tower_head_weight", "tower_lr_scale", "token_count_weight", "token_relation_weight"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"pretrain.{name}: {getattr(cfg, name)} is negative")
     if cfg.tower_head_weight > 0 and cfg.tower_groups < 2:
         raise ConfigError(
             "pretrain.tower_head_weight: the heads of a one-group tower stage "
             "(tower_groups 1) cannot be kept on multi-group scenes; set tower_groups >= 2"
         )
-    for name in ("token_count_weight", "token_relation_weight"):
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"pretrain.{name}: {getattr(cfg, name)} is negative")
     w = cfg.count_weights
     if w and (len(w) != len(COUNTS) or min(w) < 0 or sum(w[:3]) <= 0):
         raise ConfigError(f"pretrain.count_weights: {w} is not {len(COUNTS)} odds >= 0 with some on 1..3")
@@ -245,14 +243,16 @@ def element_question(
     *,
     want: bool | None = None,
     styles: tuple[Style, ...] | None = None,
+    bind_shape: bool = True,
 ) -> ElementQuestion:
-    """A fresh prompt scene, drawn with errors in a style from ``styles``, and one of its
-    elements asked in the scoring wording; realised (yes) or not (no) as ``want`` says, else 1:1."""
+    """A fresh prompt scene, drawn with errors in a style from ``styles``, and one of its elements asked
+    in the scoring wording; realised (``bind_shape``) or not as ``want`` says, else 1:1."""
     want = rng.random() < 0.5 if want is None else want
     while True:
         scene = random_scene(rng)
         drawn = corrupt(scene, ERRORS, rng)
-        pick = [e for e, ok in zip(elements_of(scene), realised(scene, drawn), strict=True) if ok == want]
+        flags = realised(scene, drawn, bind_shape=bind_shape)
+        pick = [e for e, ok in zip(elements_of(scene), flags, strict=True) if ok == want]
         if pick:
             break
     key, category, *_ = rng.choice(pick)

@@ -65,8 +65,17 @@ GENERATORS: dict[str, dict[str, float]] = {
 ANNOTATOR_BIAS = [0.0, 0.2, -0.2, 0.1, -0.1]
 
 
-def realised(prompt: Scene, drawn: Scene) -> list[bool]:
-    """Which of the prompt's elements the drawn scene realises."""
+def realised(prompt: Scene, drawn: Scene, *, bind_shape: bool = True) -> list[bool]:
+    """Which of the prompt's elements the drawn scene realises.
+
+    With ``bind_shape``, an element about a group holds only where the group is drawn as the shape
+    the prompt names: "two squares (counting)" and "red squares (color)" are false when two red
+    circles stand in the squares' place, as the question asked of it ("Does the image show two
+    squares?") reads, and as an annotator judges an element of an object the image does not hold;
+    a relation needs both its groups drawn as named. Without it (``synth.bind_shape: false``, the
+    labels before), such an element follows its group's count, colour or size alone, whatever
+    shape the group was drawn as (docs/styles.md, "Elements bound to their shape").
+    """
     flags = []
     for _, _, kind, i in elements_of(prompt):
         if i in drawn.missing:
@@ -74,9 +83,14 @@ def realised(prompt: Scene, drawn: Scene) -> list[bool]:
             continue
         want, got = prompt.groups[i], drawn.groups[i]
         if kind == "relation":
-            flags.append(1 not in drawn.missing and drawn.relation == prompt.relation)
+            ok = 1 not in drawn.missing and drawn.relation == prompt.relation
+            named = range(2)  # a relation is about groups 0 and 1
         else:
-            flags.append(getattr(want, kind) == getattr(got, kind))
+            ok = getattr(want, kind) == getattr(got, kind)
+            named = (i,)
+        if bind_shape:
+            ok = ok and all(drawn.groups[j].shape == prompt.groups[j].shape for j in named)
+        flags.append(ok)
     return flags
 
 
@@ -110,10 +124,11 @@ def corrupt(scene: Scene, profile: dict[str, float], rng: random.Random) -> Scen
     return out
 
 
-def latent_alignment(prompt: Scene, drawn: Scene) -> float:
-    """The noise-free alignment: weighted share of realised elements, less a penalty for extras."""
+def latent_alignment(prompt: Scene, drawn: Scene, *, bind_shape: bool = True) -> float:
+    """The noise-free alignment: weighted share of realised elements (:func:`realised`), less a
+    penalty for extras."""
     els = elements_of(prompt)
-    ok = realised(prompt, drawn)
+    ok = realised(prompt, drawn, bind_shape=bind_shape)
     w = [WEIGHTS[cat] for _, cat, _, _ in els]
     frac = sum(wi for wi, o in zip(w, ok, strict=True) if o) / sum(w)
     return max(0.0, frac - EXTRA_PENALTY * len(drawn.extras))
@@ -121,8 +136,8 @@ def latent_alignment(prompt: Scene, drawn: Scene) -> float:
 
 def annotate(prompt: Scene, drawn: Scene, cfg: SynthConfig, rng: random.Random) -> dict:
     """Per-annotator labels, as raw EvalMuse stores them."""
-    ok = realised(prompt, drawn)
-    latent = latent_alignment(prompt, drawn)
+    ok = realised(prompt, drawn, bind_shape=cfg.bind_shape)
+    latent = latent_alignment(prompt, drawn, bind_shape=cfg.bind_shape)
     totals, element_lists = [], [[] for _ in ok]
     for a in range(cfg.n_annotators):
         bias = ANNOTATOR_BIAS[a % len(ANNOTATOR_BIAS)]
