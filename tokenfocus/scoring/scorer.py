@@ -17,6 +17,7 @@ from tokenfocus.config import BackboneConfig, GroundingConfig, PromptConfig, loa
 from tokenfocus.env import torch_threads
 from tokenfocus.images import open_image
 from tokenfocus.prompts import answer_tokens, element_text, overall_text
+from tokenfocus.scoring.binding import bind
 from tokenfocus.scoring.grounding import ground
 from tokenfocus.scoring.mass import AnswerMass
 from tokenfocus.scoring.mirror import mirror
@@ -117,11 +118,13 @@ class Scorer(PrefixReuse):
             if grounding is None and "grounding" in meta:
                 # a bundle from before counting was read from the parts asked its counts alone,
                 # one from before the mirrored view asked each element once, and one from before
-                # the bands and cells read its counts from the cuts' two parts
+                # the bands and cells read its counts from the cuts' two parts; none held an element
+                # to its object
                 grounding = GroundingConfig(
                     **{
                         "count_categories": [],
                         "mirror_categories": [],
+                        "bind_categories": [],
                         "count_views": ["cuts"],
                         **meta["grounding"],
                     }
@@ -215,6 +218,7 @@ class Scorer(PrefixReuse):
             ask = lambda *a: self._halving_on_oom(plain, *a)  # noqa: E731
             mirror(ask, images, prompts, probs, self.grounding.mirror_categories)
             ground(ask, images, prompts, elements, probs, self.grounding, pairs_at_a_time=self.batch_size)
+            bind(prompts, probs, self.grounding)  # last: an element held to its object as read
         return dists, probs
 
     def _questions(self, images, prompts, elements, element_rows):
