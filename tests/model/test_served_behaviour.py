@@ -94,12 +94,16 @@ def test_a_prompt_scores_higher_on_its_own_scene_than_on_another(served):
 
 
 #: (share of pairs, mean gap), close to what each reaches with these seeds, so that a real
-#: regression fails. Measured: ensemble (1..5 score) shape 0.99 / 1.18, colour 1.00 / 0.50, own
-#: scene 0.99 / 2.01; fine-tuned backbone (mean element P(yes)) 0.99 / 0.150, 1.00 / 0.126, 0.99 / 0.346.
+#: regression fails. Measured: ensemble (1..5 score) shape 1.00 / 2.44, colour 0.99 / 0.34, own
+#: scene 0.99 / 2.50; fine-tuned backbone (mean element P(yes)) 1.00 / 0.616, 0.99 / 0.124, 0.99 /
+#: 0.646. Since SynthMuse's labels bind an element to its shape and the scorer holds a count, colour
+#: or size to its object (docs/styles.md), a swapped shape takes its group's other elements down
+#: with it (before: ensemble shape 1.18, own scene 2.01; backbone 0.150 and 0.346), and the stack
+#: weighs colour, now partly told by the object, less (its colour gap 0.50 before)
 SWAP = {
-    ("ensemble", "shape"): (0.95, 0.9),
-    ("ensemble", "color"): (0.95, 0.35),
-    ("backbone", "shape"): (0.95, 0.11),
+    ("ensemble", "shape"): (0.95, 1.8),
+    ("ensemble", "color"): (0.95, 0.25),
+    ("backbone", "shape"): (0.95, 0.46),
     ("backbone", "color"): (0.95, 0.09),
 }
-MISMATCH = {"ensemble": (0.95, 1.5), "backbone": (0.95, 0.26)}
+MISMATCH = {"ensemble": (0.95, 1.9), "backbone": (0.95, 0.48)}
