@@ -23,7 +23,7 @@ import re
 
 from tokenfocus.config import GroundingConfig
 from tokenfocus.evalmuse import parse_element_key
-from tokenfocus.scoring.counting import find_word, object_mentions, plural_of
+from tokenfocus.scoring.counting import mention_after, plural_of
 
 
 def object_of(key: str, prompt: str, objects: dict[str, str]) -> str | None:
@@ -40,9 +40,8 @@ def object_of(key: str, prompt: str, objects: dict[str, str]) -> str | None:
     for name, obj_key in objects.items():  # the words end with the object's name, or its plural
         if re.search(rf"(?<!\w)(?:{re.escape(name)}|{re.escape(plural_of(name))})$", text, re.IGNORECASE):
             return obj_key
-    at = find_word(text, prompt)
-    mentions = [m for m in object_mentions(prompt, list(objects)) if at and m[0] >= at.end()]
-    return objects[min(mentions)[2]] if mentions else None
+    mention = mention_after(text, prompt, list(objects))
+    return objects[mention[2]] if mention else None
 
 
 def bind(prompts: list[str], probs: list[dict[str, float]], cfg: GroundingConfig) -> None:

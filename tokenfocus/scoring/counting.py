@@ -56,6 +56,14 @@ def object_mentions(prompt: str, objects: list[str]) -> list[tuple[int, int, str
     ]
 
 
+def mention_after(words: str, prompt: str, objects: list[str]) -> tuple[int, int, str, str] | None:
+    """The first mention of an object (:func:`object_mentions`) after ``words`` in the prompt, or
+    None: what a short element key (``"three (counting)"``, ``"red (color)"``) is about."""
+    at = find_word(words, prompt)
+    mentions = [m for m in object_mentions(prompt, objects) if at and m[0] >= at.end()]
+    return min(mentions) if mentions else None
+
+
 def _number(word: str, cfg: GroundingConfig) -> int | None:
     word = word.lower()
     return int(word) if word.isdigit() else cfg.numbers.get(word)
@@ -103,11 +111,10 @@ def parse_count(key: str, prompt: str, keys: list[str], cfg: GroundingConfig) ->
         noun = next((o for o in objects if _names(o, rest)), None) or _singular(rest, number)
         said = rest if number > 1 else None
     else:
-        at = find_word(words[0], prompt)
-        mentions = [m for m in object_mentions(prompt, objects) if at and m[0] >= at.end()]
-        if not mentions:
+        mention = mention_after(words[0], prompt, objects)
+        if mention is None:
             return None
-        _, _, noun, said = min(mentions)
+        _, _, noun, said = mention
         said = said if number > 1 else None
     if noun is None:
         return None
