@@ -6,6 +6,9 @@ Per base: the pre-training checks (yes/no accuracy per attribute, element accura
 tests/model/style_probes.py (style invariance, relation swap, count off by one).
 
     .venv/bin/python scripts/style_checks.py [models/base/fastvlm_gemma ...] [--out eval/style_checks.json]
+
+``--served`` (after ``make run``): the probes alone on what is served, each fine-tuned backbone and
+the ensemble's stacked element P(yes), through the bundle the registry serves.
 """
 
 from __future__ import annotations
@@ -47,29 +50,60 @@ def measure(folder: str, params) -> dict:
             ),
             "elements": element_accuracy(model, proc, params.prompts, 64, n=240, seed=102, styles=styles),
         }
-    probes = [book.catalog["classic"], book.catalog["mixed"], book.heldout[0]]
-    out["probes"] = {
-        "invariance": style_invariance(scorer, probes),
+    out["probes"] = probes(scorer, params)
+    return out
+
+
+def probes(scorer, params) -> dict:
+    """The three behaviour probes of tests/model/style_probes.py on ``scorer``."""
+    book = params.styles.book()
+    styles = [book.catalog["classic"], book.catalog["mixed"], book.heldout[0]]
+    return {
+        "invariance": style_invariance(scorer, styles),
         "relation_swap": relation_swap(scorer),
         "count_off_by_one": count_off_by_one(scorer),
     }
-    return out
+
+
+def served(params) -> list[dict]:
+    """The probes on each fine-tuned backbone and on the ensemble, as the registry bundles them."""
+    import tempfile
+    from types import SimpleNamespace
+
+    from tokenfocus.serving.ensemble import EnsembleScorer, bundle
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ens = EnsembleScorer(bundle(params, Path(tmp) / "bundle"))
+        rows = [{"base": f"fine-tuned {s}", "probes": probes(sc, params)} for s, sc in ens.scorers.items()]
+
+        def stacked(images, prompts, keys):
+            return [SimpleNamespace(elements=r["element_scores"]) for r in ens(images, prompts, keys)]
+
+        rows.append({"base": "ensemble", "probes": probes(stacked, params)})
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("bases", nargs="*")
     ap.add_argument("--out", default="eval/style_checks.json")
+    ap.add_argument(
+        "--served", action="store_true", help="the probes on the fine-tuned backbones and ensemble"
+    )
     a = ap.parse_args()
     torch_threads(2)
     params = load_params(ROOT / "params.yaml")
     bases = a.bases or [bb.source for bb in params.backbones.values() if bb.family]
-    rows = [measure(b, params) for b in bases]
+    rows = served(params) if a.served else [measure(b, params) for b in bases]
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(rows, indent=1) + "\n")
-    print("| base | drawn in | check shape | colour | count | size | element object | counting | spatial |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
+    checked = [r for r in rows if "classic" in r]  # --served measures the probes alone
+    if checked:
+        print(
+            "| base | drawn in | check shape | colour | count | size | element object | counting | spatial |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+    for r in checked:
         for name in ("classic", "other styles", "held-out family"):
             c, e = r[name]["checks"], r[name]["elements"]
             print(
