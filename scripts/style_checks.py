@@ -91,6 +91,8 @@ def main() -> None:
         "--served", action="store_true", help="the probes on the fine-tuned backbones and ensemble"
     )
     a = ap.parse_args()
+    if a.served and a.bases:  # the served models are the pipeline's own: a folder named would be ignored
+        ap.error(f"--served probes the pipeline's fine-tuned models and ensemble; drop the folders {a.bases}")
     torch_threads(2)
     params = load_params(ROOT / "params.yaml")
     bases = a.bases or [bb.source for bb in params.backbones.values() if bb.family]
