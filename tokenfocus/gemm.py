@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tokenfocus.config.model import GEMMS
+from tokenfocus.config.model import check_gemm
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +214,7 @@ def openblas_gemm(threads: int = 1) -> Iterator[None]:
 def products(gemm: str, threads: int) -> contextlib.AbstractContextManager:
     """The context a run's products go through: ``mkl`` torch's own, ``openblas``
     :func:`openblas_gemm` at ``threads``."""
-    if gemm not in GEMMS:
-        raise ValueError(f"gemm {gemm!r} is not one of {GEMMS}")
+    check_gemm("gemm", gemm)
     return openblas_gemm(threads) if gemm == "openblas" else contextlib.nullcontext()
 
 
@@ -245,7 +244,7 @@ def backbone_products(
     why: on an accelerator the bits are the accelerator's anyway.
 
     Args:
-        gemm: one of :data:`GEMMS`.
+        gemm: one of :data:`tokenfocus.config.model.GEMMS`.
         threads: the stage's torch threads.
         model: the loaded model, on its device.
         computes_in: the dtype its forward computes in (the backbone's ``dtype``: under autocast,

@@ -73,7 +73,7 @@ def test_one_group_pool_has_no_relation_questions():
         ({"tower_lr_scale": -0.1}, "pretrain.tower_lr_scale: -0.1 is negative"),
         ({"tower_readout": "cls"}, "pretrain.tower_readout: 'cls' is not pooled or tokens"),
         ({"count_false": "near"}, "pretrain.count_false: 'near' is not any or adjacent"),
-        ({"gemm": "cublas"}, "pretrain.gemm: 'cublas' is not mkl or openblas"),
+        ({"gemm": "cublas"}, r"pretrain.gemm must be one of \['mkl', 'openblas'\], got 'cublas'"),
         ({"token_relation_weight": -0.3}, "pretrain.token_relation_weight: -0.3 is negative"),
         ({"count_weights": [1.0, 1.0]}, r"pretrain.count_weights: \[1.0, 1.0\] is not 4 odds"),
         ({"count_weights": [0, 0, 0, 1]}, r"pretrain.count_weights: \[0, 0, 0, 1\] is not 4 odds"),
@@ -142,7 +142,9 @@ def test_pretraining_on_openblas_with_fused_adamw_is_its_own_reproducible_draw(t
     assert same("both", "both again")  # reruns to the bit
     # each switch is another draw: the BLAS sums in another order, the fused step rounds its own way
     assert not same("mkl", "openblas") and not same("mkl", "fused") and not same("openblas", "both")
-    with pytest.raises(ConfigError, match="pretrain.gemm: 'cublas' is not mkl or openblas"):
+    with pytest.raises(
+        ConfigError, match=r"pretrain.gemm must be one of \['mkl', 'openblas'\], got 'cublas'"
+    ):
         pretrain(model, processor, PretrainConfig(**common, gemm="cublas"), bb.image_size, family=bb.family)
 
 
@@ -388,6 +390,30 @@ def test_element_questions_bound_to_their_shape_say_yes_only_where_that_shape_is
 
     assert unseen(True) == 0
     assert unseen(False) > 0
+
+
+def test_balanced_element_questions_ask_each_category_half_realised_under_bound_labels(tiny_params):
+    """`pretrain.balance_elements`: bound labels make a substituted shape's count, colour and size
+    false with its object, so drawn 1:1 over all categories most object questions come out
+    realised (the yes the Qwen2 base learned for every object). Balanced, each category is half."""
+    from tokenfocus.backbones import template_parts
+    from tokenfocus.pretrain.curriculum import element_question
+
+    bb = tiny_params.backbone("fastvlm_llama")
+    _, processor = load_model_and_processor(bb.source, bb)
+    parts, prompts = template_parts(processor), tiny_params.prompts
+
+    def shares(balance: bool) -> dict[str, float]:
+        rng, asked = random.Random(5), {}
+        for _ in range(400):
+            q = element_question(rng, parts, prompts, 32, bind_shape=True, balance=balance)
+            asked.setdefault(q.category, []).append(q.answer == "yes")
+        return {c: sum(a) / len(a) for c, a in asked.items()}
+
+    assert shares(False)["object"] > 0.65
+    balanced = shares(True)
+    assert set(balanced) == {"object", "counting", "color", "attribute", "spatial"}
+    assert all(0.38 <= v <= 0.62 for v in balanced.values()), balanced
 
 
 def test_check_and_element_accuracy_count_true_and_false_claims_equally(tiny_params):

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from tokenfocus.config import ConfigError, PretrainConfig, PromptConfig
-from tokenfocus.gemm import GEMMS
+from tokenfocus.config.model import check_gemm
 from tokenfocus.prompts import element_text
 from tokenfocus.render import (
     COLORS,
@@ -89,7 +89,8 @@ def check_config(cfg: PretrainConfig) -> None:
     for name in ("max_groups", "tower_groups"):
         if not 1 <= getattr(cfg, name) <= 3:
             raise ConfigError(f"pretrain.{name}: {getattr(cfg, name)} is not in 1..3")
-    choices = {"count_false": ("any", "adjacent"), "tower_readout": ("pooled", "tokens"), "gemm": GEMMS}
+    check_gemm("pretrain.gemm", cfg.gemm)
+    choices = {"count_false": ("any", "adjacent"), "tower_readout": ("pooled", "tokens")}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"pretrain.{name}: {getattr(cfg, name)!r} is not {' or '.join(allowed)}")
@@ -244,15 +245,29 @@ def element_question(
     want: bool | None = None,
     styles: tuple[Style, ...] | None = None,
     bind_shape: bool = True,
+    balance: bool = False,
 ) -> ElementQuestion:
     """A fresh prompt scene, drawn with errors in a style from ``styles``, and one of its elements asked
-    in the scoring wording; realised (``bind_shape``) or not as ``want`` says, else 1:1."""
+    in the scoring wording; realised (``bind_shape``) or not as ``want`` says, else 1:1.
+
+    With ``balance``, the category is drawn first (a random element's of the first scene drawn, so
+    the categories come as often as without it) and scenes are drawn until one has an element of
+    that category realised or not as ``want`` says: each category half realised, whatever the
+    labels make of the errors (:class:`~tokenfocus.config.PretrainConfig` ``balance_elements``).
+    """
     want = rng.random() < 0.5 if want is None else want
+    category = None
     while True:
         scene = random_scene(rng)
+        if balance and category is None:
+            category = rng.choice(elements_of(scene))[1]
         drawn = corrupt(scene, ERRORS, rng)
         flags = realised(scene, drawn, bind_shape=bind_shape)
-        pick = [e for e, ok in zip(elements_of(scene), flags, strict=True) if ok == want]
+        pick = [
+            e
+            for e, ok in zip(elements_of(scene), flags, strict=True)
+            if ok == want and category in (None, e[1])
+        ]
         if pick:
             break
     key, category, *_ = rng.choice(pick)

@@ -191,7 +191,15 @@ def _rows(
         q = question(s, attrs, rng, mode="open", kind=attrs[(turn + j) % len(attrs)])
         add(parts.head + q.text + parts.tail, q.answer, pool.images[j], s)
     for _ in range(n_elem - n_part):
-        e = element_question(rng, parts, prompts, image_size, styles=styles, bind_shape=cfg.bind_shape)
+        e = element_question(
+            rng,
+            parts,
+            prompts,
+            image_size,
+            styles=styles,
+            bind_shape=cfg.bind_shape,
+            balance=cfg.balance_elements,
+        )
         add(e.text, e.answer, e.image, e.scene)
     for _ in range(n_part):  # no scene: the losses on what the whole scene holds skip the row
         e = part_question(rng, parts, prompts, image_size, boxes, styles=styles)
