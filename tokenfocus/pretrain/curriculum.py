@@ -81,8 +81,7 @@ def corpus() -> list[str]:
 
 def check_config(cfg: PretrainConfig) -> None:
     """Refuse settings the curriculum cannot run, naming the key."""
-    unknown = [a for a in cfg.attributes if a not in ATTRIBUTES]
-    if unknown:
+    if unknown := [a for a in cfg.attributes if a not in ATTRIBUTES]:
         raise ConfigError(f"pretrain.attributes: unknown {unknown}; known: {list(ATTRIBUTES)}")
     if not cfg.attributes:
         raise ConfigError("pretrain.attributes: empty; name at least one of " + str(list(ATTRIBUTES)))
@@ -98,10 +97,8 @@ def check_config(cfg: PretrainConfig) -> None:
         if getattr(cfg, name) < 0:
             raise ConfigError(f"pretrain.{name}: {getattr(cfg, name)} is negative")
     if cfg.tower_head_weight > 0 and cfg.tower_groups < 2:
-        raise ConfigError(
-            "pretrain.tower_head_weight: the heads of a one-group tower stage "
-            "(tower_groups 1) cannot be kept on multi-group scenes; set tower_groups >= 2"
-        )
+        why = "the heads of a one-group tower stage (tower_groups 1) cannot be kept on multi-group scenes"
+        raise ConfigError(f"pretrain.tower_head_weight: {why}; set tower_groups >= 2")
     w = cfg.count_weights
     if w and (len(w) != len(COUNTS) or min(w) < 0 or sum(w[:3]) <= 0):
         raise ConfigError(f"pretrain.count_weights: {w} is not {len(COUNTS)} odds >= 0 with some on 1..3")
@@ -248,27 +245,15 @@ def element_question(
     balance: bool = False,
 ) -> ElementQuestion:
     """A fresh prompt scene, drawn with errors in a style from ``styles``, and one of its elements asked
-    in the scoring wording; realised (``bind_shape``) or not as ``want`` says, else 1:1.
-
-    With ``balance``, the category is drawn first (a random element's of the first scene drawn, so
-    the categories come as often as without it) and scenes are drawn until one has an element of
-    that category realised or not as ``want`` says: each category half realised, whatever the
-    labels make of the errors (:class:`~tokenfocus.config.PretrainConfig` ``balance_elements``).
-    """
-    want = rng.random() < 0.5 if want is None else want
-    category = None
+    in the scoring wording; realised (``bind_shape``) or not as ``want`` says, else 1:1. ``balance``:
+    the category drawn first (a random element's), so that each category is half realised."""
+    want, category = rng.random() < 0.5 if want is None else want, None
     while True:
         scene = random_scene(rng)
-        if balance and category is None:
-            category = rng.choice(elements_of(scene))[1]
+        category = rng.choice(elements_of(scene))[1] if balance and category is None else category
         drawn = corrupt(scene, ERRORS, rng)
-        flags = realised(scene, drawn, bind_shape=bind_shape)
-        pick = [
-            e
-            for e, ok in zip(elements_of(scene), flags, strict=True)
-            if ok == want and category in (None, e[1])
-        ]
-        if pick:
+        flags = zip(elements_of(scene), realised(scene, drawn, bind_shape=bind_shape), strict=True)
+        if pick := [e for e, ok in flags if ok == want and category in (None, e[1])]:
             break
     key, category, *_ = rng.choice(pick)
     prompt = make_prompt(scene, rng, rng.random() < 0.5)

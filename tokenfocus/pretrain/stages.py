@@ -190,16 +190,9 @@ def _rows(
         s = pool.scenes[j]
         q = question(s, attrs, rng, mode="open", kind=attrs[(turn + j) % len(attrs)])
         add(parts.head + q.text + parts.tail, q.answer, pool.images[j], s)
+    asked = {"styles": styles, "bind_shape": cfg.bind_shape, "balance": cfg.balance_elements}
     for _ in range(n_elem - n_part):
-        e = element_question(
-            rng,
-            parts,
-            prompts,
-            image_size,
-            styles=styles,
-            bind_shape=cfg.bind_shape,
-            balance=cfg.balance_elements,
-        )
+        e = element_question(rng, parts, prompts, image_size, **asked)
         add(e.text, e.answer, e.image, e.scene)
     for _ in range(n_part):  # no scene: the losses on what the whole scene holds skip the row
         e = part_question(rng, parts, prompts, image_size, boxes, styles=styles)
