@@ -6,7 +6,7 @@ import random
 import pytest
 
 from tokenfocus.config import GroundingConfig
-from tokenfocus.scoring.binding import bind, object_of
+from tokenfocus.scoring.binding import ask_as, asked_keys, bind, object_of
 from tokenfocus.typed import ConfigError, build
 
 CFG = GroundingConfig()
@@ -63,11 +63,65 @@ def test_each_listed_element_is_held_to_its_object_and_the_rest_keep_their_answe
     assert unbound == [{"square (object)": 0.2, "two squares (counting)": 0.9}]
 
 
+PAIR = [
+    "square (object)",
+    "star (object)",
+    "two (counting)",
+    "red (color)",
+    "small (attribute)",
+    "left of (spatial)",
+    "large squares (attribute)",
+    "large (attribute)",
+]
+
+
+@pytest.mark.parametrize(
+    ("key", "prompt", "want"),
+    [
+        # a short key: its words and the next object mention, as the prompt writes it
+        ("two (counting)", "two large red squares left of a small star", "two squares (counting)"),
+        ("red (color)", "two large red squares left of a small star", "red squares (color)"),
+        ("small (attribute)", "two large red squares left of a small star", "small star (attribute)"),
+        ("Red (color)", "Two Large Red Squares", "Red Squares (color)"),
+        # a relation: between the objects mentioned nearest before and after it
+        ("left of (spatial)", "two squares left of a star", "square left of star (spatial)"),
+        ("left of (spatial)", "left of a star", "left of (spatial)"),
+        # a key that names its object, or an object, or of a category not named: as it is
+        ("red squares (color)", "two large red squares", "red squares (color)"),
+        ("square left of star (spatial)", "two squares left of a star", "square left of star (spatial)"),
+        ("star (object)", "a star", "star (object)"),
+        ("shiny (material)", "a shiny star", "shiny (material)"),
+        # the named key is one of the pair's already: the short one is asked as it is
+        ("large (attribute)", "two large red squares", "large (attribute)"),
+        # no object within name_gap (3) words after the span, or none after it at all
+        ("red (color)", "a star that is red", "red (color)"),
+        ("red (color)", "a red and very bright and shiny square", "red (color)"),
+        ("red (color)", "a red and very bright square", "red square (color)"),
+    ],
+)
+def test_a_short_key_is_asked_with_the_object_it_is_about(key, prompt, want):
+    assert ask_as(key, prompt, PAIR, CFG) == want
+
+
+def test_asked_keys_map_back_to_the_pairs_own_and_naming_off_asks_them_as_they_are():
+    prompts, keys = ["two large red squares left of a small star"], [PAIR]
+    asked = asked_keys(prompts, keys, CFG)[0]
+    assert list(asked.values()) == PAIR  # every element once, in the pair's order
+    assert asked["red squares (color)"] == "red (color)" and asked["square left of star (spatial)"] == "left of (spatial)"
+    off = dataclasses.replace(CFG, name_categories=[])
+    for cfg in (off, None):
+        assert asked_keys(prompts, keys, cfg) == [{k: k for k in PAIR}]
+
+
 def test_a_bad_binding_config_is_refused_by_name():
     with pytest.raises(ConfigError, match="bind_categories must be a list"):
         build(GroundingConfig, {"bind_categories": "color"}, "score.grounding")
     with pytest.raises(ConfigError, match=r"bind_categories: \['object'\] are object_categories"):
         build(GroundingConfig, {"bind_categories": ["color", "object"]}, "score.grounding")
+    with pytest.raises(ConfigError, match=r"name_categories: \['animal'\] are object_categories"):
+        build(GroundingConfig, {"name_categories": ["animal"]}, "score.grounding")
+    with pytest.raises(ConfigError, match="name_gap must be an integer >= 0, got -1"):
+        build(GroundingConfig, {"name_gap": -1}, "score.grounding")
 
 
 def test_the_scorer_holds_elements_to_their_objects_and_a_bundle_from_before_does_not(gemma, tmp_path):
@@ -105,4 +159,48 @@ def test_the_scorer_holds_elements_to_their_objects_and_a_bundle_from_before_doe
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     meta["grounding"] = {"cuts": [0.333, 0.667]}
     meta_path.write_text(json.dumps(meta))
-    assert Scorer.load(folder).grounding.bind_categories == []
+    old = Scorer.load(folder).grounding
+    assert old.bind_categories == [] and old.name_categories == []  # as that bundle was scored
+
+
+def test_the_scorer_asks_a_short_key_as_its_named_form_and_answers_it_under_its_own(gemma):
+    """On the shipped Gemma base: a pair keyed in EvalMuse's short form reads, under its own keys,
+    exactly what the same pair keyed compositionally reads (the same questions); with naming off
+    the bare spans read otherwise."""
+    from tokenfocus.render import Group, Scene, render
+
+    scene = Scene([Group("square", "red", "small", 2), Group("star", "blue", "large", 1)], "left of")
+    images = [render(scene, 64, random.Random(5))] * 2
+    prompt = "two small red squares left of a large blue star"
+    long = [
+        "square (object)",
+        "star (object)",
+        "two squares (counting)",
+        "red squares (color)",
+        "small squares (attribute)",
+        "blue star (color)",
+        "large star (attribute)",
+        "square left of star (spatial)",
+    ]
+    short = [
+        "square (object)",
+        "star (object)",
+        "two (counting)",
+        "red (color)",
+        "small (attribute)",
+        "blue (color)",
+        "large (attribute)",
+        "left of (spatial)",
+    ]
+    named, plain = gemma(images, [prompt] * 2, [short, long])
+    assert list(named.elements) == short
+    assert list(named.elements.values()) == pytest.approx(list(plain.elements.values()), abs=1e-6)
+    assert named.score == pytest.approx(plain.score, abs=1e-6)  # its element list named alike
+    saved = gemma.grounding
+    gemma.grounding = dataclasses.replace(saved, name_categories=[])
+    try:
+        bare = gemma(images[:1], [prompt], [short])[0].elements
+    finally:
+        gemma.grounding = saved
+    assert bare["square (object)"] == pytest.approx(named.elements["square (object)"], abs=1e-6)
+    assert any(abs(bare[k] - named.elements[k]) > 1e-3 for k in short[2:])

@@ -522,7 +522,7 @@ def test_short_keys_rewrite_a_share_of_pairs_in_evalmuses_form_with_the_long_key
 ):
     """With train.short_keys, that share of a batch's pairs is keyed in EvalMuse's short form, both
     the element list and the asked key, with the long key's label; at 0 nothing changes, and the
-    short form reaches the loss."""
+    short form reaches the loss, asked with its object named as the scorer asks it."""
     from tokenfocus.batches import short_keyed
     from tokenfocus.synth import shorten
 
@@ -560,8 +560,14 @@ def test_short_keys_rewrite_a_share_of_pairs_in_evalmuses_form_with_the_long_key
     long_run.setup()
     long_run._load_data()
     short_loss, long_loss = tr._loss(batch_recs, batch_keys, 0), long_run._loss(batch_recs, batch_keys, 0)
+    # asked with their objects named (score.grounding.name_categories), SynthMuse's spans are its
+    # compositional keys again: the same questions as the scorer asks them
+    for part in ("loss", "element"):
+        assert short_loss[part].item() == pytest.approx(long_loss[part].item(), abs=1e-6)
+    tr.scorer.grounding = dataclasses.replace(tr.scorer.grounding, name_categories=[])
+    bare = tr._loss(batch_recs, batch_keys, 0)
     for part in ("loss", "element"):  # the element question's own loss too: its key is short
-        assert short_loss[part].item() != pytest.approx(long_loss[part].item())
+        assert bare[part].item() != pytest.approx(long_loss[part].item())
 
 
 @pytest.mark.parametrize("slug", ["fastvlm_llama", "qwen2_vl_tiny", "idefics3_tiny", "internvl_tiny"])

@@ -68,6 +68,12 @@ class GroundingConfig:
     # (docs/styles.md, "Elements held to their object"): attribute, colour and counting accuracy rise
     # for both backbones on val, test and the held-out family
     bind_categories: list[str] = field(default_factory=lambda: ["counting", "color", "attribute"])
+    # categories whose short keys ("large (attribute)", EvalMuse's spans) are asked with the object
+    # the prompt mentions next, within name_gap words ("large squares"), a relation of `categories`
+    # between its two objects (tokenfocus.scoring.binding); [] asks the span alone. Measured
+    # (docs/styles.md, "Short keys asked with their object")
+    name_categories: list[str] = field(default_factory=lambda: ["counting", "color", "attribute", "spatial"])
+    name_gap: int = 3
     numbers: dict[str, int] = field(
         default_factory=lambda: {
             w: i + 1
@@ -95,16 +101,19 @@ class GroundingConfig:
             )
         if not isinstance(self.count_grid, int) or self.count_grid < 2:
             raise ConfigError(f"score.grounding.count_grid must be an integer >= 2, got {self.count_grid!r}")
-        for name in ("mirror_categories", "bind_categories"):
+        for name in ("mirror_categories", "bind_categories", "name_categories"):
             value = getattr(self, name)
             if not isinstance(value, list) or not all(isinstance(c, str) and c for c in value):
                 raise ConfigError(f"score.grounding.{name} must be a list of category names, got {value!r}")
-        bound_objects = set(self.bind_categories) & set(self.object_categories)
-        if bound_objects:
-            raise ConfigError(
-                f"score.grounding.bind_categories: {sorted(bound_objects)} are object_categories, "
-                "the objects the others are held to"
-            )
+        for name in ("bind_categories", "name_categories"):
+            bound_objects = set(getattr(self, name)) & set(self.object_categories)
+            if bound_objects:
+                raise ConfigError(
+                    f"score.grounding.{name}: {sorted(bound_objects)} are object_categories, "
+                    "the objects the others are about"
+                )
+        if not isinstance(self.name_gap, int) or self.name_gap < 0:
+            raise ConfigError(f"score.grounding.name_gap must be an integer >= 0, got {self.name_gap!r}")
         bad = {k: v for k, v in self.numbers.items() if not isinstance(v, int) or v < 1}
         if bad:
             raise ConfigError(

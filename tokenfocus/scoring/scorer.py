@@ -17,7 +17,7 @@ from tokenfocus.config import BackboneConfig, GroundingConfig, PromptConfig, loa
 from tokenfocus.env import torch_threads
 from tokenfocus.images import open_image
 from tokenfocus.prompts import answer_tokens, element_text, overall_text
-from tokenfocus.scoring.binding import bind
+from tokenfocus.scoring.binding import asked_keys, bind
 from tokenfocus.scoring.grounding import ground
 from tokenfocus.scoring.mass import AnswerMass
 from tokenfocus.scoring.mirror import mirror
@@ -119,12 +119,13 @@ class Scorer(PrefixReuse):
                 # a bundle from before counting was read from the parts asked its counts alone,
                 # one from before the mirrored view asked each element once, and one from before
                 # the bands and cells read its counts from the cuts' two parts; none held an element
-                # to its object
+                # to its object or named a short key's
                 grounding = GroundingConfig(
                     **{
                         "count_categories": [],
                         "mirror_categories": [],
                         "bind_categories": [],
+                        "name_categories": [],
                         "count_views": ["cuts"],
                         **meta["grounding"],
                     }
@@ -212,14 +213,16 @@ class Scorer(PrefixReuse):
         """Overall distributions (N, 5) and element P(yes), from a shared image prefix where the
         family allows it. With ``element_rows`` False the element questions are not asked (empty
         dicts); the overall questions still list ``elements``, so their distributions are the same."""
-        dists, probs = self._questions(images, prompts, elements, element_rows)
+        names = asked_keys(prompts, elements, self.grounding)  # a short key asked with its object
+        asked = [list(pair) for pair in names]
+        dists, probs = self._questions(images, prompts, asked, element_rows)
         if self.grounding and element_rows:  # elements read from other views of the image too
             plain = self.elements_prefix if self.prefix_reuse else self.elements_plain
             ask = lambda *a: self._halving_on_oom(plain, *a)  # noqa: E731
             mirror(ask, images, prompts, probs, self.grounding.mirror_categories)
-            ground(ask, images, prompts, elements, probs, self.grounding, pairs_at_a_time=self.batch_size)
+            ground(ask, images, prompts, asked, probs, self.grounding, pairs_at_a_time=self.batch_size)
             bind(prompts, probs, self.grounding)  # last: an element held to its object as read
-        return dists, probs
+        return dists, [{names[i][k]: p for k, p in pair.items()} for i, pair in enumerate(probs)]
 
     def _questions(self, images, prompts, elements, element_rows):
         """:meth:`score_pairs` with every element read from its own question."""
