@@ -107,7 +107,10 @@ def test_asked_keys_map_back_to_the_pairs_own_and_naming_off_asks_them_as_they_a
     prompts, keys = ["two large red squares left of a small star"], [PAIR]
     asked = asked_keys(prompts, keys, CFG)[0]
     assert list(asked.values()) == PAIR  # every element once, in the pair's order
-    assert asked["red squares (color)"] == "red (color)" and asked["square left of star (spatial)"] == "left of (spatial)"
+    assert (
+        asked["red squares (color)"] == "red (color)"
+        and asked["square left of star (spatial)"] == "left of (spatial)"
+    )
     off = dataclasses.replace(CFG, name_categories=[])
     for cfg in (off, None):
         assert asked_keys(prompts, keys, cfg) == [{k: k for k in PAIR}]
