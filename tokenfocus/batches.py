@@ -121,7 +121,7 @@ def short_keyed(
     asked: list[str] = []
     for r, key, rng in zip(records, keys, rngs, strict=True):
         full = [e.key for e in r.elements]
-        form = shorten(full) if share > 0 and rng.random() < share else full
+        form = shorten(full, r.prompt) if share > 0 and rng.random() < share else full
         names.append(form if overall else full)
         asked.append(dict(zip(full, form, strict=True)).get(key, key))
     return names, asked

@@ -80,7 +80,7 @@ def split_records(params: Params, split: str) -> list[Record]:
     if split == SHORT:
         from tokenfocus.synth import shorten
 
-        return [_rekeyed(r, shorten(list(r.element_score))) for r in split_records(params, "test")]
+        return [_rekeyed(r, shorten(list(r.element_score), r.prompt)) for r in split_records(params, "test")]
     if split == HELDOUT or split.startswith(CHECK):
         split = "test"
     if split.startswith(STYLED_VAL):

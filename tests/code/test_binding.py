@@ -83,9 +83,12 @@ PAIR = [
         ("red (color)", "two large red squares left of a small star", "red squares (color)"),
         ("small (attribute)", "two large red squares left of a small star", "small star (attribute)"),
         ("Red (color)", "Two Large Red Squares", "Red Squares (color)"),
+        # the span's first place in the prompt with an object close after it
+        ("a (counting)", "a picture of a star", "a star (counting)"),
         # a relation: between the objects mentioned nearest before and after it
         ("left of (spatial)", "two squares left of a star", "square left of star (spatial)"),
         ("left of (spatial)", "left of a star", "left of (spatial)"),
+        ("underneath (spatial)", "a square underneath a star", "square underneath star (spatial)"),
         # a key that names its object, or an object, or of a category not named: as it is
         ("red squares (color)", "two large red squares", "red squares (color)"),
         ("square left of star (spatial)", "two squares left of a star", "square left of star (spatial)"),

@@ -152,3 +152,16 @@ def test_a_share_of_prompts_carry_evalmuse_short_keys(small_data):
         "left of (spatial)",
     ]
     assert [form(k) for k in short_keys(scene)].count("short") == 5
+    # with the prompt, the spans as it writes them (EvalMuse's annotators key the prompt's words)
+    written = "a drawing with two tiny red circles to the left of a huge red star"
+    assert short_keys(scene, written) == [
+        "circle (object)",
+        "two (counting)",
+        "red circles (color)",
+        "tiny (attribute)",
+        "star (object)",
+        "a (counting)",
+        "red star (color)",
+        "huge (attribute)",
+        "to the left of (spatial)",
+    ]

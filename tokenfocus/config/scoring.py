@@ -27,6 +27,7 @@ class GroundingConfig:
             "below": "bottom",
             "under": "bottom",
             "beneath": "bottom",
+            "underneath": "bottom",
         }
     )
     categories: list[str] = field(default_factory=lambda: ["spatial"])  # element categories grounded

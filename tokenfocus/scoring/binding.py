@@ -23,7 +23,7 @@ import re
 
 from tokenfocus.config import GroundingConfig
 from tokenfocus.evalmuse import parse_element_key
-from tokenfocus.scoring.counting import find_word, mention_after, plural_of
+from tokenfocus.scoring.counting import mention_after, object_mentions, plural_of
 from tokenfocus.scoring.grounding import parse_relation
 
 
@@ -54,8 +54,8 @@ def named(key: str, prompt: str, objects: dict[str, str], cfg: GroundingConfig) 
     Why: EvalMuse keys its elements with spans of the prompt, and a bare span ("Does the image show
     large ?") asks the model for a prior, not about the image: a base trained on bound labels
     rejected 216 of 226 true "small" elements so asked (docs/styles.md). The object is looked up
-    as :func:`object_of` does, and only within ``cfg.name_gap`` words after the span, so a span
-    that follows its object ("a car that is red") keeps its words alone. The overall question's
+    after the span, within ``cfg.name_gap`` words of it (at the span's first place in the prompt
+    that has one), so a span that follows its object ("a car that is red") keeps its words alone. The overall question's
     element list is named alike (:func:`asked_keys`).
 
     Args:
@@ -70,10 +70,12 @@ def named(key: str, prompt: str, objects: dict[str, str], cfg: GroundingConfig) 
     if el.category in cfg.categories:  # a relation: the objects grounding reads it between
         rel = parse_relation(key, prompt, list(objects.values()), cfg)
         return f"{rel.first} {el.text} {rel.second} ({el.category})" if rel else key
-    mention, at = mention_after(el.text, prompt, list(objects)), find_word(el.text, prompt)
-    if mention is None or len(prompt[at.end() : mention[0]].split()) > cfg.name_gap:
-        return key
-    return f"{el.text} {mention[3]} ({el.category})"
+    mentions = sorted(object_mentions(prompt, list(objects)))
+    for at in re.finditer(rf"(?<!\w){re.escape(el.text)}(?!\w)", prompt, flags=re.IGNORECASE):
+        after = [m for m in mentions if m[0] >= at.end()]  # "a" of "a picture of a star": the second
+        if after and len(prompt[at.end() : after[0][0]].split()) <= cfg.name_gap:
+            return f"{el.text} {after[0][3]} ({el.category})"
+    return key
 
 
 def ask_as(key: str, prompt: str, keys: list[str], cfg: GroundingConfig | None) -> str:

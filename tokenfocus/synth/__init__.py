@@ -93,7 +93,7 @@ def generate(
         # a share of prompts keyed as EvalMuse keys them, from a stream of its own (so nothing
         # else in the data moves with the share)
         short = random.Random(f"{cfg.seed}:short:{p}").random() < cfg.short_keys
-        rename = dict(zip(keys, short_keys(scene), strict=True)) if short else {}
+        rename = dict(zip(keys, short_keys(scene, text), strict=True)) if short else {}
         keys = [rename.get(k, k) for k in keys]
         prompts.append(
             {"prompt_id": pid, "prompt": text, "elements": keys, "type": "real" if real else "synthetic"}
