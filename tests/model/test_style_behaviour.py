@@ -27,9 +27,10 @@ STYLES = [BOOK.catalog["classic"], BOOK.catalog["mixed"], BOOK.heldout[0]]
 #: and the counts' own answers asked on the mirrored image too (`score.grounding.mirror_categories`;
 #: asked once, Qwen2 measured invariance 0.836 and count 0.828 with the cuts). The Gemma base with
 #: 6,000 element steps (docs/styles.md): invariance 0.852 and count 0.984, against R5's 0.875 and 0.891;
-#: the same recipe at one thread on OpenBLAS with fused AdamW (docs/pretraining.md): 0.812 and 0.969
+#: the same recipe at one thread on OpenBLAS with fused AdamW (docs/pretraining.md): 0.812 and 0.969;
+#: with stage 3's labels bound to their shape and its questions balanced (docs/styles.md): 0.844 and 0.969
 MEASURED = {
-    "invariance": {"fastvlm_qwen2": 0.828, "fastvlm_gemma": 0.812},
+    "invariance": {"fastvlm_qwen2": 0.828, "fastvlm_gemma": 0.844},
     "relation_swap": {"fastvlm_qwen2": 0.984, "fastvlm_gemma": 1.0},
     "count_off_by_one": {"fastvlm_qwen2": 0.812, "fastvlm_gemma": 0.969},
 }
@@ -71,8 +72,9 @@ def test_the_issue_targets(scorer, probe, request):
 
 
 #: the relation swap past the clear pair: three groups of small or large shapes, drawn in the
-#: held-out family. Measured with the scorer's grounding (asked as a question: 0.391 and 0.484)
-HARD_SWAP = {"fastvlm_qwen2": 0.938, "fastvlm_gemma": 0.922}
+#: held-out family. Measured with the scorer's grounding (asked as a question: 0.391 and 0.484); the
+#: Gemma base before stage 3's labels were bound and balanced measured 0.922
+HARD_SWAP = {"fastvlm_qwen2": 0.938, "fastvlm_gemma": 0.859}
 
 
 def test_relations_hold_with_three_groups_in_the_held_out_family(scorer):
