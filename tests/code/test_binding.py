@@ -106,6 +106,16 @@ def test_a_short_key_is_asked_with_the_object_it_is_about(key, prompt, want):
     assert ask_as(key, prompt, PAIR, CFG) == want
 
 
+def test_a_key_that_names_its_objects_is_asked_as_it_is_where_the_pair_has_no_object_elements():
+    """The relation probes key a pair with its relation alone: named in the key, never twice."""
+    for key in ("circle left of star (spatial)", "circle to the left of star (spatial)"):
+        assert ask_as(key, "a circle to the left of a star", [key], CFG) == key
+    assert (
+        ask_as("two circles (counting)", "two circles", ["two circles (counting)"], CFG)
+        == "two circles (counting)"
+    )
+
+
 def test_asked_keys_map_back_to_the_pairs_own_and_naming_off_asks_them_as_they_are():
     prompts, keys = ["two large red squares left of a small star"], [PAIR]
     asked = asked_keys(prompts, keys, CFG)[0]

@@ -74,7 +74,7 @@ def test_the_issue_targets(scorer, probe, request):
 #: the relation swap past the clear pair: three groups of small or large shapes, drawn in the
 #: held-out family. Measured with the scorer's grounding (asked as a question: 0.391 and 0.484); the
 #: Gemma base before stage 3's labels were bound and balanced measured 0.922
-HARD_SWAP = {"fastvlm_qwen2": 0.938, "fastvlm_gemma": 0.859}
+HARD_SWAP = {"fastvlm_qwen2": 0.938, "fastvlm_gemma": 0.875}
 
 
 def test_relations_hold_with_three_groups_in_the_held_out_family(scorer):

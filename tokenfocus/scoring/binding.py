@@ -23,7 +23,7 @@ import re
 
 from tokenfocus.config import GroundingConfig
 from tokenfocus.evalmuse import parse_element_key
-from tokenfocus.scoring.counting import mention_after, object_mentions, plural_of
+from tokenfocus.scoring.counting import find_word, mention_after, object_mentions, plural_of
 from tokenfocus.scoring.grounding import parse_relation
 
 
@@ -42,6 +42,15 @@ def _names_object(text: str, objects: dict[str, str]) -> str | None:
         if re.search(rf"(?<!\w)(?:{re.escape(name)}|{re.escape(plural_of(name))})$", text, re.IGNORECASE):
             return obj_key
     return None
+
+
+def _relation_named(text: str, cfg: GroundingConfig) -> bool:
+    """Whether a relation's words stand between two others in ``text`` ("circle left of star")."""
+    for phrase in sorted(cfg.relations, key=len, reverse=True):  # "to the left of" before "left of"
+        m = find_word(phrase, text)
+        if m:
+            return bool(text[: m.start()].strip() and text[m.end() :].strip())
+    return False
 
 
 def named(key: str, prompt: str, objects: dict[str, str], cfg: GroundingConfig) -> str:
@@ -69,7 +78,9 @@ def named(key: str, prompt: str, objects: dict[str, str], cfg: GroundingConfig) 
         return key
     if el.category in cfg.categories:  # a relation: the objects grounding reads it between
         rel = parse_relation(key, prompt, list(objects.values()), cfg)
-        return f"{rel.first} {el.text} {rel.second} ({el.category})" if rel else key
+        if rel is None or _relation_named(el.text, cfg):  # none, or the key names both objects
+            return key
+        return f"{rel.first} {el.text} {rel.second} ({el.category})"
     mentions = sorted(object_mentions(prompt, list(objects)))
     for at in re.finditer(rf"(?<!\w){re.escape(el.text)}(?!\w)", prompt, flags=re.IGNORECASE):
         after = [m for m in mentions if m[0] >= at.end()]  # "a" of "a picture of a star": the second
