@@ -23,7 +23,7 @@ import re
 
 from tokenfocus.config import GroundingConfig
 from tokenfocus.evalmuse import parse_element_key
-from tokenfocus.scoring.counting import find_word, mention_after, object_mentions, plural_of
+from tokenfocus.scoring.counting import mention_after, object_mentions, plural_of, word_matches
 from tokenfocus.scoring.grounding import parse_relation
 
 
@@ -44,15 +44,6 @@ def _names_object(text: str, objects: dict[str, str]) -> str | None:
     return None
 
 
-def _relation_named(text: str, cfg: GroundingConfig) -> bool:
-    """Whether a relation's words stand between two others in ``text`` ("circle left of star")."""
-    for phrase in sorted(cfg.relations, key=len, reverse=True):  # "to the left of" before "left of"
-        m = find_word(phrase, text)
-        if m:
-            return bool(text[: m.start()].strip() and text[m.end() :].strip())
-    return False
-
-
 def named(key: str, prompt: str, objects: dict[str, str], cfg: GroundingConfig) -> str:
     """The key a short element of ``cfg.name_categories`` is asked as: its words and the object
     the prompt mentions next, as written (``"large (attribute)"`` in "two large red squares" ->
@@ -64,8 +55,8 @@ def named(key: str, prompt: str, objects: dict[str, str], cfg: GroundingConfig) 
     large ?") asks the model for a prior, not about the image: a base trained on bound labels
     rejected 216 of 226 true "small" elements so asked (docs/styles.md). The object is looked up
     after the span, within ``cfg.name_gap`` words of it (at the span's first place in the prompt
-    that has one), so a span that follows its object ("a car that is red") keeps its words alone. The overall question's
-    element list is named alike (:func:`asked_keys`).
+    that has one), so a span that follows its object ("a car that is red") keeps its words alone.
+    The overall question's element list is named alike (:func:`asked_keys`).
 
     Args:
         key: an element key.
@@ -77,32 +68,42 @@ def named(key: str, prompt: str, objects: dict[str, str], cfg: GroundingConfig) 
     if el.category not in cfg.name_categories or not el.text or _names_object(el.text, objects):
         return key
     if el.category in cfg.categories:  # a relation: the objects grounding reads it between
-        rel = parse_relation(key, prompt, list(objects.values()), cfg)
-        if rel is None or _relation_named(el.text, cfg):  # none, or the key names both objects
+        if parse_relation(key, "", [], cfg):  # read from the key alone: it names both objects
             return key
-        return f"{rel.first} {el.text} {rel.second} ({el.category})"
+        rel = parse_relation(key, prompt, list(objects.values()), cfg)
+        return f"{rel.first} {el.text} {rel.second} ({el.category})" if rel else key
     mentions = sorted(object_mentions(prompt, list(objects)))
-    for at in re.finditer(rf"(?<!\w){re.escape(el.text)}(?!\w)", prompt, flags=re.IGNORECASE):
+    for at in word_matches(el.text, prompt):
         after = [m for m in mentions if m[0] >= at.end()]  # "a" of "a picture of a star": the second
         if after and len(prompt[at.end() : after[0][0]].split()) <= cfg.name_gap:
             return f"{el.text} {after[0][3]} ({el.category})"
     return key
 
 
+def _ask(key: str, prompt: str, keys: list[str], objects: dict[str, str], cfg: GroundingConfig) -> str:
+    ask = named(key, prompt, objects, cfg)
+    return key if ask != key and ask in keys else ask
+
+
 def ask_as(key: str, prompt: str, keys: list[str], cfg: GroundingConfig | None) -> str:
-    """The key ``key`` (one of a pair's ``keys``) is asked as: :func:`named`, or ``key`` itself
-    where naming is off (no ``cfg``) or the named key is already one of the pair's."""
+    """The key ``key`` (of a pair whose keys are ``keys``) is asked as: :func:`named`, or ``key``
+    itself where naming is off (no ``cfg``) or the named key is already one of the pair's."""
     if cfg is None or not cfg.name_categories:
         return key
-    ask = named(key, prompt, object_elements(keys, cfg), cfg)
-    return key if ask != key and ask in keys else ask
+    return _ask(key, prompt, keys, object_elements(keys, cfg), cfg)
 
 
 def asked_keys(
     prompts: list[str], elements: list[list[str]], cfg: GroundingConfig | None
 ) -> list[dict[str, str]]:
     """Per pair, each element's asked key (:func:`ask_as`) -> its own key, in the pair's order."""
-    return [{ask_as(k, p, keys, cfg): k for k in keys} for p, keys in zip(prompts, elements, strict=True)]
+    if cfg is None or not cfg.name_categories:
+        return [{k: k for k in keys} for keys in elements]
+    out = []
+    for prompt, keys in zip(prompts, elements, strict=True):
+        objects = object_elements(keys, cfg)  # once per pair, not per key
+        out.append({_ask(k, prompt, keys, objects, cfg): k for k in keys})
+    return out
 
 
 def object_of(key: str, prompt: str, objects: dict[str, str]) -> str | None:

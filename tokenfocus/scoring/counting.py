@@ -40,9 +40,14 @@ class Count:
     number: int
 
 
+def word_matches(phrase: str, text: str):
+    """Every whole-word, case-blind match of ``phrase`` in ``text``, in order."""
+    return re.finditer(rf"(?<!\w){re.escape(phrase)}(?!\w)", text, flags=re.IGNORECASE)
+
+
 def find_word(phrase: str, text: str) -> re.Match | None:
     """The first whole-word, case-blind match of ``phrase`` in ``text``."""
-    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text, flags=re.IGNORECASE)
+    return next(word_matches(phrase, text), None)
 
 
 def object_mentions(prompt: str, objects: list[str]) -> list[tuple[int, int, str, str]]:

@@ -18,7 +18,7 @@ from tokenfocus.predictions import split_records
 from tokenfocus.prompts import element_text, overall_text
 from tokenfocus.render.effects import relight
 from tokenfocus.scoring import CACHE_UNSUPPORTED, encode, first_answer_logits
-from tokenfocus.scoring.binding import ask_as
+from tokenfocus.scoring.binding import ask_as, asked_keys
 from tokenfocus.synth import STYLED_DIR
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,7 @@ class TrainingSteps:
             ]
             element += [element_text(parts, pr, p, k) for p, k in zip(quoted, said, strict=True)]
             labels += labels_n
-        names = [
-            [ask_as(k, p, e, self.scorer.grounding) for k in e] for p, e in zip(prompts, names, strict=True)
-        ]
+        names = [list(pair) for pair in asked_keys(prompts, names, self.scorer.grounding)]
         overall = [overall_text(parts, pr, p, e) for p, e in zip(prompts, names, strict=True)]
         scores, labels = torch.tensor([r.total_score for r in recs]), torch.tensor(labels)
         tokens = self.scorer.tokens
