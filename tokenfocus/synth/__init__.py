@@ -13,6 +13,7 @@ import json
 import multiprocessing
 import os
 import random
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -56,7 +57,11 @@ __all__ = [
 
 
 def generate(
-    cfg: SynthConfig, out: str | Path | None = None, *, styles: StylesConfig | None = None
+    cfg: SynthConfig,
+    out: str | Path | None = None,
+    *,
+    styles: StylesConfig | None = None,
+    on_drawn: Callable[[str, Scene, Scene], None] | None = None,
 ) -> dict[str, int]:
     """Write SynthMuse to ``out`` (default ``cfg.out``): raw EvalMuse files plus images.
 
@@ -64,11 +69,14 @@ def generate(
     pairs' averaged labels, as the challenge's ground truth), ``prompt_t2i.json``,
     ``images/<generator>/<nnnnn>.png``, ``latent.json`` (noise-free alignment; training never
     reads it), ``styles.json`` (which style drew each image; the EvalMuse loader ignores it) and
-    ``contact_sheet.png``. With a held-out style family (``styles.heldout_family``), every
-    labelled pair's drawn scene again in that family, under ``heldout_style/`` (see
-    :func:`draw_again`), likewise in each of ``styles.check_families`` under
-    ``check_style/<family>/``, and with ``synth.styled_copies`` that many redrawings in the styles of
-    ``styles.augment`` (by default pre-training's), under ``styled/<k>/``.
+    ``contact_sheet.png``. ``on_drawn(img_path, prompt_scene, drawn_scene)``, where given, sees each
+    image's scene as the prompt asks it and as it was drawn (what its labels were read from), for
+    analyses that need more than the labels (``scripts/count_errors.py``). With a held-out style
+    family (``styles.heldout_family``), every labelled pair's drawn scene again in that family,
+    under ``heldout_style/`` (see :func:`draw_again`), likewise in each of
+    ``styles.check_families`` under ``check_style/<family>/``, and with ``synth.styled_copies``
+    that many redrawings in the styles of ``styles.augment`` (by default pre-training's), under
+    ``styled/<k>/``.
 
     Returns:
         Counts of what was written.
@@ -101,6 +109,8 @@ def generate(
         for gen in gens:
             drawn = corrupt(scene, GENERATORS[gen], rng)
             img_path = f"{gen}/{counter:05d}.png"
+            if on_drawn is not None:
+                on_drawn(img_path, scene, drawn)
             counter += 1
             dest = out / "images" / img_path
             dest.parent.mkdir(parents=True, exist_ok=True)
