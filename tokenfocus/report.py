@@ -78,13 +78,15 @@ def loss_study_table() -> str:
 def bases_table(params: Params) -> str:
     """Per tiny backbone: its pre-training cost and checks on fresh scenes (from the base's metadata)."""
     from tokenfocus.backbones import META_FILE
+    from tokenfocus.stages import PRETRAIN_COSTS
 
     rows = []
     for slug, bb in params.backbones.items():
         meta = _load(Path(bb.source) / META_FILE) if bb.family else {}
         pt = meta.get("pretrain") if meta else None
-        if pt:
-            rows.append((slug, pt))
+        if pt:  # the CPU times from the stage's own record (a base saved before: its metadata)
+            costs = _load(Path(PRETRAIN_COSTS.format(slug=slug))) or {}
+            rows.append((slug, {**pt, "cpu_minutes": costs.get("cpu_minutes", pt.get("cpu_minutes"))}))
     if not rows:
         return "_No pre-trained tiny base found._\n"
     attrs = sorted({k for _, pt in rows for k in pt["check_accuracy"] if k != "all"})

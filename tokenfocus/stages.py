@@ -53,24 +53,57 @@ def build_stage(slug: str, params: Params) -> Path | None:
     return build(slug, params, extra_corpus=corpus())
 
 
+#: where ``pretrain@<slug>`` records what its pre-training cost, a DVC metric tracked by git. CPU
+#: minutes differ from run to run where the weights do not, so they stay out of the base's folder:
+#: a rerun then gives the folder the digest ``dvc.lock`` holds (docs/pretraining.md)
+PRETRAIN_COSTS = "docs/costs/pretrain-{slug}.json"
+
+
+def split_costs(report: dict) -> tuple[dict, dict]:
+    """A pre-training report without its CPU times, and those times (``cpu_minutes``, and per
+    stage ``stages.<name>``)."""
+    report = json.loads(json.dumps(report))  # a deep copy: the caller's report stays whole
+    costs = {"cpu_minutes": report.pop("cpu_minutes", None), "stages": {}}
+    for name, stage in report.get("stages", {}).items():
+        if isinstance(stage, dict) and "cpu_minutes" in stage:
+            costs["stages"][name] = stage.pop("cpu_minutes")
+    return report, costs
+
+
+def record_costs(slug: str, base: Path) -> tuple[dict, dict]:
+    """Move a pre-trained base's CPU times from its ``tokenfocus.json`` to :data:`PRETRAIN_COSTS`
+    (each file replaced whole); return the report left in the base and the costs."""
+    from tokenfocus.backbones import META_FILE
+
+    meta = json.loads((base / META_FILE).read_text())
+    meta["pretrain"], costs = split_costs(meta.get("pretrain", {}))
+    write_json_atomic(PRETRAIN_COSTS.format(slug=slug), costs)
+    tmp = base / f".{META_FILE}.tmp"
+    tmp.write_text(json.dumps(meta, indent=1))  # as backbones.save_model writes it
+    tmp.replace(base / META_FILE)
+    return meta["pretrain"], costs
+
+
 def pretrain_stage(slug: str, params: Params, *, track: bool = True, pid: str | None = None) -> Path | None:
     """``pretrain@<slug>``: the curriculum on the random base; its checks go to the base's
-    metadata and to an MLflow run ``pretrain-<slug>``."""
-    from tokenfocus.backbones import META_FILE
+    metadata and to an MLflow run ``pretrain-<slug>``, its CPU times to :data:`PRETRAIN_COSTS`."""
     from tokenfocus.pretrain import pretrain_base
 
     out = pretrain_base(slug, params)
-    if out is None or not track:
+    if out is None:
+        return out
+    report, costs = record_costs(slug, out)
+    if not track:
         return out
     import mlflow
 
     from tokenfocus.tracking import child_run
 
-    report = json.loads((out / META_FILE).read_text()).get("pretrain", {})
     with child_run(params.tracking, f"pretrain-{slug}", kind="pretrain", new=True, pid=pid):
         mlflow.log_params(_flat("pretrain.", to_dict(params.pretrain_for(slug))))
-        mlflow.log_metrics(pretrain_metrics(report))
-        mlflow.log_dict(report, "pretrain.json")
+        spent = {f"{k}_cpu_minutes": float(v) for k, v in costs["stages"].items()}
+        mlflow.log_metrics(pretrain_metrics({**report, "cpu_minutes": costs["cpu_minutes"]}) | spent)
+        mlflow.log_dict({**report, "costs": costs}, "pretrain.json")
     return out
 
 

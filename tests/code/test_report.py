@@ -1,6 +1,7 @@
 """docs/results.md's tables from eval/: the test split beside its variants."""
 
 import json
+from pathlib import Path
 
 from tokenfocus.config import BackboneConfig, Params
 from tokenfocus.report import families_table, variant_table
@@ -54,3 +55,44 @@ def test_the_families_table_puts_each_drawing_side_by_side(tmp_path, monkeypatch
     assert lines[0].startswith("| model | NTIRE test | NTIRE held-out | NTIRE w | NTIRE b | SRCC test")
     assert lines[2].startswith("| a | 0.700 | 0.600 | 0.500 | - | 0.500 |")
     assert lines[3].startswith("| ensemble | 0.700 | 0.600 | 0.500 | 0.400 | 0.500 |")
+
+
+def _base(root, cpu: float):
+    """A pre-trained base's folder whose report took ``cpu`` CPU minutes, under ``root``."""
+    base = root / "models" / "base" / "b"
+    base.mkdir(parents=True)
+    stages = {"tower": {"steps": 4, "cpu_minutes": cpu / 2}, "elements": {"steps": 2, "cpu_minutes": cpu / 2}}
+    report = {
+        "stages": stages,
+        "cpu_minutes": cpu,
+        "check_accuracy": {"color": 0.9, "all": 0.9},
+        "element_accuracy": {"object": 1.0, "all": 1.0},
+    }
+    (base / "tokenfocus.json").write_text(json.dumps({"slug": "b", "pretrain": report}, indent=1))
+    return base
+
+
+def test_a_bases_cpu_times_move_beside_it_so_a_rerun_gives_the_same_folder(tmp_path, monkeypatch):
+    """The base's metadata keeps its checks and loses its CPU times, which go to the stage's own
+    record; two runs that differ in their times alone leave the same bytes in the base."""
+    from tokenfocus.report import bases_table
+    from tokenfocus.stages import PRETRAIN_COSTS, record_costs
+
+    metas = []
+    for run, cpu in (("a", 60.0), ("b", 66.0)):
+        (tmp_path / run).mkdir()
+        monkeypatch.chdir(tmp_path / run)
+        base = _base(tmp_path / run, cpu)
+        report, costs = record_costs("b", base)
+        assert costs == {"cpu_minutes": cpu, "stages": {"tower": cpu / 2, "elements": cpu / 2}}
+        assert json.loads(Path(PRETRAIN_COSTS.format(slug="b")).read_text()) == costs
+        assert report["check_accuracy"] == {"color": 0.9, "all": 0.9} and report["stages"]["tower"] == {
+            "steps": 4
+        }
+        metas.append((base / "tokenfocus.json").read_bytes())
+    assert metas[0] == metas[1] and b"cpu_minutes" not in metas[0]
+    # the results table reads the CPU minutes from the stage's record (here run b's)
+    params = Params(
+        backbones={"b": BackboneConfig(source=str(tmp_path / "b" / "models" / "base" / "b"), family="x")}
+    )
+    assert "| b | 66.0 | 0.900 | 1.000 |" in bases_table(params)

@@ -106,7 +106,8 @@ def _kill_during_training(d, env) -> tuple[str, int]:
 
 def _assert_the_mlflow_record(d: Path) -> None:
     """What the stages leave in MLflow: each base's pre-training checks in a ``pretrain-<slug>``
-    run, and per-step loss and learning-rate curves in each backbone's run."""
+    run (its CPU times also in ``docs/costs/``), and per-step loss and learning-rate curves in
+    each backbone's run."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{d / 'mlflow.db'}")
@@ -118,7 +119,14 @@ def _assert_the_mlflow_record(d: Path) -> None:
     }
     assert {"pretrain-idefics3_tiny", "pretrain-llava_siglip_tiny"} <= set(pre)
     for r in pre.values():
-        assert {"check_all", "element_all", "cpu_minutes"} <= set(r.data.metrics), r.data.metrics
+        assert {"check_all", "element_all", "cpu_minutes", "tower_cpu_minutes"} <= set(r.data.metrics), (
+            r.data.metrics
+        )
+    for slug in ("idefics3_tiny", "llava_siglip_tiny"):  # the CPU times beside the base, not in it
+        costs = json.loads((d / "docs" / "costs" / f"pretrain-{slug}.json").read_text())
+        assert costs["cpu_minutes"] > 0 and set(costs["stages"]) >= {"tower", "pairs", "elements"}
+        meta = (d / "models" / "base" / slug / "tokenfocus.json").read_text()
+        assert "check_accuracy" in meta and "cpu_minutes" not in meta
     trained: dict[str, list] = {}
     for r in runs:
         if r.data.tags.get("tokenfocus.kind") == "backbone":
