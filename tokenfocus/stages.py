@@ -53,35 +53,27 @@ def build_stage(slug: str, params: Params) -> Path | None:
     return build(slug, params, extra_corpus=corpus())
 
 
-#: where ``pretrain@<slug>`` records what its pre-training cost, a DVC metric tracked by git. CPU
-#: minutes differ from run to run where the weights do not, so they stay out of the base's folder:
-#: a rerun then gives the folder the digest ``dvc.lock`` holds (docs/pretraining.md)
+#: ``pretrain@<slug>``'s CPU minutes, a DVC metric tracked by git: they differ run to run where the
+#: weights do not, so out of the base's folder a rerun gives it its locked digest (docs/pretraining.md)
 PRETRAIN_COSTS = "docs/costs/pretrain-{slug}.json"
 
 
-def split_costs(report: dict) -> tuple[dict, dict]:
-    """A pre-training report without its CPU times, and those times (``cpu_minutes``, and per
-    stage ``stages.<name>``)."""
-    report = json.loads(json.dumps(report))  # a deep copy: the caller's report stays whole
+def record_costs(slug: str, base: Path) -> tuple[dict, dict]:
+    """Move a pre-trained base's CPU times (``cpu_minutes``, and each stage's) from its
+    ``tokenfocus.json`` to :data:`PRETRAIN_COSTS`, each file replaced whole; return the report
+    left in the base and the costs."""
+    from tokenfocus.backbones import META_FILE
+
+    meta = json.loads((base / META_FILE).read_text())
+    report = meta.get("pretrain", {})  # changed in place
     costs = {"cpu_minutes": report.pop("cpu_minutes", None), "stages": {}}
     for name, stage in report.get("stages", {}).items():
         if isinstance(stage, dict) and "cpu_minutes" in stage:
             costs["stages"][name] = stage.pop("cpu_minutes")
-    return report, costs
-
-
-def record_costs(slug: str, base: Path) -> tuple[dict, dict]:
-    """Move a pre-trained base's CPU times from its ``tokenfocus.json`` to :data:`PRETRAIN_COSTS`
-    (each file replaced whole); return the report left in the base and the costs."""
-    from tokenfocus.backbones import META_FILE
-
-    meta = json.loads((base / META_FILE).read_text())
-    meta["pretrain"], costs = split_costs(meta.get("pretrain", {}))
     write_json_atomic(PRETRAIN_COSTS.format(slug=slug), costs)
-    tmp = base / f".{META_FILE}.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))  # as backbones.save_model writes it
+    (tmp := base / f".{META_FILE}.tmp").write_text(json.dumps(meta, indent=1))  # as save_model does
     tmp.replace(base / META_FILE)
-    return meta["pretrain"], costs
+    return report, costs
 
 
 def pretrain_stage(slug: str, params: Params, *, track: bool = True, pid: str | None = None) -> Path | None:
