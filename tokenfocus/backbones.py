@@ -30,6 +30,16 @@ class BackboneError(RuntimeError):
     """A backbone that cannot be built, loaded or used; the message names it."""
 
 
+def write_meta(folder: str | Path, meta: dict) -> Path:
+    """A model folder's ``tokenfocus.json``, replaced whole (through a temporary file and a rename),
+    in the one format every saved model has."""
+    path = Path(folder) / META_FILE
+    tmp = path.with_name(f".{META_FILE}.tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.replace(path)
+    return path
+
+
 def save_model(model, processor, meta: dict, out: str | Path) -> Path:
     """Save weights, processor and metadata to ``out``, written in full before it replaces any
     old folder, so a crash never leaves half a model."""
@@ -43,7 +53,7 @@ def save_model(model, processor, meta: dict, out: str | Path) -> Path:
     # the project keeps every tracked file under 2 MiB (a real checkpoint shards on its own anyway)
     model.save_pretrained(tmp, max_shard_size="1MB")
     processor.save_pretrained(tmp)
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+    write_meta(tmp, meta)
     replace_dir(tmp, out)
     return out
 

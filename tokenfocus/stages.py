@@ -62,7 +62,7 @@ def record_costs(slug: str, base: Path) -> tuple[dict, dict]:
     """Move a pre-trained base's CPU times (``cpu_minutes``, and each stage's) from its
     ``tokenfocus.json`` to :data:`PRETRAIN_COSTS`, each file replaced whole; return the report
     left in the base and the costs."""
-    from tokenfocus.backbones import META_FILE
+    from tokenfocus.backbones import META_FILE, write_meta
 
     meta = json.loads((base / META_FILE).read_text())
     report = meta.get("pretrain", {})  # changed in place
@@ -71,8 +71,7 @@ def record_costs(slug: str, base: Path) -> tuple[dict, dict]:
         if isinstance(stage, dict) and "cpu_minutes" in stage:
             costs["stages"][name] = stage.pop("cpu_minutes")
     write_json_atomic(PRETRAIN_COSTS.format(slug=slug), costs)
-    (tmp := base / f".{META_FILE}.tmp").write_text(json.dumps(meta, indent=1))  # as save_model does
-    tmp.replace(base / META_FILE)
+    write_meta(base, meta)
     return report, costs
 
 
