@@ -18,6 +18,7 @@ the context fixes it to the caller's torch threads.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import threading
@@ -94,14 +95,46 @@ def _out_size(size: int, k: int, p: int, s: int) -> int:
 
 def unfold(x: torch.Tensor, kernel, padding, stride) -> torch.Tensor:
     """im2col: (n, c, h, w) -> (n, c * kh * kw, oh * ow), as ``F.unfold`` gives it, by a strided
-    view and one copy (3x faster than ATen's im2col loop on the tower's first layer)."""
+    view and one copy (3x faster than ATen's im2col loop on the tower's first layer). The copy is
+    numpy's: on the tower's 7 x 7, stride-2 first layer it takes half of torch's (measured, 2.6 ms
+    against 4.5 a batch of 32), and the columns are the same values."""
     n, c, h, w = x.shape
     (kh, kw), (ph, pw), (sh, sw) = kernel, padding, stride
-    xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+    xp = (F.pad(x, (pw, pw, ph, ph)) if ph or pw else x).detach().numpy()
     oh, ow = _out_size(h, kh, ph, sh), _out_size(w, kw, pw, sw)
-    bn, bc, bh, bw = xp.stride()
-    view = xp.as_strided((n, c, kh, kw, oh, ow), (bn, bc, bh, bw, bh * sh, bw * sw))
-    return view.reshape(n, c * kh * kw, oh * ow)
+    bn, bc, bh, bw = xp.strides
+    view = np.lib.stride_tricks.as_strided(xp, (n, c, kh, kw, oh, ow), (bn, bc, bh, bw, bh * sh, bw * sw))
+    return torch.from_numpy(view.reshape(n, c * kh * kw, oh * ow))
+
+
+#: im2col columns a convolution's forward made, kept for its backward's weight gradient, which
+#: needs the same columns (an eighth of a tower step went to copying them again: docs/pretraining.md)
+#: . Keyed by the input's memory, layout and version and the geometry; each entry holds the input
+#: itself, so that no other tensor can take its address while the entry lives. Only forwards whose
+#: backward will ask (grad on, and a weight or the input requiring it) keep theirs; the backward
+#: takes its entry out, and the oldest go past :data:`KEPT_COLUMNS` (a forward never backed).
+_columns: collections.OrderedDict = collections.OrderedDict()
+_columns_lock = threading.Lock()
+KEPT_COLUMNS = 64
+
+
+def _columns_key(x: torch.Tensor, geometry: tuple) -> tuple:
+    return (x.data_ptr(), x.dtype, tuple(x.shape), x.stride(), x._version, geometry)
+
+
+def _keep_columns(x: torch.Tensor, w: torch.Tensor, geometry: tuple, cols: torch.Tensor) -> None:
+    if not (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)):
+        return
+    with _columns_lock:
+        _columns[_columns_key(x, geometry)] = (x, cols)
+        while len(_columns) > KEPT_COLUMNS:
+            _columns.popitem(last=False)
+
+
+def _kept_columns(x: torch.Tensor, geometry: tuple) -> torch.Tensor | None:
+    with _columns_lock:
+        entry = _columns.pop(_columns_key(x, geometry), None)
+    return None if entry is None else entry[1]
 
 
 def fold(cols: torch.Tensor, shape, kernel, padding, stride) -> torch.Tensor:
@@ -124,6 +157,7 @@ def _convolution(x, w, bias, stride, padding, dilation, transposed, output_paddi
     n, o = x.shape[0], w.shape[0]
     kernel = tuple(w.shape[2:])
     cols = unfold(x, kernel, padding, stride)
+    _keep_columns(x, w, (kernel, padding, stride), cols)
     weights, columns = _arrays("convolution", w.reshape(o, -1), cols)
     out = torch.from_numpy(np.matmul(weights, columns))  # (n, o, L): one GEMM per image
     oh = _out_size(x.shape[2], kernel[0], padding[0], stride[0])
@@ -141,7 +175,10 @@ def _convolution_backward(
     (g,) = _arrays("convolution_backward", grad.reshape(n, o, -1))
     grad_x = grad_w = grad_b = None
     if mask[1]:
-        (cols,) = _arrays("convolution_backward", unfold(x, kernel, padding, stride))
+        cols = _kept_columns(x, (kernel, padding, stride))
+        (cols,) = _arrays(
+            "convolution_backward", unfold(x, kernel, padding, stride) if cols is None else cols
+        )
         # per image, then summed over the batch in order
         grad_w = torch.from_numpy(np.matmul(g, cols.transpose(0, 2, 1)).sum(0)).reshape(w.shape)
     if mask[0]:
@@ -208,6 +245,8 @@ def openblas_gemm(threads: int = 1) -> Iterator[None]:
             _entered["users"] -= 1
             if not _entered["users"]:
                 _entered["limits"].restore_original_limits()
+                with _columns_lock:
+                    _columns.clear()
                 _active.pop()._destroy()  # torch's own kernels back
 
 

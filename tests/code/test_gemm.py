@@ -263,3 +263,34 @@ def test_an_unknown_gemm_in_params_is_refused_naming_the_key(block, tmp_path):
         ConfigError, match=rf"{block}.gemm must be one of \['mkl', 'openblas'\], got 'cublas'"
     ):
         load_params(tmp_path / "params.yaml")
+
+
+def test_a_convolutions_backward_takes_the_columns_its_forward_kept(monkeypatch):
+    """The weight gradient needs the forward's im2col columns again: a forward that will be backed
+    keeps them, its backward takes them out (the same bits as copying them again), and nothing is
+    kept where no backward will come, past the bound, or after the routing ends."""
+    from tokenfocus import gemm
+
+    net, x = _net(), torch.randn(4, 3, 20, 20)
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in net.values())
+    with openblas_gemm():
+        net.zero_grad()
+        h = net["same"](net["patch"](net["tall"](net["conv"](net["stem"](x.clone().requires_grad_(True))))))
+        assert len(gemm._columns) == convs
+        h.pow(2).sum().backward()
+        assert not gemm._columns  # every backward found its forward's columns
+        kept = _step(net, x)
+        with torch.no_grad():
+            net["stem"](x)
+        net["stem"].weight.requires_grad_(False)
+        net["stem"](x)  # frozen, and an input that needs no gradient: no backward will come
+        assert not gemm._columns
+        net["stem"].weight.requires_grad_(True)
+        for _ in range(gemm.KEPT_COLUMNS + 5):  # forwards never backed stay bounded
+            net["stem"](x.clone())
+        assert len(gemm._columns) == gemm.KEPT_COLUMNS
+    assert not gemm._columns
+    monkeypatch.setattr(gemm, "KEPT_COLUMNS", 0)  # every backward copies the columns again
+    with openblas_gemm():
+        copied = _step(net, x)
+    assert all(torch.equal(a, b) for a, b in zip(kept, copied, strict=True))

@@ -253,3 +253,57 @@ def test_synthmuse_redraws_each_labelled_scene_in_the_styles_pretraining_draws(s
     assert {k: v for k, v in _digest(tmp_path / "own").items() if not k.startswith("styled/")} == {
         k: v for k, v in _digest(small_data).items() if not k.startswith("styled/")
     }
+
+
+def _full_canvas(kind: str, big: int, bg, other, rng: random.Random) -> np.ndarray:
+    """Each kind's canvas computed the plain way, as the pre-trained bases and SynthMuse were drawn:
+    a float32 big x big x 3 canvas of ``bg``, the kind's layer added over all of it, one clip. (The
+    motif and clutter draw on the flat canvas with PIL; their strokes are checked through it.)"""
+    import math
+
+    base = np.empty((big, big, 3), np.float32)
+    base[:] = bg
+    nrng = np.random.default_rng(rng.getrandbits(32))
+    yy, xx = np.mgrid[0:big, 0:big].astype(np.float32) / big
+    if kind == "gradient":
+        a = rng.uniform(0, 2 * math.pi)
+        t = (np.cos(a) * (xx - 0.5) + np.sin(a) * (yy - 0.5)) / 0.71 * 0.5 + 0.5
+        base = base + (np.asarray(other, np.float32) - base) * t[..., None] * 0.6
+    elif kind == "noise":
+        coarse = nrng.normal(0.0, rng.uniform(8, 22), (big // 2, big // 2, 1)).astype(np.float32)
+        base = base + np.repeat(np.repeat(coarse, 2, 0), 2, 1)
+    elif kind == "texture":
+        period, a = rng.uniform(6, 18), rng.uniform(0, math.pi)
+        wave = np.sin((np.cos(a) * xx + np.sin(a) * yy) * big / period * 2 * math.pi)
+        base = base + (rng.uniform(10, 25) * wave)[..., None]
+    elif kind == "patchwork":
+        k = rng.randint(3, 20)
+        seeds = nrng.random((k, 2)).astype(np.float32)
+        sy, sx = np.mgrid[0 : big // 4, 0 : big // 4].astype(np.float32) / (big // 4)
+        cell = ((sy[..., None] - seeds[:, 0]) ** 2 + (sx[..., None] - seeds[:, 1]) ** 2).argmin(-1)
+        cell = np.repeat(np.repeat(cell, 4, 0), 4, 1)
+        tone = nrng.uniform(-1.0, 1.0, (k, 1)) * rng.uniform(18, 40) + nrng.normal(0.0, 6.0, (k, 3))
+        base = base + tone.astype(np.float32)[cell]
+    elif kind == "checker":
+        cell = rng.randint(big // 12, big // 6)
+        tone = ((np.arange(big)[:, None] // cell + np.arange(big)[None, :] // cell) % 2).astype(np.float32)
+        base = base + ((tone - 0.5) * 2 * rng.uniform(22, 34))[..., None]
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["flat", "gradient", "noise", "texture", "patchwork", "checker"])
+def test_every_canvas_is_the_full_canvas_arithmetic_byte_for_byte(kind):
+    """The renderer computes a canvas in fewer passes (a row times a column, a coarse canvas blown
+    up after its clip) but must give the bytes the plain arithmetic gives, and leave the stream
+    where it did: the shipped bases were pre-trained on those bytes, and SynthMuse is drawn in them."""
+    for big in (256, 192):
+        for bg, other in (
+            ((128, 128, 128), (200, 200, 190)),
+            ((0, 0, 0), (255, 255, 255)),
+            ((255, 250, 0), (0, 0, 30)),
+        ):
+            for seed in range(5):
+                fast, plain = random.Random(seed), random.Random(seed)
+                got = np.asarray(background(kind, big, bg, other, fast))
+                assert np.array_equal(got, _full_canvas(kind, big, bg, other, plain)), (kind, big, bg, seed)
+                assert fast.random() == plain.random()

@@ -23,58 +23,89 @@ def _grid(n: int) -> tuple[np.ndarray, np.ndarray]:
     return yy, xx
 
 
+def _clip8(v: float) -> int:
+    """One channel level, clipped to 0..255 and truncated: ``int(np.clip(v, 0, 255))`` without
+    numpy's per-call cost on a Python float (a clutter canvas asks it ~70 times)."""
+    return int(min(max(v, 0), 255))
+
+
+def _pixels(values: np.ndarray) -> Image.Image:
+    """An RGB image of ``values`` (any float dtype, last axis the channels), clipped and truncated."""
+    return Image.fromarray(np.clip(values, 0, 255, out=values).astype(np.uint8))
+
+
+def _blown_up(values: np.ndarray, k: int) -> Image.Image:
+    """:func:`_pixels` of a canvas drawn at 1/``k`` of its side, each value repeated k x k: the
+    same bytes as clipping the full canvas, k^2 times fewer clips."""
+    small = np.clip(values, 0, 255, out=values).astype(np.uint8)
+    return Image.fromarray(np.repeat(np.repeat(small, k, 0), k, 1))
+
+
 def background(kind: str, big: int, bg, other, rng: random.Random) -> Image.Image:
     """The canvas: ``bg`` flat, or a gradient to ``other``, noise, a texture, clutter, a checker,
-    a patchwork or a motif."""
-    base = np.empty((big, big, 3), np.float32)
-    base[:] = bg
-    nrng = np.random.default_rng(rng.getrandbits(32))
+    a patchwork or a motif.
+
+    Every kind computes each pixel with the same float operations, in the same dtypes and order, as
+    a full ``big`` x ``big`` x 3 canvas of ``bg`` plus the kind's layer would; only the passes over
+    the canvas are fewer (a row times a column, or a coarse canvas blown up after its clip), so the
+    bytes are the ones the pre-trained bases and SynthMuse were drawn with. Why: the canvas was a
+    third of a pre-training step's drawing (docs/pretraining.md, "What pre-training costs")."""
+    level = np.asarray(bg, np.float32)  # (3,) the flat canvas's value, as a float32 canvas holds it
+    seed = rng.getrandbits(32)  # drawn for every kind, so that the kinds after it draw the same
     yy, xx = _grid(big)
+    x, y = xx[0], yy[:, 0]  # the grid's columns and rows: xx and yy are outer products of them
     if kind == "gradient":
         a = rng.uniform(0, 2 * math.pi)
-        t = (np.cos(a) * (xx - 0.5) + np.sin(a) * (yy - 0.5)) / 0.71 * 0.5 + 0.5
-        base = base + (np.asarray(other, np.float32) - base) * t[..., None] * 0.6
+        # np.cos(a) is a float64 scalar: t, and the canvas after it, are float64
+        t = (np.cos(a) * (x - 0.5))[None, :] + (np.sin(a) * (y - 0.5))[:, None]
+        t = t / 0.71 * 0.5 + 0.5
+        layer = t[..., None] * (np.asarray(other, np.float32) - level)
+        layer *= 0.6
+        layer += level
+        img = _pixels(layer)
     elif kind == "noise":
-        coarse = nrng.normal(0.0, rng.uniform(8, 22), (big // 2, big // 2, 1)).astype(np.float32)
-        base = base + np.repeat(np.repeat(coarse, 2, 0), 2, 1)
+        coarse = np.random.default_rng(seed).normal(0.0, rng.uniform(8, 22), (big // 2, big // 2, 1))
+        img = _blown_up(coarse.astype(np.float32) + level, 2)
     elif kind == "texture":
         period, a = rng.uniform(6, 18), rng.uniform(0, math.pi)
-        wave = np.sin((np.cos(a) * xx + np.sin(a) * yy) * big / period * 2 * math.pi)
-        base = base + (rng.uniform(10, 25) * wave)[..., None]
+        phase = (np.cos(a) * x)[None, :] + (np.sin(a) * y)[:, None]
+        wave = np.sin(phase * big / period * 2 * math.pi)
+        img = _pixels((rng.uniform(10, 25) * wave)[..., None] + level)
     elif kind == "patchwork":
         # irregular hard-edged patches (a Voronoi partition) in tones near the background: large
         # regions of one tone, as walls, floors and skies are, which no other training kind draws
         # (docs/styles.md: the held-out checker's large cells alone took the count check to chance)
+        nrng = np.random.default_rng(seed)
         k = rng.randint(3, 20)
         seeds = nrng.random((k, 2)).astype(np.float32)
         # the partition at the output's resolution (the canvas is drawn at 4x), then blown up
         sy, sx = _grid(big // 4)
         cell = ((sy[..., None] - seeds[:, 0]) ** 2 + (sx[..., None] - seeds[:, 1]) ** 2).argmin(-1)
-        cell = np.repeat(np.repeat(cell, 4, 0), 4, 1)
         tone = nrng.uniform(-1.0, 1.0, (k, 1)) * rng.uniform(18, 40) + nrng.normal(0.0, 6.0, (k, 3))
-        base = base + tone.astype(np.float32)[cell]
+        img = _blown_up(level + tone.astype(np.float32)[cell], 4)
     elif kind == "checker":
         cell = rng.randint(big // 12, big // 6)
         tone = ((np.arange(big)[:, None] // cell + np.arange(big)[None, :] // cell) % 2).astype(np.float32)
-        base = base + ((tone - 0.5) * 2 * rng.uniform(22, 34))[..., None]
-    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+        img = _pixels(level + ((tone - 0.5) * 2 * rng.uniform(22, 34))[..., None])
+    else:  # flat, and the canvas a motif or clutter is drawn on
+        img = Image.new("RGB", (big, big), tuple(_clip8(v) for v in level.tolist()))
     if kind == "motif":
         _motif(img, big, bg, rng)
     if kind == "clutter":  # thin strokes and specks near the background's tone: nothing nameable
         d = ImageDraw.Draw(img)
         for _ in range(rng.randint(12, 30)):
-            tone = tuple(int(np.clip(c + rng.uniform(-55, 55), 0, 255)) for c in bg)
-            x, y = rng.uniform(0, big), rng.uniform(0, big)
+            tone = tuple(_clip8(c + rng.uniform(-55, 55)) for c in bg)
+            x0, y0 = rng.uniform(0, big), rng.uniform(0, big)
             if rng.random() < 0.6:
                 ang, ln = rng.uniform(0, math.pi), rng.uniform(big * 0.05, big * 0.3)
                 d.line(
-                    [(x, y), (x + ln * math.cos(ang), y + ln * math.sin(ang))],
+                    [(x0, y0), (x0 + ln * math.cos(ang), y0 + ln * math.sin(ang))],
                     fill=tone,
                     width=rng.randint(1, 3),
                 )
             else:
                 s = rng.uniform(1.5, big * 0.012)
-                d.rectangle([x - s, y - s, x + s, y + s], fill=tone)
+                d.rectangle([x0 - s, y0 - s, x0 + s, y0 + s], fill=tone)
     return img
 
 
@@ -131,7 +162,7 @@ def _motif(img: Image.Image, big: int, bg, rng: random.Random) -> None:
     delta = rng.uniform(40, 150)
     if not 0 <= sum(bg) / 3 + sign * delta <= 255:  # no room that way: the other way, not clipped to near bg
         sign = -sign
-    tone = tuple(int(np.clip(c + sign * delta, 0, 255)) for c in bg)
+    tone = tuple(_clip8(c + sign * delta) for c in bg)
     shape = rng.choice(MOTIF_SHAPES)
     r = big * rng.uniform(0.035, 0.07)  # half the small shapes' radius to theirs
     period, a, turn = r * rng.uniform(2.6, 4.0), rng.uniform(0, math.pi / 2), rng.uniform(0, math.pi)
