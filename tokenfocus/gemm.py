@@ -108,8 +108,8 @@ def unfold(x: torch.Tensor, kernel, padding, stride) -> torch.Tensor:
 
 
 #: im2col columns a convolution's forward made, kept for its backward's weight gradient, which
-#: needs the same columns (an eighth of a tower step went to copying them again: docs/pretraining.md)
-#: . Keyed by the input's memory, layout and version and the geometry; each entry holds the input
+#: needs the same columns (an eighth of a tower step went to copying them again, docs/pretraining.md).
+#: Keyed by the input's memory, layout and version and the geometry; each entry holds the input
 #: itself, so that no other tensor can take its address while the entry lives. Only forwards whose
 #: backward will ask (grad on, and a weight or the input requiring it) keep theirs; the backward
 #: takes its entry out, and the oldest go past :data:`KEPT_COLUMNS` (a forward never backed).
@@ -176,9 +176,9 @@ def _convolution_backward(
     grad_x = grad_w = grad_b = None
     if mask[1]:
         cols = _kept_columns(x, (kernel, padding, stride))
-        (cols,) = _arrays(
-            "convolution_backward", unfold(x, kernel, padding, stride) if cols is None else cols
-        )
+        if cols is None:  # a forward outside the routing, or one evicted past the bound
+            cols = unfold(x, kernel, padding, stride)
+        (cols,) = _arrays("convolution_backward", cols)
         # per image, then summed over the batch in order
         grad_w = torch.from_numpy(np.matmul(g, cols.transpose(0, 2, 1)).sum(0)).reshape(w.shape)
     if mask[0]:

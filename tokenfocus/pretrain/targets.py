@@ -16,7 +16,7 @@ def _where(relation: str | None, k: int, height: int, width: int) -> tuple[int |
     """At each position of a ``height`` x ``width`` map, the index of the region (of ``k``, laid out
     by ``relation``) that holds its centre, None where none does. The layout depends on nothing
     else, so a batch's maps are looked up, not recomputed (stage 1 asks twice a scene a step)."""
-    from tokenfocus.render.draw import Scene, _regions
+    from tokenfocus.render.draw import _regions
 
     boxes = _regions(Scene(groups=[], relation=relation), k)
     where = []

@@ -29,16 +29,16 @@ def _clip8(v: float) -> int:
     return int(min(max(v, 0), 255))
 
 
-def _pixels(values: np.ndarray) -> Image.Image:
-    """An RGB image of ``values`` (any float dtype, last axis the channels), clipped and truncated."""
-    return Image.fromarray(np.clip(values, 0, 255, out=values).astype(np.uint8))
+def _levels(values: np.ndarray) -> np.ndarray:
+    """8-bit levels of a float canvas (any float dtype, last axis the channels): clipped in place
+    to 0..255, then truncated."""
+    return np.clip(values, 0, 255, out=values).astype(np.uint8)
 
 
 def _blown_up(values: np.ndarray, k: int) -> Image.Image:
-    """:func:`_pixels` of a canvas drawn at 1/``k`` of its side, each value repeated k x k: the
-    same bytes as clipping the full canvas, k^2 times fewer clips."""
-    small = np.clip(values, 0, 255, out=values).astype(np.uint8)
-    return Image.fromarray(np.repeat(np.repeat(small, k, 0), k, 1))
+    """The image of a canvas drawn at 1/``k`` of its side, each level repeated k x k: the same
+    bytes as clipping the full canvas, k^2 times fewer clips."""
+    return Image.fromarray(np.repeat(np.repeat(_levels(values), k, 0), k, 1))
 
 
 def background(kind: str, big: int, bg, other, rng: random.Random) -> Image.Image:
@@ -62,7 +62,7 @@ def background(kind: str, big: int, bg, other, rng: random.Random) -> Image.Imag
         layer = t[..., None] * (np.asarray(other, np.float32) - level)
         layer *= 0.6
         layer += level
-        img = _pixels(layer)
+        img = Image.fromarray(_levels(layer))
     elif kind == "noise":
         coarse = np.random.default_rng(seed).normal(0.0, rng.uniform(8, 22), (big // 2, big // 2, 1))
         img = _blown_up(coarse.astype(np.float32) + level, 2)
@@ -70,7 +70,7 @@ def background(kind: str, big: int, bg, other, rng: random.Random) -> Image.Imag
         period, a = rng.uniform(6, 18), rng.uniform(0, math.pi)
         phase = (np.cos(a) * x)[None, :] + (np.sin(a) * y)[:, None]
         wave = np.sin(phase * big / period * 2 * math.pi)
-        img = _pixels((rng.uniform(10, 25) * wave)[..., None] + level)
+        img = Image.fromarray(_levels((rng.uniform(10, 25) * wave)[..., None] + level))
     elif kind == "patchwork":
         # irregular hard-edged patches (a Voronoi partition) in tones near the background: large
         # regions of one tone, as walls, floors and skies are, which no other training kind draws
@@ -86,7 +86,7 @@ def background(kind: str, big: int, bg, other, rng: random.Random) -> Image.Imag
     elif kind == "checker":
         cell = rng.randint(big // 12, big // 6)
         tone = ((np.arange(big)[:, None] // cell + np.arange(big)[None, :] // cell) % 2).astype(np.float32)
-        img = _pixels(level + ((tone - 0.5) * 2 * rng.uniform(22, 34))[..., None])
+        img = Image.fromarray(_levels(level + ((tone - 0.5) * 2 * rng.uniform(22, 34))[..., None]))
     else:  # flat, and the canvas a motif or clutter is drawn on
         img = Image.new("RGB", (big, big), tuple(_clip8(v) for v in level.tolist()))
     if kind == "motif":
