@@ -20,6 +20,16 @@ def test_plcc_is_one_for_a_monotone_logistic_relation():
     assert plcc(pred, gt) > np.corrcoef(pred, gt)[0, 1]  # the fit removes the non-linearity
 
 
+def test_plcc_of_a_fit_that_settles_on_a_constant_is_zero_not_nan():
+    # measured: a 10-pair held-out split whose 4PL fit returns ten equal values, whose np.std is
+    # not 0 (their mean rounded); Pearson of them is NaN and the split's NTIRE score was lost
+    pred = [4.208571420103432, 4.236629807762294, 4.315908180895782, 4.265714786433463, 4.153168472681681]
+    pred += [4.264670712555542, 4.25777157213923, 4.196004719737061, 4.240748407251066, 4.283534424542169]
+    gt = [13 / 3, 7 / 3, 14 / 3, 7 / 3, 14 / 3, 14 / 3, 14 / 3, 14 / 3, 3.0, 14 / 3]
+    assert not math.isnan(plcc(pred, gt))  # 0.0 where the fit settles on a constant
+    assert evaluate(pred, gt, [0.9], [1.0])["final"] is not None
+
+
 def test_element_accuracy_and_final_score_by_hand():
     assert element_accuracy([0.9, 0.4, 0.5, 0.2], [1.0, 1.0, 0.5, 0.0]) == pytest.approx(0.75)
     assert ntire_score(0.8, 0.6, 0.9) == pytest.approx(0.2 + 0.15 + 0.45)
