@@ -20,13 +20,17 @@ def test_plcc_is_one_for_a_monotone_logistic_relation():
     assert plcc(pred, gt) > np.corrcoef(pred, gt)[0, 1]  # the fit removes the non-linearity
 
 
-def test_plcc_of_a_fit_that_settles_on_a_constant_is_zero_not_nan():
-    # measured: a 10-pair held-out split whose 4PL fit returns ten equal values, whose np.std is
-    # not 0 (their mean rounded); Pearson of them is NaN and the split's NTIRE score was lost
+def test_plcc_of_equal_values_is_zero_even_where_their_std_is_not():
+    # ten equal floats (a 4PL fit's output, measured) whose np.std is 8.9e-16, their mean rounded:
+    # Pearson of them is NaN, so the constant guard must not rest on the standard deviation
+    level = 4.242272250269781
+    assert np.std([level] * 10) != 0
+    gt = [13 / 3, 7 / 3, 14 / 3, 7 / 3, 14 / 3, 14 / 3, 14 / 3, 14 / 3, 3.0, 14 / 3]
+    assert plcc([level] * 10, gt) == 0.0
+    # the measured 10-pair held-out split whose fit settled on that level: its NTIRE score is kept
     pred = [4.208571420103432, 4.236629807762294, 4.315908180895782, 4.265714786433463, 4.153168472681681]
     pred += [4.264670712555542, 4.25777157213923, 4.196004719737061, 4.240748407251066, 4.283534424542169]
-    gt = [13 / 3, 7 / 3, 14 / 3, 7 / 3, 14 / 3, 14 / 3, 14 / 3, 14 / 3, 3.0, 14 / 3]
-    assert not math.isnan(plcc(pred, gt))  # 0.0 where the fit settles on a constant
+    assert not math.isnan(plcc(pred, gt))
     assert evaluate(pred, gt, [0.9], [1.0])["final"] is not None
 
 
